@@ -1,0 +1,85 @@
+//! Every tunable of tcalloc in one place: first the knobs, then what is derived from them, then
+//! compile-time checks that the two agree.
+//!
+//! Knobs that an operator may change at run time (through environment variables) are read by
+//! `env` and start from the defaults here.
+
+use crate::size_class;
+
+// ---------------------------------------------------------------------------------------------
+// Knobs
+// ---------------------------------------------------------------------------------------------
+
+/// log2 of tcalloc's page: the unit of the page heap and the page map. 8 KiB, as in tcmalloc:
+/// twice the OS page, so the page map is half as large.
+pub const PAGE_SHIFT: usize = 13;
+
+/// Requests larger than this go straight to the OS (`large`); smaller ones are served from a
+/// size class.
+pub const LARGE_THRESHOLD: usize = 256 * 1024;
+
+/// Sizes up to this are classified by one direct table lookup on the fast path.
+pub const SMALL_LOOKUP_MAX: usize = 1024;
+
+/// Every allocation is at least this aligned (the smallest class is 8 bytes).
+pub const MIN_ALIGN: usize = 8;
+
+/// Alignment of C `malloc` results larger than [`MIN_ALIGN`] bytes (`alignof(max_align_t)`).
+pub const C_MALLOC_ALIGN: usize = 16;
+
+/// The page heap keeps exact-length free lists for spans up to this many pages; longer free
+/// spans share one list searched best-fit.
+pub const MAX_EXACT_PAGES: usize = 128;
+
+/// The page heap grows from the OS by at least this many bytes at a time, aligned to it.
+pub const HEAP_GROWTH_BYTES: usize = 4 << 20;
+
+/// Most objects one thread-cache list may hold.
+pub const MAX_LIST_LENGTH: u32 = 8192;
+
+/// A list whose length overruns its limit this many times shrinks by a batch.
+pub const MAX_LIST_OVERAGES: u32 = 3;
+
+/// Default byte budget of one thread's cache.
+pub const THREAD_CACHE_BYTES: usize = 4 << 20;
+
+/// Smallest budget a thread's cache is cut down to when many threads share the total.
+pub const MIN_THREAD_CACHE_BYTES: usize = 512 << 10;
+
+/// Default cap on the bytes held by all thread caches together.
+pub const TOTAL_THREAD_CACHE_BYTES: usize = 32 << 20;
+
+/// Each central free list keeps at most this many bytes in whole batches ready to hand out
+/// (its transfer cache), and at most [`MAX_TRANSFER_SLOTS`] batches.
+pub const TRANSFER_CACHE_BYTES: usize = 512 << 10;
+pub const MAX_TRANSFER_SLOTS: usize = 64;
+
+// ---------------------------------------------------------------------------------------------
+// Derived
+// ---------------------------------------------------------------------------------------------
+
+/// Bytes in one tcalloc page.
+pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
+
+/// The OS page size this build assumes for `mmap` and `madvise` (checked at start-up).
+pub const OS_PAGE_SIZE: usize = 4096;
+
+/// User address bits the page map covers (x86-64 and AArch64 with 4-level tables).
+pub const ADDRESS_BITS: usize = 48;
+
+/// Pages in the page heap's growth unit.
+pub const HEAP_GROWTH_PAGES: usize = HEAP_GROWTH_BYTES >> PAGE_SHIFT;
+
+// ---------------------------------------------------------------------------------------------
+// Checks
+// ---------------------------------------------------------------------------------------------
+
+const _: () = assert!(PAGE_SHIFT == size_class::TABLE_PAGE_SHIFT, "table made for another page");
+const _: () =
+    assert!(LARGE_THRESHOLD == size_class::TABLE_MAX_SIZE, "table made for another threshold");
+const _: () = assert!(LARGE_THRESHOLD >= 256 * 1024 && LARGE_THRESHOLD <= 1024 * 1024);
+const _: () = assert!(PAGE_SIZE % OS_PAGE_SIZE == 0);
+const _: () = assert!(SMALL_LOOKUP_MAX < LARGE_THRESHOLD && SMALL_LOOKUP_MAX % 8 == 0);
+const _: () = assert!(HEAP_GROWTH_BYTES.is_power_of_two() && HEAP_GROWTH_PAGES > MAX_EXACT_PAGES);
+const _: () = assert!(MIN_THREAD_CACHE_BYTES <= THREAD_CACHE_BYTES);
+const _: () = assert!(THREAD_CACHE_BYTES <= TOTAL_THREAD_CACHE_BYTES);

@@ -1,0 +1,67 @@
+//! Messages to standard error and fatal errors, without allocating.
+//!
+//! The allocator cannot use `eprintln!` (it may allocate, and it panics on failure), so text is
+//! formatted into a fixed buffer on the stack and written with one `write(2)`.
+
+use crate::os;
+use core::fmt::{self, Write};
+
+/// A fixed-capacity text buffer; text beyond its capacity is dropped.
+pub struct StackBuf<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackBuf<N> {
+    pub const fn new() -> Self {
+        StackBuf { bytes: [0; N], len: 0 }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl<const N: usize> Default for StackBuf<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> Write for StackBuf<N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let n = s.len().min(N - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// Writes `tcalloc: <message>\n` to standard error.
+pub fn message(args: fmt::Arguments<'_>) {
+    let mut buf = StackBuf::<512>::new();
+    let _ = buf.write_str("tcalloc: ");
+    let _ = buf.write_fmt(args);
+    let _ = buf.write_str("\n");
+    os::write_stderr(buf.as_bytes());
+}
+
+/// Writes `tcalloc: <message>` to standard error and aborts the process.
+#[cold]
+#[inline(never)]
+pub fn fatal(args: fmt::Arguments<'_>) -> ! {
+    message(args);
+    os::abort()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stack_buffer_truncates() {
+        let mut buf = StackBuf::<8>::new();
+        write!(buf, "{}-{}", 1234, 56789).unwrap();
+        assert_eq!(buf.as_bytes(), b"1234-567");
+    }
+}

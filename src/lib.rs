@@ -1,0 +1,59 @@
+//! # tcalloc
+//!
+//! A thread-caching memory allocator in the style of tcmalloc, written in Rust. Use it as the
+//! Rust global allocator:
+//!
+//! ```
+//! #[global_allocator]
+//! static GLOBAL: tcalloc::TcAlloc = tcalloc::TcAlloc;
+//! ```
+//!
+//! or, built with `--features override`, as `libtcalloc.so`, a drop-in `malloc` for any
+//! program (`LD_PRELOAD`).
+//!
+//! ## Layers
+//!
+//! Memory flows down on a miss and back up on a refill. Each layer is one file and only uses
+//! the layers below it:
+//!
+//! ```text
+//! global.rs            TcAlloc: GlobalAlloc                          entry points
+//! router.rs            size & alignment -> class / page run / large; C free validation
+//! thread_cache.rs      per-thread free list per class, no locks on the fast path
+//! central_free_list.rs per class: batches in and out under one lock, spans of objects
+//! page_heap.rs         spans of pages: split, coalesce, release to the OS
+//! page_map.rs          address -> span radix tree, read without locks
+//! large.rs             blocks above 256 KiB: their own mapping
+//! size_class/          the generated class table and O(1) lookups
+//! metadata.rs          the allocator's own records (span records), from `os`
+//! os.rs                the only code that calls mmap / munmap / mremap / madvise
+//! leaves: config.rs (every tunable), span.rs (span records), free_list.rs (intrusive
+//!         lists), sync.rs (futex lock), diag.rs (messages without allocating),
+//!         lifecycle.rs (start-up, fork)
+//! ```
+//!
+//! Rules that hold in every file: nothing on an allocation path allocates, panics, formats or
+//! takes a `std::sync` lock; out of memory is a null pointer; every `unsafe fn` states its
+//! contract under `# Safety` and every `unsafe` block names the precondition it relies on.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod central_free_list;
+mod config;
+mod diag;
+mod free_list;
+mod global;
+mod large;
+mod lifecycle;
+mod metadata;
+mod os;
+mod page_heap;
+mod page_map;
+mod router;
+mod size_class;
+mod span;
+mod sync;
+mod thread_cache;
+
+pub use global::TcAlloc;

@@ -1,0 +1,71 @@
+//! Process-wide start-up and `fork`.
+//!
+//! [`ensure_initialized`] runs once, from the first slow path of the first thread that
+//! allocates: it registers the `fork` handlers. It may re-enter the allocator (glibc's
+//! `pthread_atfork` allocates); a re-entrant or concurrent caller does not wait, because
+//! nothing it does is needed for correctness.
+//!
+//! `fork` handlers: before `fork`, take every allocator lock in the one global order (registry,
+//! central lists by class, page heap, metadata), so that no lock is held by a thread that will
+//! not exist in the child; after `fork`, release them in parent and child, and in the child
+//! forget the thread caches of the threads that did not survive.
+
+use crate::central_free_list;
+use crate::metadata;
+use crate::page_heap::PAGE_HEAP;
+use crate::thread_cache;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+const NOT_STARTED: u8 = 0;
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
+
+static STATE: AtomicU8 = AtomicU8::new(NOT_STARTED);
+
+/// Runs the one-time start-up if no thread has started it.
+#[inline]
+pub fn ensure_initialized() {
+    if STATE.load(Ordering::Acquire) != NOT_STARTED {
+        return;
+    }
+    if STATE.compare_exchange(NOT_STARTED, RUNNING, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        initialize();
+        STATE.store(DONE, Ordering::Release);
+    }
+}
+
+#[cold]
+fn initialize() {
+    // SAFETY: the handlers are `extern "C"` functions with no arguments, as required.
+    unsafe {
+        libc::pthread_atfork(Some(before_fork), Some(after_fork_parent), Some(after_fork_child));
+    }
+}
+
+fn locks_in_order() -> impl DoubleEndedIterator<Item = &'static crate::sync::RawLock> {
+    core::iter::once(thread_cache::registry_lock())
+        .chain(central_free_list::all().map(|(_, list)| list.raw()))
+        .chain([PAGE_HEAP.raw(), metadata::lock_for_fork()])
+}
+
+extern "C" fn before_fork() {
+    for lock in locks_in_order() {
+        lock.lock();
+    }
+}
+
+extern "C" fn after_fork_parent() {
+    for lock in locks_in_order().rev() {
+        // SAFETY: `before_fork` took every lock on this thread.
+        unsafe { lock.unlock() };
+    }
+}
+
+extern "C" fn after_fork_child() {
+    // SAFETY: we are the only thread of the child and hold the registry lock.
+    unsafe { thread_cache::forget_other_threads_after_fork() };
+    for lock in locks_in_order().rev() {
+        // SAFETY: the parent's forking thread (now us) took every lock before `fork`.
+        unsafe { lock.unlock() };
+    }
+}

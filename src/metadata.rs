@@ -1,0 +1,151 @@
+//! The metadata arena: where the allocator's own records live.
+//!
+//! Nothing inside tcalloc may allocate through the global allocator, so span records come from
+//! here: a bump allocator over chunks mapped by `os`, with a free list of span records for
+//! reuse. Metadata is never returned to the OS; the page map's leaves are mapped by the page
+//! map itself and counted here too.
+//!
+//! Entry points: [`new_span`], [`delete_span`], [`account_mapped`], [`stats`]. Layer below:
+//! `os`.
+
+use crate::os;
+use crate::span::{Span, SpanKind};
+use crate::sync::Lock;
+use core::mem::{align_of, size_of};
+use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// Bytes mapped at a time for records.
+const CHUNK_BYTES: usize = 256 << 10;
+
+/// The arena.
+///
+/// Invariants: `bump <= end`; `[bump, end)` is mapped and unused; every record on
+/// `free_spans` has kind `Unused`; `live_spans` counts records handed out and not deleted.
+struct Arena {
+    bump: usize,
+    end: usize,
+    free_spans: *mut Span,
+    live_spans: usize,
+}
+
+// SAFETY: the raw pointers only name metadata memory, which any thread may use under the lock.
+unsafe impl Send for Arena {}
+
+static ARENA: Lock<Arena> =
+    Lock::new(Arena { bump: 0, end: 0, free_spans: ptr::null_mut(), live_spans: 0 });
+
+/// Bytes mapped for metadata of every kind (records and page-map leaves).
+static MAPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// Records `bytes` of metadata mapped outside the arena (page-map leaves).
+pub fn account_mapped(bytes: usize) {
+    MAPPED.fetch_add(bytes, Relaxed);
+}
+
+/// A fresh span record (kind `Unused`, all fields zero), or null when out of memory.
+pub fn new_span() -> *mut Span {
+    let mut arena = ARENA.lock();
+    let span = if !arena.free_spans.is_null() {
+        let span = arena.free_spans;
+        // SAFETY: records on the free list are valid; `next` links the list.
+        arena.free_spans = unsafe { (*span).next };
+        span
+    } else {
+        let size = size_of::<Span>();
+        let at = (arena.bump + align_of::<Span>() - 1) & !(align_of::<Span>() - 1);
+        if arena.bump == 0 || at + size > arena.end {
+            let Some(chunk) = os::map(CHUNK_BYTES) else {
+                return ptr::null_mut();
+            };
+            MAPPED.fetch_add(CHUNK_BYTES, Relaxed);
+            arena.bump = chunk.as_ptr() as usize;
+            arena.end = arena.bump + CHUNK_BYTES;
+        }
+        let at = (arena.bump + align_of::<Span>() - 1) & !(align_of::<Span>() - 1);
+        arena.bump = at + size;
+        at as *mut Span
+    };
+    arena.live_spans += 1;
+    // SAFETY: `span` is an unused, aligned, writable record-sized slot of the arena.
+    unsafe { span.write(Span::empty()) };
+    span
+}
+
+/// Returns a record to the arena.
+///
+/// # Safety
+/// - `span` came from [`new_span`], is on no list, and nothing will use it again (the page map
+///   may still point to it; readers tolerate that, see `span`).
+pub unsafe fn delete_span(span: *mut Span) {
+    let mut arena = ARENA.lock();
+    // SAFETY: the caller hands the record back; it is valid until we reuse it.
+    unsafe {
+        (*span).set_kind(SpanKind::Unused);
+        (*span).set_class_index(0);
+        (*span).next = arena.free_spans;
+    }
+    arena.free_spans = span;
+    arena.live_spans -= 1;
+}
+
+/// Metadata figures.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MetadataStats {
+    /// Bytes mapped for metadata.
+    pub mapped_bytes: usize,
+    /// Span records in use.
+    pub live_spans: usize,
+}
+
+pub fn stats() -> MetadataStats {
+    let live_spans = ARENA.lock().live_spans;
+    MetadataStats { mapped_bytes: MAPPED.load(Relaxed), live_spans }
+}
+
+/// The arena's lock, for the fork handlers.
+pub fn lock_for_fork() -> &'static crate::sync::RawLock {
+    ARENA.raw()
+}
+
+/// Checks the arena's invariants (free records are unused and distinct from the bump region).
+pub fn check_invariants() {
+    let arena = ARENA.lock();
+    assert!(arena.bump <= arena.end);
+    let mut span = arena.free_spans;
+    let mut free = 0usize;
+    while !span.is_null() {
+        // SAFETY: free-list records are valid.
+        unsafe {
+            assert_eq!((*span).kind(), SpanKind::Unused);
+            span = (*span).next;
+        }
+        free += 1;
+        assert!(free <= 1 << 40, "cycle in the span free list");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_reused() {
+        let a = new_span();
+        let b = new_span();
+        assert!(!a.is_null() && !b.is_null() && a != b);
+        // SAFETY: `b` came from new_span and is unused.
+        unsafe { delete_span(b) };
+        check_invariants();
+        let c = new_span();
+        // Another test thread may take `b` first; either way the record is fresh.
+        // SAFETY: `c` is a fresh record.
+        assert_eq!(unsafe { (*c).kind() }, SpanKind::Unused);
+        // SAFETY: both came from new_span.
+        unsafe {
+            delete_span(a);
+            delete_span(c);
+        }
+        assert!(stats().mapped_bytes >= CHUNK_BYTES);
+    }
+}

@@ -1,0 +1,148 @@
+//! The OS behind one small contract: the only module that calls `mmap`, `munmap`, `mremap` and
+//! `madvise`.
+//!
+//! Preconditions, stated once for every function here: addresses and lengths passed in are
+//! multiples of [`OS_PAGE_SIZE`] and lengths are non-zero. Errors are returned (`None` or
+//! `false`), never raised: the callers turn them into null pointers. Nothing here allocates.
+
+use crate::config::OS_PAGE_SIZE;
+use core::ptr::{self, NonNull};
+
+/// Maps `len` bytes of fresh, zeroed, read-write memory.
+pub fn map(len: usize) -> Option<NonNull<u8>> {
+    debug_assert!(len != 0 && len % OS_PAGE_SIZE == 0, "os::map({len})");
+    // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
+    // existing memory.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        None
+    } else {
+        NonNull::new(p.cast())
+    }
+}
+
+/// Maps `len` bytes aligned to `align` (a power of two, at least the OS page): maps
+/// `len + align` bytes and unmaps the slack on both sides.
+pub fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
+    debug_assert!(align.is_power_of_two() && align >= OS_PAGE_SIZE);
+    if align == OS_PAGE_SIZE {
+        return map(len);
+    }
+    let total = len.checked_add(align)?;
+    let base = map(total)?.as_ptr() as usize;
+    let start = (base + align - 1) & !(align - 1);
+    let end = start + len;
+    if start > base {
+        // SAFETY: [base, start) is the head of the mapping just made and nobody uses it.
+        unsafe { unmap(base as *mut u8, start - base) };
+    }
+    if base + total > end {
+        // SAFETY: [end, base + total) is the tail of the same mapping.
+        unsafe { unmap(end as *mut u8, base + total - end) };
+    }
+    NonNull::new(start as *mut u8)
+}
+
+/// Unmaps `[p, p + len)`.
+///
+/// # Safety
+/// - `[p, p + len)` was mapped by this module and nothing will touch it again.
+pub unsafe fn unmap(p: *mut u8, len: usize) {
+    debug_assert!(p as usize % OS_PAGE_SIZE == 0 && len % OS_PAGE_SIZE == 0);
+    // SAFETY: by the caller's contract the range is ours and dead.
+    let rc = unsafe { libc::munmap(p.cast(), len) };
+    debug_assert!(rc == 0, "munmap({p:?}, {len}) failed");
+}
+
+/// Gives the physical memory behind `[p, p + len)` back to the OS. The range stays mapped and
+/// reads as zeros the next time it is touched. Returns `false` if the kernel refused.
+///
+/// # Safety
+/// - `[p, p + len)` was mapped by this module and holds no live data.
+pub unsafe fn release(p: *mut u8, len: usize) -> bool {
+    debug_assert!(p as usize % OS_PAGE_SIZE == 0 && len % OS_PAGE_SIZE == 0);
+    // SAFETY: by the caller's contract the range is ours and its contents are dead.
+    unsafe { libc::madvise(p.cast(), len, libc::MADV_DONTNEED) == 0 }
+}
+
+/// Moves or resizes the mapping `[p, p + old_len)` to `new_len` bytes, keeping its contents,
+/// possibly at a new address.
+///
+/// # Safety
+/// - `[p, p + old_len)` is one mapping made by this module; on success the old range must not
+///   be used again.
+pub unsafe fn remap(p: *mut u8, old_len: usize, new_len: usize) -> Option<NonNull<u8>> {
+    debug_assert!(old_len % OS_PAGE_SIZE == 0 && new_len % OS_PAGE_SIZE == 0 && new_len != 0);
+    // SAFETY: by the caller's contract the range is one mapping of ours.
+    let q = unsafe { libc::mremap(p.cast(), old_len, new_len, libc::MREMAP_MAYMOVE) };
+    if q == libc::MAP_FAILED {
+        None
+    } else {
+        NonNull::new(q.cast())
+    }
+}
+
+/// Writes `bytes` to standard error, retrying short writes and ignoring failures.
+pub fn write_stderr(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: the buffer is valid for `bytes.len()` bytes.
+        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        if n <= 0 {
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+/// Ends the process at once (`SIGABRT`), without unwinding or running handlers.
+pub fn abort() -> ! {
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
+}
+
+/// Resident set size of this process in bytes, read from `/proc/self/statm` without
+/// allocating; `None` if it cannot be read.
+pub fn resident_bytes() -> Option<usize> {
+    let mut buf = [0u8; 128];
+    // SAFETY: the path is a NUL-terminated literal; the buffer is valid for its length.
+    let n = unsafe {
+        let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return None;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    if n <= 0 {
+        return None;
+    }
+    // statm: size resident shared text lib data dt (in pages)
+    let text = &buf[..n as usize];
+    let mut fields = text.split(|&b| b == b' ');
+    fields.next()?;
+    let resident = fields.next()?;
+    let mut pages = 0usize;
+    for &b in resident {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        pages = pages * 10 + (b - b'0') as usize;
+    }
+    Some(pages * OS_PAGE_SIZE)
+}
+
+/// The OS page size, as the kernel reports it.
+pub fn os_page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}

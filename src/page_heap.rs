@@ -1,0 +1,597 @@
+//! The page heap: runs of pages ("spans") carved out of large aligned chunks from the OS.
+//!
+//! Central free lists take spans from here for their objects; over-aligned blocks take page
+//! runs. Freed spans coalesce with free neighbours (found through the page map) and wait on
+//! free lists by length: exact lists for up to [`MAX_EXACT_PAGES`] pages, one best-fit list
+//! above. Free pages come in two states, kept on separate lists so that allocation prefers
+//! memory that is still backed:
+//!
+//! - `Free`: backed by physical memory (recently used);
+//! - `Returned`: given back with `madvise(MADV_DONTNEED)` (or never touched), so it costs no
+//!   resident memory and reads as zeros.
+//!
+//! Neighbours coalesce only with neighbours in the same state, which keeps the byte counts
+//! exact. The heap grows by [`HEAP_GROWTH_BYTES`] chunks aligned to their size; fresh chunks
+//! start out `Returned`. *When* to release is the policy's business (`release`); this module
+//! provides the mechanism ([`PageHeap::release`]).
+//!
+//! Entry points: [`PAGE_HEAP`] and the methods of [`PageHeap`]. Layers below: `page_map`,
+//! `metadata`, `os`.
+
+use crate::config::{HEAP_GROWTH_BYTES, MAX_EXACT_PAGES, PAGE_SIZE};
+use crate::metadata;
+use crate::os;
+use crate::page_map;
+use crate::span::{Length, PageId, Span, SpanKind, SpanList};
+use crate::sync::Lock;
+use core::ptr;
+
+/// The process's page heap.
+pub static PAGE_HEAP: Lock<PageHeap> = Lock::new(PageHeap::new());
+
+/// Byte counts of the page heap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageHeapStats {
+    /// Bytes mapped from the OS for the heap.
+    pub system_bytes: usize,
+    /// Bytes in free spans still backed by memory.
+    pub free_bytes: usize,
+    /// Bytes in free spans given back to the OS.
+    pub returned_bytes: usize,
+    /// Bytes in spans handed out (objects and page runs).
+    pub in_use_bytes: usize,
+}
+
+/// The page heap.
+///
+/// Invariants (checked by [`PageHeap::check_invariants`]):
+/// - a span of kind `Free` is on `free[pages]` (or `free_large` above `MAX_EXACT_PAGES`),
+///   one of kind `Returned` on `returned[..]`/`returned_large` likewise, and no other spans
+///   are on these lists;
+/// - the page map records every free span at its first and last page;
+/// - no two free spans of the same kind are adjacent (they would have been coalesced);
+/// - `free_pages`, `returned_pages` are the sums of the pages on the respective lists, and
+///   `free_pages + returned_pages + in_use_pages == system_pages`.
+pub struct PageHeap {
+    free: [SpanList; MAX_EXACT_PAGES + 1],
+    returned: [SpanList; MAX_EXACT_PAGES + 1],
+    free_large: SpanList,
+    returned_large: SpanList,
+    system_pages: usize,
+    free_pages: usize,
+    returned_pages: usize,
+    in_use_pages: usize,
+}
+
+// SAFETY: the raw span pointers name metadata that any thread may touch under the heap's lock.
+unsafe impl Send for PageHeap {}
+
+impl Default for PageHeap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PageHeap {
+    pub const fn new() -> PageHeap {
+        PageHeap {
+            free: [const { SpanList::new() }; MAX_EXACT_PAGES + 1],
+            returned: [const { SpanList::new() }; MAX_EXACT_PAGES + 1],
+            free_large: SpanList::new(),
+            returned_large: SpanList::new(),
+            system_pages: 0,
+            free_pages: 0,
+            returned_pages: 0,
+            in_use_pages: 0,
+        }
+    }
+
+    fn list(&mut self, kind: SpanKind, pages: Length) -> &mut SpanList {
+        let exact = pages.0 <= MAX_EXACT_PAGES;
+        match (kind, exact) {
+            (SpanKind::Free, true) => &mut self.free[pages.0],
+            (SpanKind::Free, false) => &mut self.free_large,
+            (SpanKind::Returned, true) => &mut self.returned[pages.0],
+            (SpanKind::Returned, false) => &mut self.returned_large,
+            _ => unreachable_kind(kind),
+        }
+    }
+
+    fn counter(&mut self, kind: SpanKind) -> &mut usize {
+        match kind {
+            SpanKind::Free => &mut self.free_pages,
+            SpanKind::Returned => &mut self.returned_pages,
+            _ => unreachable_kind(kind),
+        }
+    }
+
+    /// Puts a free span on its list.
+    ///
+    /// # Safety
+    /// - `span` is a valid record of kind `Free` or `Returned` on no list.
+    unsafe fn link(&mut self, span: *mut Span) {
+        // SAFETY: valid per the caller.
+        let (kind, pages) = unsafe { ((*span).kind(), (*span).pages()) };
+        // SAFETY: unlinked per the caller.
+        unsafe { self.list(kind, pages).push(span) };
+        *self.counter(kind) += pages.0;
+    }
+
+    /// Takes a free span off its list.
+    ///
+    /// # Safety
+    /// - `span` is on one of this heap's free lists.
+    unsafe fn unlink(&mut self, span: *mut Span) {
+        // SAFETY: valid per the caller.
+        let (kind, pages) = unsafe { ((*span).kind(), (*span).pages()) };
+        // SAFETY: on that list per the caller.
+        unsafe { self.list(kind, pages).remove(span) };
+        *self.counter(kind) -= pages.0;
+    }
+
+    /// Allocates `pages` pages as a span of `kind` (`Small` or `PageRun`), recorded in the page
+    /// map at every page. Null when out of memory.
+    pub fn allocate(&mut self, pages: Length, kind: SpanKind) -> *mut Span {
+        debug_assert!(pages.0 > 0 && matches!(kind, SpanKind::Small | SpanKind::PageRun));
+        let mut span = self.find(pages);
+        if span.is_null() {
+            if !self.grow(pages) {
+                return ptr::null_mut();
+            }
+            span = self.find(pages);
+            if span.is_null() {
+                return ptr::null_mut();
+            }
+        }
+        // SAFETY: `find` returned a span on a free list with at least `pages` pages.
+        unsafe { self.carve(span, pages, kind) }
+    }
+
+    /// Allocates `pages` pages whose first page is a multiple of `align` pages.
+    pub fn allocate_aligned(&mut self, pages: Length, align: Length, kind: SpanKind) -> *mut Span {
+        debug_assert!(align.0.is_power_of_two());
+        if align.0 <= 1 {
+            return self.allocate(pages, kind);
+        }
+        let Some(total) = pages.0.checked_add(align.0 - 1) else {
+            return ptr::null_mut();
+        };
+        let span = self.allocate(Length(total), kind);
+        if span.is_null() {
+            return span;
+        }
+        // SAFETY: `span` is the in-use span just allocated; the trimmed parts are split off it
+        // with fresh records and freed back to the heap.
+        unsafe {
+            let start = (*span).start();
+            let aligned = PageId((start.0 + align.0 - 1) & !(align.0 - 1));
+            let head = Length(aligned.0 - start.0);
+            let tail = Length(total - head.0 - pages.0);
+            let tail_record = if tail.0 > 0 { metadata::new_span() } else { ptr::null_mut() };
+            let head_record = if head.0 > 0 { metadata::new_span() } else { ptr::null_mut() };
+            if (tail.0 > 0 && tail_record.is_null()) || (head.0 > 0 && head_record.is_null()) {
+                for record in [tail_record, head_record] {
+                    if !record.is_null() {
+                        metadata::delete_span(record);
+                    }
+                }
+                self.deallocate(span);
+                return ptr::null_mut();
+            }
+            // Shrink the span first so that the trimmed parts do not coalesce into it; each
+            // part's `deallocate` takes its pages off the in-use count.
+            (*span).set_start(aligned);
+            (*span).set_pages(pages);
+            page_map::set_range(aligned, pages, span);
+            if tail.0 > 0 {
+                (*tail_record).init(aligned.add(pages), tail, kind);
+                self.deallocate(tail_record);
+            }
+            if head.0 > 0 {
+                (*head_record).init(start, head, kind);
+                self.deallocate(head_record);
+            }
+            span
+        }
+    }
+
+    /// The best free span of at least `pages` pages: the shortest, backed before returned;
+    /// null if none.
+    fn find(&mut self, pages: Length) -> *mut Span {
+        for n in pages.0..=MAX_EXACT_PAGES {
+            if !self.free[n].is_empty() {
+                return self.free[n].head;
+            }
+            if !self.returned[n].is_empty() {
+                return self.returned[n].head;
+            }
+        }
+        let mut best: *mut Span = ptr::null_mut();
+        for span in self.free_large.iter().chain(self.returned_large.iter()) {
+            // SAFETY: list members are valid records.
+            let (len, start) = unsafe { ((*span).pages(), (*span).start()) };
+            if len < pages {
+                continue;
+            }
+            // SAFETY: `best`, when set, is a valid record from the same lists.
+            let better =
+                best.is_null() || unsafe { (len, start) < ((*best).pages(), (*best).start()) };
+            if better {
+                best = span;
+            }
+        }
+        best
+    }
+
+    /// Takes `span` (free, at least `pages` long) off its list, splits off and frees the
+    /// rest, and marks the first `pages` pages in use as `kind`.
+    ///
+    /// # Safety
+    /// - `span` is on one of this heap's free lists and has at least `pages` pages.
+    unsafe fn carve(&mut self, span: *mut Span, pages: Length, kind: SpanKind) -> *mut Span {
+        // SAFETY: valid per the caller.
+        let (len, start, was) = unsafe { ((*span).pages(), (*span).start(), (*span).kind()) };
+        debug_assert!(len >= pages);
+        let rest = if len > pages {
+            let rest = metadata::new_span();
+            if rest.is_null() {
+                return ptr::null_mut();
+            }
+            rest
+        } else {
+            ptr::null_mut()
+        };
+        // SAFETY: on a free list per the caller.
+        unsafe { self.unlink(span) };
+        if !rest.is_null() {
+            // SAFETY: `rest` is a fresh record; its pages are the free tail of `span`, whose
+            // page-map leaves exist (they were recorded when `span` became free).
+            unsafe {
+                (*rest).init(start.add(pages), Length(len.0 - pages.0), was);
+                (*rest).freed_at = (*span).freed_at;
+                self.record_free(rest);
+                self.link(rest);
+                (*span).set_pages(pages);
+            }
+        }
+        // SAFETY: `span` is ours now; its pages' leaves exist.
+        unsafe {
+            (*span).set_kind(kind);
+            page_map::set_range(start, pages, span);
+        }
+        self.in_use_pages += pages.0;
+        span
+    }
+
+    /// Records a free span in the page map at its first and last page.
+    ///
+    /// # Safety
+    /// - `span` is valid and the page-map leaves for its pages exist.
+    unsafe fn record_free(&mut self, span: *mut Span) {
+        // SAFETY: per the caller.
+        unsafe {
+            let (start, end) = ((*span).start(), (*span).end());
+            page_map::set(start, span);
+            page_map::set(PageId(end.0 - 1), span);
+        }
+    }
+
+    /// Returns an in-use span (`Small` or `PageRun`) to the heap, coalescing it with free
+    /// neighbours in the same state.
+    ///
+    /// # Safety
+    /// - `span` came from this heap, is in use, on no list, and nothing of it is live.
+    pub unsafe fn deallocate(&mut self, span: *mut Span) {
+        // SAFETY: per the caller.
+        let pages = unsafe { (*span).pages() };
+        self.in_use_pages -= pages.0;
+        // SAFETY: per the caller.
+        unsafe {
+            (*span).set_kind(SpanKind::Free);
+            (*span).set_class_index(0);
+            (*span).free_list = ptr::null_mut();
+            self.merge_and_link(span);
+        }
+    }
+
+    /// Coalesces a free span (kind `Free` or `Returned`, on no list) with same-kind
+    /// neighbours, records it in the page map and links it.
+    ///
+    /// # Safety
+    /// - `span` is a valid free record on no list whose page-map leaves exist.
+    unsafe fn merge_and_link(&mut self, span: *mut Span) {
+        // SAFETY: per the caller; neighbours found through the page map are checked to be
+        // free spans of this heap that really touch `span` before they are used.
+        unsafe {
+            let kind = (*span).kind();
+            let start = (*span).start();
+            if start.0 > 0 {
+                let left = page_map::get(PageId(start.0 - 1));
+                if !left.is_null() && (*left).kind() == kind && (*left).end() == start {
+                    self.unlink(left);
+                    (*span).set_start((*left).start());
+                    (*span).set_pages(Length((*span).pages().0 + (*left).pages().0));
+                    (*span).freed_at = (*span).freed_at.max((*left).freed_at);
+                    metadata::delete_span(left);
+                }
+            }
+            let end = (*span).end();
+            let right = page_map::get(end);
+            if !right.is_null() && (*right).kind() == kind && (*right).start() == end {
+                self.unlink(right);
+                (*span).set_pages(Length((*span).pages().0 + (*right).pages().0));
+                (*span).freed_at = (*span).freed_at.max((*right).freed_at);
+                metadata::delete_span(right);
+            }
+            self.record_free(span);
+            self.link(span);
+        }
+    }
+
+    /// Maps a new chunk big enough for `pages` pages; false when out of memory.
+    fn grow(&mut self, pages: Length) -> bool {
+        let Some(bytes) = pages.bytes().checked_next_multiple_of(HEAP_GROWTH_BYTES) else {
+            return false;
+        };
+        let record = metadata::new_span();
+        if record.is_null() {
+            return false;
+        }
+        let memory = os::map_aligned(bytes, HEAP_GROWTH_BYTES);
+        let start = memory.map(|m| PageId::containing(m.as_ptr() as usize));
+        let chunk = Length(bytes / PAGE_SIZE);
+        let Some(start) = start.filter(|&s| page_map::ensure(s, chunk)) else {
+            if let Some(m) = memory {
+                // SAFETY: the chunk was just mapped and never handed out.
+                unsafe { os::unmap(m.as_ptr(), bytes) };
+            }
+            // SAFETY: the record was never used.
+            unsafe { metadata::delete_span(record) };
+            return false;
+        };
+        self.system_pages += chunk.0;
+        // SAFETY: fresh record for fresh, untouched (hence `Returned`) memory whose leaves exist.
+        unsafe {
+            (*record).init(start, chunk, SpanKind::Returned);
+            self.merge_and_link(record);
+        }
+        true
+    }
+
+    /// Gives free backed spans back to the OS, biggest first, until at least `pages` pages
+    /// were released or none are left; returns the pages released.
+    pub fn release(&mut self, pages: Length) -> Length {
+        let mut released = 0;
+        while released < pages.0 {
+            let span = self.biggest_free();
+            if span.is_null() {
+                break;
+            }
+            // SAFETY: `span` is on a free list.
+            released += unsafe { self.release_span(span) }.0;
+        }
+        Length(released)
+    }
+
+    /// Gives back free backed spans that were freed at or before tick `before`; returns the
+    /// pages released.
+    pub fn release_older_than(&mut self, before: u64) -> Length {
+        let mut released = 0;
+        for n in (1..=MAX_EXACT_PAGES + 1).rev() {
+            loop {
+                let list = if n > MAX_EXACT_PAGES { &self.free_large } else { &self.free[n] };
+                // SAFETY: list members are valid records.
+                let old = list.iter().find(|&s| unsafe { (*s).freed_at } <= before);
+                let Some(span) = old else { break };
+                // SAFETY: `span` is on a free list.
+                released += unsafe { self.release_span(span) }.0;
+            }
+        }
+        Length(released)
+    }
+
+    fn biggest_free(&self) -> *mut Span {
+        if !self.free_large.is_empty() {
+            return self.free_large.head;
+        }
+        (1..=MAX_EXACT_PAGES)
+            .rev()
+            .map(|n| self.free[n].head)
+            .find(|s| !s.is_null())
+            .unwrap_or(ptr::null_mut())
+    }
+
+    /// Releases one `Free` span to the OS and relinks it as `Returned`.
+    ///
+    /// # Safety
+    /// - `span` is on a free list of kind `Free`.
+    unsafe fn release_span(&mut self, span: *mut Span) -> Length {
+        // SAFETY: per the caller; the span's memory is free, so its contents are dead.
+        unsafe {
+            self.unlink(span);
+            let pages = (*span).pages();
+            if !os::release((*span).start_address() as *mut u8, pages.bytes()) {
+                // The kernel refused; keep the span backed.
+                self.link(span);
+                return Length(0);
+            }
+            (*span).set_kind(SpanKind::Returned);
+            self.merge_and_link(span);
+            pages
+        }
+    }
+
+    pub fn stats(&self) -> PageHeapStats {
+        PageHeapStats {
+            system_bytes: self.system_pages * PAGE_SIZE,
+            free_bytes: self.free_pages * PAGE_SIZE,
+            returned_bytes: self.returned_pages * PAGE_SIZE,
+            in_use_bytes: self.in_use_pages * PAGE_SIZE,
+        }
+    }
+
+    /// Checks every invariant listed on the struct; panics with the offending values.
+    pub fn check_invariants(&self) {
+        let mut free = 0;
+        let mut returned = 0;
+        let lists = (0..=MAX_EXACT_PAGES)
+            .map(|n| (&self.free[n], SpanKind::Free, Some(n)))
+            .chain((0..=MAX_EXACT_PAGES).map(|n| (&self.returned[n], SpanKind::Returned, Some(n))))
+            .chain([(&self.free_large, SpanKind::Free, None)])
+            .chain([(&self.returned_large, SpanKind::Returned, None)]);
+        for (list, kind, exact) in lists {
+            for span in list.iter() {
+                // SAFETY: list members are valid records.
+                let s = unsafe { &*span };
+                let pages = s.pages().0;
+                assert_eq!(s.kind(), kind, "span at page {:#x} on the wrong list", s.start().0);
+                match exact {
+                    Some(n) => assert_eq!(pages, n, "span of {pages} pages on list {n}"),
+                    None => assert!(pages > MAX_EXACT_PAGES),
+                }
+                assert_eq!(page_map::get(s.start()), span, "first page not recorded");
+                assert_eq!(page_map::get(PageId(s.end().0 - 1)), span, "last page not recorded");
+                let right = page_map::get(s.end());
+                if !right.is_null() {
+                    // SAFETY: page-map entries are valid records (possibly stale).
+                    let r = unsafe { &*right };
+                    assert!(
+                        !(r.kind() == kind && r.start() == s.end()),
+                        "adjacent free spans at pages {:#x} and {:#x} not coalesced",
+                        s.start().0,
+                        r.start().0
+                    );
+                }
+                match kind {
+                    SpanKind::Free => free += pages,
+                    _ => returned += pages,
+                }
+            }
+        }
+        assert_eq!(free, self.free_pages, "free page count");
+        assert_eq!(returned, self.returned_pages, "returned page count");
+        assert_eq!(free + returned + self.in_use_pages, self.system_pages, "page totals");
+    }
+}
+
+#[cold]
+fn unreachable_kind(kind: SpanKind) -> ! {
+    crate::diag::fatal(format_args!("page heap: span of kind {kind:?} on a free list"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heap() -> Lock<PageHeap> {
+        Lock::new(PageHeap::new())
+    }
+
+    #[test]
+    fn split_and_coalesce() {
+        let heap = heap();
+        let mut h = heap.lock();
+        let a = h.allocate(Length(3), SpanKind::PageRun);
+        let b = h.allocate(Length(5), SpanKind::PageRun);
+        let c = h.allocate(Length(2), SpanKind::PageRun);
+        assert!(!a.is_null() && !b.is_null() && !c.is_null());
+        h.check_invariants();
+        // SAFETY: the spans were just allocated and are distinct.
+        unsafe {
+            assert_eq!((*a).end(), (*b).start(), "carved in address order from one chunk");
+            assert_eq!((*b).end(), (*c).start());
+            for k in 0..5 {
+                assert_eq!(page_map::get((*b).start().add(Length(k))), b);
+            }
+            let chunk_start = (*a).start();
+            let stats = h.stats();
+            assert_eq!(stats.in_use_bytes, 10 * PAGE_SIZE);
+            // Freed pages are backed (`Free`); they do not merge with the untouched rest.
+            h.deallocate(b);
+            h.check_invariants();
+            h.deallocate(a);
+            h.check_invariants();
+            assert_eq!(h.stats().free_bytes, 8 * PAGE_SIZE, "a and b coalesced");
+            let ab = page_map::get(chunk_start);
+            assert_eq!((*ab).pages(), Length(8));
+            h.deallocate(c);
+            h.check_invariants();
+            assert_eq!(h.stats().free_bytes, 10 * PAGE_SIZE);
+            assert_eq!(h.stats().in_use_bytes, 0);
+            // A request that fits the freed run reuses it.
+            let d = h.allocate(Length(10), SpanKind::Small);
+            assert_eq!((*d).start(), chunk_start);
+            h.deallocate(d);
+        }
+        h.check_invariants();
+    }
+
+    #[test]
+    fn release_moves_pages_to_returned() {
+        let heap = heap();
+        let mut h = heap.lock();
+        let a = h.allocate(Length(4), SpanKind::PageRun);
+        // SAFETY: `a` is ours; writing to it faults its pages in.
+        unsafe {
+            core::ptr::write_bytes((*a).start_address() as *mut u8, 0xAB, 4 * PAGE_SIZE);
+            h.deallocate(a);
+        }
+        assert_eq!(h.stats().free_bytes, 4 * PAGE_SIZE);
+        let released = h.release(Length(1));
+        assert_eq!(released, Length(4));
+        assert_eq!(h.stats().free_bytes, 0);
+        assert_eq!(h.stats().returned_bytes, h.stats().system_bytes);
+        h.check_invariants();
+        // Released memory reads as zeros when reused.
+        let b = h.allocate(Length(4), SpanKind::PageRun);
+        // SAFETY: `b` is ours.
+        unsafe {
+            let bytes =
+                core::slice::from_raw_parts((*b).start_address() as *const u8, 4 * PAGE_SIZE);
+            assert!(bytes.iter().all(|&x| x == 0));
+            h.deallocate(b);
+        }
+        h.check_invariants();
+    }
+
+    #[test]
+    fn aligned_allocation() {
+        let heap = heap();
+        let mut h = heap.lock();
+        let _pad = h.allocate(Length(1), SpanKind::PageRun);
+        for align in [2usize, 8, 64, 128] {
+            let s = h.allocate_aligned(Length(3), Length(align), SpanKind::PageRun);
+            assert!(!s.is_null());
+            // SAFETY: `s` is ours.
+            unsafe {
+                assert_eq!((*s).start().0 % align, 0);
+                assert_eq!((*s).pages(), Length(3));
+                h.check_invariants();
+                h.deallocate(s);
+            }
+            h.check_invariants();
+        }
+    }
+
+    #[test]
+    fn large_spans_use_best_fit() {
+        let heap = heap();
+        let mut h = heap.lock();
+        let big = h.allocate(Length(MAX_EXACT_PAGES + 50), SpanKind::PageRun);
+        assert!(!big.is_null());
+        h.check_invariants();
+        let bigger = h.allocate(Length(MAX_EXACT_PAGES * 3), SpanKind::PageRun);
+        assert!(!bigger.is_null());
+        // SAFETY: both are ours.
+        unsafe {
+            let big_start = (*big).start();
+            h.deallocate(big);
+            h.check_invariants();
+            let again = h.allocate(Length(MAX_EXACT_PAGES + 10), SpanKind::PageRun);
+            assert_eq!((*again).start(), big_start, "best fit reuses the freed run");
+            h.deallocate(again);
+            h.deallocate(bigger);
+        }
+        h.check_invariants();
+    }
+}

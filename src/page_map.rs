@@ -1,0 +1,169 @@
+//! The page map: a two-level radix tree from page number to the [`Span`] that holds it.
+//!
+//! It lets `free(p)` find the span of any pointer with no header in front of the block: two
+//! dependent loads, no lock. The root is a static array (1 MiB of zero pages the OS only backs
+//! where touched); each leaf covers 2 GiB of address space with one pointer per 8 KiB page and
+//! is mapped on first use. Leaves are installed with a compare-and-swap and never removed, so a
+//! reader holding a leaf pointer can always dereference it.
+//!
+//! Who writes which entries:
+//! - the page heap, for spans it hands out (every page) and free spans (first and last page,
+//!   which is what coalescing reads);
+//! - `large`, for the first page of each direct mapping.
+//!
+//! Entry points: [`get`], [`lookup`], [`ensure`], [`set`], [`set_range`], [`clear`]. Layer
+//! below: `os` (for leaves), `metadata` (accounting).
+
+use crate::config::{ADDRESS_BITS, PAGE_SHIFT};
+use crate::metadata;
+use crate::os;
+use crate::span::{Length, PageId, Span};
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+const LEAF_BITS: usize = 18;
+const ROOT_BITS: usize = ADDRESS_BITS - PAGE_SHIFT - LEAF_BITS;
+const LEAF_LEN: usize = 1 << LEAF_BITS;
+const ROOT_LEN: usize = 1 << ROOT_BITS;
+
+/// Number of pages the map can describe.
+pub const MAX_PAGES: usize = 1 << (ADDRESS_BITS - PAGE_SHIFT);
+
+/// One leaf: a span pointer per page (null where no span is recorded).
+struct Leaf {
+    spans: [AtomicPtr<Span>; LEAF_LEN],
+}
+
+/// Invariant: `ROOT[i]` is null or a leaf mapped by [`ensure`]; it never changes once set.
+static ROOT: [AtomicPtr<Leaf>; ROOT_LEN] = [const { AtomicPtr::new(ptr::null_mut()) }; ROOT_LEN];
+
+#[inline(always)]
+fn split(page: PageId) -> (usize, usize) {
+    (page.0 >> LEAF_BITS, page.0 & (LEAF_LEN - 1))
+}
+
+/// The span recorded for `page`, or null. Pages beyond the map read as null.
+#[inline(always)]
+pub fn get(page: PageId) -> *mut Span {
+    let (i, j) = split(page);
+    if i >= ROOT_LEN {
+        return ptr::null_mut();
+    }
+    let leaf = ROOT[i].load(Ordering::Acquire);
+    if leaf.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: installed leaves are valid forever (ROOT invariant); `j < LEAF_LEN`.
+    unsafe { (*leaf).spans.get_unchecked(j).load(Ordering::Acquire) }
+}
+
+/// The span recorded for the page holding `address`, or null.
+#[inline(always)]
+pub fn lookup(address: usize) -> *mut Span {
+    get(PageId::containing(address))
+}
+
+/// Makes sure leaves exist for `pages` pages from `start`; false when out of memory or the
+/// range lies beyond the map.
+pub fn ensure(start: PageId, pages: Length) -> bool {
+    if pages.0 == 0 {
+        return true;
+    }
+    let Some(last) = start.0.checked_add(pages.0 - 1) else {
+        return false;
+    };
+    if last >= MAX_PAGES {
+        return false;
+    }
+    let (first_leaf, _) = split(start);
+    let (last_leaf, _) = split(PageId(last));
+    for i in first_leaf..=last_leaf {
+        if !ROOT[i].load(Ordering::Acquire).is_null() {
+            continue;
+        }
+        let bytes = core::mem::size_of::<Leaf>();
+        let Some(fresh) = os::map(bytes) else {
+            return false;
+        };
+        let fresh = fresh.as_ptr().cast::<Leaf>();
+        // Zeroed memory is a leaf of null pointers.
+        match ROOT[i].compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => metadata::account_mapped(bytes),
+            // SAFETY: our mapping lost the race and was never published.
+            Err(_) => unsafe { os::unmap(fresh.cast(), bytes) },
+        }
+    }
+    true
+}
+
+/// Records `span` for `page`.
+///
+/// # Safety
+/// - [`ensure`] succeeded for `page`.
+#[inline]
+pub unsafe fn set(page: PageId, span: *mut Span) {
+    let (i, j) = split(page);
+    let leaf = ROOT[i].load(Ordering::Acquire);
+    debug_assert!(!leaf.is_null(), "page map leaf missing for page {:#x}", page.0);
+    // SAFETY: the caller ensured the leaf exists; `j < LEAF_LEN`.
+    unsafe { (*leaf).spans.get_unchecked(j).store(span, Ordering::Release) };
+}
+
+/// Records `span` for every page of `[start, start + pages)`.
+///
+/// # Safety
+/// - [`ensure`] succeeded for the range.
+pub unsafe fn set_range(start: PageId, pages: Length, span: *mut Span) {
+    for k in 0..pages.0 {
+        // SAFETY: forwarded from the caller.
+        unsafe { set(PageId(start.0 + k), span) };
+    }
+}
+
+/// Forgets the span of `page` (no-op where no leaf exists).
+pub fn clear(page: PageId) {
+    let (i, j) = split(page);
+    if i >= ROOT_LEN {
+        return;
+    }
+    let leaf = ROOT[i].load(Ordering::Acquire);
+    if !leaf.is_null() {
+        // SAFETY: installed leaves are valid forever; `j < LEAF_LEN`.
+        unsafe { (*leaf).spans.get_unchecked(j).store(ptr::null_mut(), Ordering::Release) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_get_clear() {
+        // Pages far above anything the OS hands out in a test.
+        let base = PageId(MAX_PAGES - 3 * LEAF_LEN - 5);
+        let mut record = Span::empty();
+        let span = &mut record as *mut Span;
+        assert!(get(base).is_null());
+        assert!(ensure(base, Length(10)));
+        // SAFETY: ensured just above.
+        unsafe { set_range(base, Length(10), span) };
+        for k in 0..10 {
+            assert_eq!(get(PageId(base.0 + k)), span);
+        }
+        assert!(get(PageId(base.0 + 10)).is_null(), "crosses into the next leaf");
+        assert_eq!(lookup(base.address() + 12345), span);
+        for k in 0..10 {
+            clear(PageId(base.0 + k));
+        }
+        assert!(get(base).is_null());
+    }
+
+    #[test]
+    fn out_of_range_is_null() {
+        assert!(get(PageId(MAX_PAGES)).is_null());
+        assert!(lookup(usize::MAX).is_null());
+        assert!(!ensure(PageId(MAX_PAGES - 1), Length(2)));
+        clear(PageId(MAX_PAGES + 7));
+    }
+}

@@ -1,0 +1,308 @@
+//! Routing by size and alignment: the one place that decides where a request is served.
+//!
+//! | request | served by |
+//! | --- | --- |
+//! | rounded size <= 256 KiB, alignment <= 8 KiB | a size class, through the thread cache |
+//! | size <= 256 KiB, alignment 16 KiB ..= 1 MiB | a page run from the page heap, aligned |
+//! | anything larger | `large`: its own mapping |
+//!
+//! Two kinds of callers use it. The Rust [`GlobalAlloc`](core::alloc::GlobalAlloc) passes the
+//! size and alignment back on free (`dealloc_sized`), so a block's class is recomputed from its
+//! layout with no page-map lookup. C's `free(p)` does not, so `free_unsized` resolves `p`
+//! through the page map, checks that it is a block this allocator handed out, and aborts with
+//! a message if it is not.
+//!
+//! Nothing here panics, prints on a normal path or allocates; failures are null pointers.
+//!
+//! Layers below: `thread_cache`, `page_heap` (page runs), `large`, `page_map`, `size_class`.
+
+use crate::config::{LARGE_THRESHOLD, MIN_ALIGN, PAGE_SIZE, SMALL_LOOKUP_MAX};
+use crate::large;
+use crate::page_heap::PAGE_HEAP;
+use crate::page_map;
+use crate::size_class::{class_for, small_class_unchecked, SizeClass, MAX_SIZE};
+use crate::span::{Length, Span, SpanKind};
+use crate::thread_cache;
+use core::ptr;
+
+/// Largest alignment served by a page run; larger alignments get their own mapping.
+pub const MAX_PAGE_RUN_ALIGN: usize = 1 << 20;
+
+/// Allocates `size` bytes aligned to `align` (a power of two). Null when out of memory.
+#[inline(always)]
+pub fn alloc(size: usize, align: usize) -> *mut u8 {
+    if align <= MIN_ALIGN && size <= SMALL_LOOKUP_MAX {
+        // SAFETY: `size` is bounded just above.
+        return thread_cache::alloc(unsafe { small_class_unchecked(size) });
+    }
+    alloc_other(size, align)
+}
+
+/// Frees a block given the size and alignment it was allocated with.
+///
+/// # Safety
+/// - `ptr` came from [`alloc`] (or a realloc) with this `size` and `align`, and is unused.
+#[inline(always)]
+pub unsafe fn dealloc_sized(ptr: *mut u8, size: usize, align: usize) {
+    if align <= MIN_ALIGN && size <= SMALL_LOOKUP_MAX {
+        // SAFETY: per the caller, `ptr` is a dead block of exactly this class.
+        unsafe { thread_cache::dealloc(ptr, small_class_unchecked(size)) };
+        return;
+    }
+    // SAFETY: per the caller.
+    unsafe { dealloc_other(ptr, size, align) }
+}
+
+#[inline(never)]
+fn alloc_other(size: usize, align: usize) -> *mut u8 {
+    if let Some(class) = class_for(size, align) {
+        return thread_cache::alloc(class);
+    }
+    alloc_uncached(size, align)
+}
+
+/// Requests that no size class serves.
+#[cold]
+fn alloc_uncached(size: usize, align: usize) -> *mut u8 {
+    if size <= MAX_SIZE && align <= MAX_PAGE_RUN_ALIGN {
+        let span = PAGE_HEAP.lock().allocate_aligned(
+            Length::for_bytes(size.max(1)),
+            Length(align / PAGE_SIZE),
+            SpanKind::PageRun,
+        );
+        if span.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: a live span record.
+        return unsafe { (*span).start_address() } as *mut u8;
+    }
+    large::alloc(size, align)
+}
+
+#[inline(never)]
+unsafe fn dealloc_other(ptr: *mut u8, size: usize, align: usize) {
+    if let Some(class) = class_for(size, align) {
+        // SAFETY: per the caller, `ptr` is a dead block of this class.
+        unsafe { thread_cache::dealloc(ptr, class) };
+        return;
+    }
+    // SAFETY: per the caller, `ptr` is a page run or a large block.
+    unsafe { free_span_block(ptr, "dealloc") }
+}
+
+/// Frees a page run or large block found through the page map; aborts on a pointer that is
+/// not one.
+///
+/// # Safety
+/// - If `ptr` is a live page run or large block, it is unused.
+#[cold]
+unsafe fn free_span_block(ptr: *mut u8, caller: &str) {
+    let span = page_map::lookup(ptr as usize);
+    // SAFETY: page-map entries are valid records; they are checked to own `ptr` before use.
+    unsafe {
+        match resolve(ptr, span) {
+            Block::PageRun => PAGE_HEAP.lock().deallocate(span),
+            Block::Large => large::free(span),
+            _ => invalid_pointer(caller, ptr),
+        }
+    }
+}
+
+/// What a pointer is, according to the page map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Block {
+    /// An object of a size class.
+    Small(SizeClass),
+    /// The start of a page run.
+    PageRun,
+    /// The start of a large block.
+    Large,
+    /// Not the start of any block this allocator handed out.
+    Invalid,
+}
+
+/// Classifies `ptr`, whose page-map entry is `span`.
+///
+/// # Safety
+/// - `span` is `page_map::lookup(ptr)` (null or a metadata record, possibly stale).
+#[inline]
+pub unsafe fn resolve(ptr: *mut u8, span: *mut Span) -> Block {
+    if span.is_null() {
+        return Block::Invalid;
+    }
+    // SAFETY: page-map entries point to metadata records, which are never unmapped; every
+    // field read is atomic, so a stale record gives a wrong answer only for a pointer that is
+    // invalid anyway.
+    let s = unsafe { &*span };
+    let address = ptr as usize;
+    match s.kind() {
+        SpanKind::Small => {
+            let Some(class) = SizeClass::new(s.class_index()) else {
+                return Block::Invalid;
+            };
+            let offset = address.wrapping_sub(s.start_address());
+            let index = class.object_index(offset);
+            let valid = offset < s.pages().bytes()
+                && index < class.info().objects as usize
+                && index * class.size() == offset;
+            if valid {
+                Block::Small(class)
+            } else {
+                Block::Invalid
+            }
+        }
+        SpanKind::PageRun if s.start_address() == address => Block::PageRun,
+        SpanKind::Large if s.block == address => Block::Large,
+        _ => Block::Invalid,
+    }
+}
+
+/// Aborts with `tcalloc: <caller>(): invalid pointer 0x...`.
+#[cold]
+#[inline(never)]
+pub fn invalid_pointer(caller: &str, ptr: *mut u8) -> ! {
+    crate::diag::fatal(format_args!("{caller}(): invalid pointer {ptr:p}"))
+}
+
+/// Allocates `size` zeroed bytes aligned to `align`.
+pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
+    if let Some(class) = class_for(size, align) {
+        let p = thread_cache::alloc(class);
+        if !p.is_null() {
+            // SAFETY: `p` is a fresh block of at least `size` bytes.
+            unsafe { p.write_bytes(0, size) };
+        }
+        return p;
+    }
+    let p = alloc_uncached(size, align);
+    if !p.is_null() && size <= MAX_SIZE {
+        // Page runs may reuse freed pages; large blocks are fresh mappings, already zero.
+        // SAFETY: `p` is a fresh block of at least `size` bytes.
+        unsafe { p.write_bytes(0, size) };
+    }
+    p
+}
+
+/// Resizes a block given the size and alignment it was allocated with. Returns null (and
+/// leaves the block alone) when out of memory.
+///
+/// # Safety
+/// - `ptr` came from this allocator with `old_size` and `align` and is owned by the caller.
+pub unsafe fn realloc_sized(
+    ptr: *mut u8,
+    old_size: usize,
+    align: usize,
+    new_size: usize,
+) -> *mut u8 {
+    let old_class = class_for(old_size, align);
+    let new_class = class_for(new_size, align);
+    if old_class.is_some() && old_class == new_class {
+        return ptr;
+    }
+    if old_class.is_none() && new_class.is_none() && old_size > LARGE_THRESHOLD {
+        let span = page_map::lookup(ptr as usize);
+        // SAFETY: `ptr` is a live large block (sizes above the threshold always are).
+        if new_size > LARGE_THRESHOLD && unsafe { resolve(ptr, span) } == Block::Large {
+            // SAFETY: the caller owns the block.
+            let moved = unsafe { large::realloc(span, new_size) };
+            if !moved.is_null() {
+                return moved;
+            }
+        }
+    }
+    let fresh = alloc(new_size, align);
+    if !fresh.is_null() {
+        // SAFETY: both blocks are live and distinct; each holds at least the bytes copied.
+        unsafe {
+            ptr::copy_nonoverlapping(ptr, fresh, old_size.min(new_size));
+            dealloc_sized(ptr, old_size, align);
+        }
+    }
+    fresh
+}
+
+/// Frees a block by address alone (C `free`): resolves it through the page map and aborts
+/// with a message if it is not a block this allocator handed out.
+///
+/// # Safety
+/// - If `ptr` is a block of this allocator, it is unused.
+#[inline]
+pub unsafe fn free_unsized(ptr: *mut u8, caller: &str) {
+    let span = page_map::lookup(ptr as usize);
+    // SAFETY: `span` is the page-map entry of `ptr`.
+    match unsafe { resolve(ptr, span) } {
+        // SAFETY: a validated object of `class`, dead per the caller.
+        Block::Small(class) => unsafe { thread_cache::dealloc(ptr, class) },
+        // SAFETY: as above, for the other kinds.
+        _ => unsafe { free_span_block(ptr, caller) },
+    }
+}
+
+/// Bytes usable in the block at `ptr` (C `malloc_usable_size`); aborts on a pointer this
+/// allocator did not hand out.
+///
+/// # Safety
+/// - `ptr` is live (freed blocks may be reported or rejected).
+pub unsafe fn usable_size(ptr: *mut u8, caller: &str) -> usize {
+    let span = page_map::lookup(ptr as usize);
+    // SAFETY: `span` is the page-map entry of `ptr`; it is validated before use.
+    unsafe {
+        match resolve(ptr, span) {
+            Block::Small(class) => class.size(),
+            Block::PageRun => (*span).pages().bytes(),
+            Block::Large => large::usable_size(span),
+            Block::Invalid => invalid_pointer(caller, ptr),
+        }
+    }
+}
+
+/// Resizes a block by address alone (C `realloc`, `new_size > 0`) keeping `align`.
+///
+/// # Safety
+/// - `ptr` is a live block of this allocator owned by the caller (otherwise: abort).
+pub unsafe fn realloc_unsized(
+    ptr: *mut u8,
+    new_size: usize,
+    align: usize,
+    caller: &str,
+) -> *mut u8 {
+    let span = page_map::lookup(ptr as usize);
+    // SAFETY: `span` is the page-map entry of `ptr`; it is validated before use.
+    let (block, old_size) = unsafe {
+        let block = resolve(ptr, span);
+        let size = match block {
+            Block::Small(class) => class.size(),
+            Block::PageRun => (*span).pages().bytes(),
+            Block::Large => large::usable_size(span),
+            Block::Invalid => invalid_pointer(caller, ptr),
+        };
+        (block, size)
+    };
+    match block {
+        // Shrinking or growing within the class keeps the block; so does shrinking to no
+        // less than half of it.
+        Block::Small(class)
+            if new_size <= class.size()
+                && (new_size * 2 >= class.size() || class_for(new_size, align) == Some(class)) =>
+        {
+            return ptr;
+        }
+        Block::Large if new_size > LARGE_THRESHOLD => {
+            // SAFETY: a validated live large block owned by the caller.
+            let moved = unsafe { large::realloc(span, new_size) };
+            if !moved.is_null() {
+                return moved;
+            }
+        }
+        _ => {}
+    }
+    let fresh = alloc(new_size, align);
+    if !fresh.is_null() {
+        // SAFETY: both blocks are live and distinct; each holds at least the bytes copied.
+        unsafe {
+            ptr::copy_nonoverlapping(ptr, fresh, old_size.min(new_size));
+            free_unsized(ptr, caller);
+        }
+    }
+    fresh
+}

@@ -1,0 +1,304 @@
+//! Size classes: the generated table (`table.rs`) and the O(1) lookups built on it.
+//!
+//! Every request up to [`MAX_SIZE`](crate::config::LARGE_THRESHOLD) bytes is served from one of
+//! [`NUM_CLASSES`]` - 1` classes; class 0 means "no class". The table itself comes from the
+//! generator in `size_classes/` (see its docs for the rules) and is checked in; `TABLE.md`
+//! beside the generator shows the same rows with their waste.
+//!
+//! Lookups use two tables built at compile time from the rows, so that the fast path does a
+//! bounds check and one load, with no division and no loop:
+//!
+//! * sizes `0..=SMALL_LOOKUP_MAX` index [`SMALL_CLASS`] directly;
+//! * larger sizes index [`MEDIUM_CLASS`] by `(size + 127) >> 7` (every class above 1 KiB is a
+//!   multiple of 128).
+//!
+//! Alignment: a request of `size` bytes aligned to `align <= PAGE_SIZE` is served by the class
+//! of `size` rounded up to a multiple of `align`. The generator guarantees that class's size is
+//! itself a multiple of `align`, and spans start on page boundaries, so every object in it is
+//! aligned (`tests::aligned_requests_land_on_aligned_classes` checks all pairs).
+
+mod table;
+
+pub use table::{TABLE_MAX_SIZE, TABLE_NUM_CLASSES, TABLE_PAGE_SHIFT};
+
+use crate::config::{MIN_ALIGN, PAGE_SIZE, SMALL_LOOKUP_MAX};
+
+/// Number of classes, counting the reserved class 0.
+pub const NUM_CLASSES: usize = TABLE_NUM_CLASSES;
+
+/// Largest size served from a class.
+pub const MAX_SIZE: usize = TABLE_MAX_SIZE;
+
+/// Granularity of [`MEDIUM_CLASS`].
+const MEDIUM_SHIFT: usize = 7;
+
+/// One row of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassInfo {
+    /// Bytes per object.
+    pub size: u32,
+    /// Pages (of `PAGE_SIZE`) per span.
+    pub pages: u32,
+    /// Objects carved from one span: `objects * size <= pages * PAGE_SIZE`.
+    pub objects: u32,
+    /// Objects moved between a thread cache and the central list at once.
+    pub batch: u32,
+}
+
+impl ClassInfo {
+    pub const fn new(size: u32, pages: u32, objects: u32, batch: u32) -> Self {
+        ClassInfo { size, pages, objects, batch }
+    }
+}
+
+/// The rows, indexed by class.
+pub const CLASSES: [ClassInfo; NUM_CLASSES] = table::CLASSES;
+
+/// A size class: an index into [`CLASSES`] in `1..NUM_CLASSES`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SizeClass(u8);
+
+impl SizeClass {
+    /// The class with this index, if it is one (0 is not).
+    pub const fn new(index: usize) -> Option<SizeClass> {
+        if index == 0 || index >= NUM_CLASSES {
+            None
+        } else {
+            Some(SizeClass(index as u8))
+        }
+    }
+
+    #[inline(always)]
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    #[inline(always)]
+    pub const fn info(self) -> &'static ClassInfo {
+        &CLASSES[self.0 as usize]
+    }
+
+    /// Bytes per object.
+    #[inline(always)]
+    pub const fn size(self) -> usize {
+        CLASSES[self.0 as usize].size as usize
+    }
+
+    /// Objects moved at once between a thread cache and the central list.
+    #[inline(always)]
+    pub const fn batch(self) -> usize {
+        CLASSES[self.0 as usize].batch as usize
+    }
+
+    /// Every class, smallest first.
+    pub fn all() -> impl DoubleEndedIterator<Item = SizeClass> {
+        (1..NUM_CLASSES).map(|i| SizeClass(i as u8))
+    }
+}
+
+const fn smallest_class_for(size: usize) -> u8 {
+    let mut i = 1;
+    while i < NUM_CLASSES {
+        if CLASSES[i].size as usize >= size {
+            return i as u8;
+        }
+        i += 1;
+    }
+    0
+}
+
+/// Class of every size `0..=SMALL_LOOKUP_MAX`, indexed by the size itself (size 0 gets the
+/// smallest class).
+pub static SMALL_CLASS: [u8; SMALL_LOOKUP_MAX + 1] = {
+    let mut t = [0u8; SMALL_LOOKUP_MAX + 1];
+    let mut size = 0;
+    while size <= SMALL_LOOKUP_MAX {
+        t[size] = smallest_class_for(size);
+        size += 1;
+    }
+    t
+};
+
+/// Class of every size up to [`MAX_SIZE`], indexed by `(size + 127) >> 7`.
+pub static MEDIUM_CLASS: [u8; (MAX_SIZE >> MEDIUM_SHIFT) + 1] = {
+    let mut t = [0u8; (MAX_SIZE >> MEDIUM_SHIFT) + 1];
+    let mut i = 0;
+    while i < t.len() {
+        t[i] = smallest_class_for(i << MEDIUM_SHIFT);
+        i += 1;
+    }
+    t
+};
+
+// Every class above the direct table is a multiple of the medium granularity, so the medium
+// lookup is exact; the first class of the table is at least the minimum alignment.
+const _: () = {
+    let mut i = 1;
+    while i < NUM_CLASSES {
+        let size = CLASSES[i].size as usize;
+        assert!(size % MIN_ALIGN == 0);
+        assert!(size <= SMALL_LOOKUP_MAX || size % (1 << MEDIUM_SHIFT) == 0);
+        assert!(CLASSES[i].objects as usize * size <= CLASSES[i].pages as usize * PAGE_SIZE);
+        assert!(CLASSES[i].objects >= 1 && CLASSES[i].batch >= 1);
+        i += 1;
+    }
+    assert!(CLASSES[NUM_CLASSES - 1].size as usize == MAX_SIZE);
+    assert!(NUM_CLASSES <= 256);
+};
+
+/// `DIVIDE_MAGIC[c] = ceil(2^DIVIDE_SHIFT / size(c))`: `(offset * magic) >> DIVIDE_SHIFT`
+/// equals `offset / size(c)` for every offset inside a span (below 2^19 bytes), which lets
+/// `free` check that a pointer is an object boundary without a division.
+static DIVIDE_MAGIC: [u64; NUM_CLASSES] = {
+    let mut t = [0u64; NUM_CLASSES];
+    let mut i = 1;
+    while i < NUM_CLASSES {
+        t[i] = (1u64 << DIVIDE_SHIFT).div_ceil(CLASSES[i].size as u64);
+        i += 1;
+    }
+    t
+};
+const DIVIDE_SHIFT: u32 = 40;
+const _: () = {
+    // Exactness needs offset * (magic * size - 2^shift) < 2^shift for every offset in a span;
+    // the error term is below `size`, so spans below 2^19 bytes and sizes below 2^19 suffice.
+    let mut i = 1;
+    while i < NUM_CLASSES {
+        assert!((CLASSES[i].pages as usize * PAGE_SIZE) < (1 << 19));
+        assert!((CLASSES[i].size as u64) < (1 << 19));
+        i += 1;
+    }
+};
+
+impl SizeClass {
+    /// `offset / self.size()` for an offset inside one of this class's spans.
+    #[inline(always)]
+    pub fn object_index(self, offset: usize) -> usize {
+        ((offset as u64 * DIVIDE_MAGIC[self.index()]) >> DIVIDE_SHIFT) as usize
+    }
+}
+
+/// The class for a request of `size` bytes with alignment `align <= MIN_ALIGN` and
+/// `size <= SMALL_LOOKUP_MAX`: the fast path's one load.
+///
+/// # Safety
+/// - `size <= SMALL_LOOKUP_MAX`.
+#[inline(always)]
+pub unsafe fn small_class_unchecked(size: usize) -> SizeClass {
+    debug_assert!(size <= SMALL_LOOKUP_MAX, "small_class_unchecked({size})");
+    // SAFETY: the caller bounds `size` by the table's length; every entry is a valid class.
+    SizeClass(unsafe { *SMALL_CLASS.get_unchecked(size) })
+}
+
+/// The class that serves `size` bytes aligned to `align` (a power of two), or `None` when the
+/// request must go elsewhere (larger than [`MAX_SIZE`] once rounded, or aligned beyond a page).
+#[inline]
+pub fn class_for(size: usize, align: usize) -> Option<SizeClass> {
+    debug_assert!(align.is_power_of_two());
+    if align <= MIN_ALIGN && size <= SMALL_LOOKUP_MAX {
+        // SAFETY: bounded just above.
+        return Some(unsafe { small_class_unchecked(size) });
+    }
+    if align > PAGE_SIZE || size > MAX_SIZE {
+        return None;
+    }
+    let rounded = (size + align - 1) & !(align - 1);
+    if rounded <= SMALL_LOOKUP_MAX {
+        Some(SizeClass(SMALL_CLASS[rounded]))
+    } else if rounded <= MAX_SIZE {
+        Some(SizeClass(MEDIUM_CLASS[(rounded + (1 << MEDIUM_SHIFT) - 1) >> MEDIUM_SHIFT]))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_in_table_is_current() {
+        assert_eq!(
+            include_str!("table.rs"),
+            tcalloc_size_classes::render_rust(),
+            "src/size_class/table.rs is stale: run `cargo run -p tcalloc-size-classes`"
+        );
+        assert_eq!(
+            include_str!("../../size_classes/TABLE.md"),
+            tcalloc_size_classes::render_table(),
+            "size_classes/TABLE.md is stale: run `cargo run -p tcalloc-size-classes`"
+        );
+    }
+
+    #[test]
+    fn table_follows_its_rules() {
+        let table: Vec<_> = tcalloc_size_classes::classes();
+        assert_eq!(table.len() + 1, NUM_CLASSES);
+        for (i, class) in SizeClass::all().enumerate() {
+            let info = class.info();
+            let size = info.size as usize;
+            let span = info.pages as usize * PAGE_SIZE;
+            if i > 0 {
+                assert!(size > CLASSES[i].size as usize, "not increasing at class {i}");
+            }
+            assert_eq!(size % 8, 0, "class {size} not 8-aligned");
+            if size > 128 {
+                assert_eq!(size % 16, 0, "class {size} not 16-aligned");
+            }
+            let waste = tcalloc_size_classes::rounding_waste(&table, i);
+            if size >= 64 {
+                assert!(waste <= 0.125, "class {size}: rounding waste {waste}");
+            } else {
+                assert_eq!(size, (i + 1) * 8, "small classes are 8 bytes apart");
+            }
+            assert_eq!(info.objects as usize, span / size);
+            let tail = span - info.objects as usize * size;
+            assert!(tail * 8 <= span, "class {size}: tail {tail} of {span}");
+            assert!(info.batch >= 2 && info.batch <= 32);
+        }
+    }
+
+    #[test]
+    fn every_size_maps_to_the_smallest_class_that_fits() {
+        for size in 0..=MAX_SIZE {
+            let class = class_for(size, 1).expect("size within the table");
+            assert!(class.size() >= size, "size {size} -> class {}", class.size());
+            if class.index() > 1 {
+                let below = CLASSES[class.index() - 1].size as usize;
+                assert!(below < size, "size {size} -> {} but {below} fits", class.size());
+            }
+            assert_eq!(class_for(size, 8), Some(class));
+        }
+        assert_eq!(class_for(MAX_SIZE + 1, 1), None);
+        assert_eq!(class_for(usize::MAX, 1), None);
+    }
+
+    #[test]
+    fn aligned_requests_land_on_aligned_classes() {
+        let mut align = 16;
+        while align <= PAGE_SIZE {
+            for size in (1..=MAX_SIZE).step_by(7).chain([align, MAX_SIZE]) {
+                match class_for(size, align) {
+                    Some(class) => {
+                        assert!(class.size() >= size);
+                        assert_eq!(class.size() % align, 0, "size {size} align {align}");
+                    }
+                    None => assert!(size.next_multiple_of(align) > MAX_SIZE),
+                }
+            }
+            align *= 2;
+        }
+        assert_eq!(class_for(8, PAGE_SIZE * 2), None);
+    }
+
+    #[test]
+    fn object_index_divides_exactly() {
+        for class in SizeClass::all() {
+            let span = class.info().pages as usize * PAGE_SIZE;
+            let size = class.size();
+            for offset in (0..span).step_by(if size < 1024 { 1 } else { 7 }) {
+                assert_eq!(class.object_index(offset), offset / size, "{offset} / {size}");
+            }
+        }
+    }
+}

@@ -1,0 +1,732 @@
+//! Thread caches: one free list per size class per thread, so that most allocations and frees
+//! touch no lock and no shared cache line.
+//!
+//! The fast path ([`alloc`], [`dealloc`]) pops or pushes the thread's list for a class and
+//! counts: nothing more. Each list keeps `room`, the number of objects it may still take
+//! before it is too long (`room = max_len - len`); `dealloc` pushes and decrements `room`, and
+//! only when `room` goes negative does it leave the fast path. `alloc` leaves it only when the
+//! list is empty. Both slow paths move whole batches to or from the central free list.
+//!
+//! Limits, as in tcmalloc:
+//! - **slow start**: a list's `max_len` starts at 0 and grows by one per miss up to the class's
+//!   batch size, then by a batch at a time up to [`MAX_LIST_LENGTH`];
+//! - **overages**: a list that keeps overflowing at a `max_len` above the batch size shrinks by
+//!   a batch after [`MAX_LIST_OVERAGES`] overflows;
+//! - **budget**: `Σ max_len × size` over a thread's lists stays within its budget, a share of
+//!   the total cap for all threads ([`TOTAL_THREAD_CACHE_BYTES`]); a list that wants to grow
+//!   past it first halves the other lists;
+//! - **idle lists shrink**: every [`SCAVENGE_INTERVAL`] slow-path events, each list that had no
+//!   slow-path event since the last scavenge gives back half its objects and limit.
+//!
+//! Life cycle. A thread's cache is a `const`-initialised thread-local with no destructor, so
+//! the fast path reaches it with a plain TLS address. Its state starts `Uninit` with every
+//! list empty and every `room` zero, which sends the first `alloc` and `dealloc` of each class
+//! to the slow path; there the cache activates: it registers a destructor guard (a second
+//! thread-local with `Drop`) and joins the registry. Registering the guard may call back into
+//! the allocator (glibc's `__cxa_thread_atexit_impl` allocates); during that the state is
+//! `Initializing`, and re-entrant calls are served straight from the central lists. When the
+//! thread exits, the guard returns every cached object to the central lists and marks the
+//! cache `Dead`; any later use (other thread-local destructors) goes to the central lists too.
+//!
+//! Entry points: [`alloc`], [`dealloc`] (fast), [`cached_bytes`], [`for_each_registered`].
+//! Layer below: `central_free_list`.
+
+use crate::central_free_list::central;
+use crate::config::{
+    MAX_LIST_LENGTH, MAX_LIST_OVERAGES, MIN_THREAD_CACHE_BYTES, THREAD_CACHE_BYTES,
+    TOTAL_THREAD_CACHE_BYTES,
+};
+use crate::free_list::{self, FreeObject};
+use crate::page_heap::PAGE_HEAP;
+use crate::size_class::{SizeClass, NUM_CLASSES};
+use crate::sync::Lock;
+use core::cell::UnsafeCell;
+use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// Slow-path events between two scavenges of a thread's cache.
+pub const SCAVENGE_INTERVAL: u32 = 1024;
+
+/// The part of a list the fast path touches: 16 bytes, so a class index scales to it with
+/// one shift.
+#[repr(C, align(16))]
+struct HotList {
+    /// Free objects, most recently freed first.
+    head: *mut FreeObject,
+    /// Objects the list may still take: `max_len - len`. Negative only transiently, between
+    /// the push in `dealloc` and its slow path.
+    room: i32,
+}
+
+/// The rest of a list's state, touched only on slow paths.
+#[derive(Clone, Copy)]
+struct ListLimits {
+    max_len: u32,
+    overages: u32,
+    /// Slow-path events since the last scavenge.
+    events: u32,
+    /// The length last published to `published_bytes`.
+    published_len: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum State {
+    Uninit,
+    Initializing,
+    Active,
+    Dead,
+}
+
+/// One thread's cache.
+///
+/// Invariants (checked by [`ThreadCache::check_invariants`], for an `Active` cache):
+/// - `len(c) = count(hot[c].head)` and `hot[c].room == limits[c].max_len - len(c) >= 0`;
+/// - `limits[c].max_len <= MAX_LIST_LENGTH`;
+/// - `capacity == Σ_c limits[c].max_len × size(c)` and `capacity <= budget` except that a
+///   list never shrinks below its batch size to meet the budget;
+/// - the cache is on the registry iff `state == Active`.
+///
+/// When not `Active`, every list is empty with `room == 0` (between slow paths).
+#[repr(C)]
+pub struct ThreadCache {
+    hot: [HotList; NUM_CLASSES],
+    limits: [ListLimits; NUM_CLASSES],
+    state: State,
+    capacity: usize,
+    budget: usize,
+    events: u32,
+    /// Registry links.
+    next: *mut ThreadCache,
+    prev: *mut ThreadCache,
+    /// Bytes cached, as of each list's last slow-path event; read by other threads.
+    published_bytes: AtomicUsize,
+}
+
+thread_local! {
+    static CACHE: UnsafeCell<ThreadCache> = const { UnsafeCell::new(ThreadCache::new()) };
+    static EXIT_GUARD: ExitGuard = const { ExitGuard };
+}
+
+/// Dropped when its thread exits: flushes the thread's cache.
+struct ExitGuard;
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let cache = cache();
+        // SAFETY: the cache belongs to this thread, and no fast-path borrow is live while a
+        // thread-local destructor runs.
+        unsafe { ThreadCache::retire(cache) };
+    }
+}
+
+/// The calling thread's cache.
+#[inline(always)]
+fn cache() -> *mut ThreadCache {
+    CACHE.with(|c| c.get())
+}
+
+/// Pops an object of `class` from the calling thread's cache; null only when out of memory.
+#[inline(always)]
+pub fn alloc(class: SizeClass) -> *mut u8 {
+    let cache = cache();
+    // SAFETY: the cache is this thread's; `class.index() < NUM_CLASSES`; the list's objects
+    // are free objects of the class, whose first word links the list.
+    unsafe {
+        let list = (*cache).hot.as_mut_ptr().add(class.index());
+        let head = (*list).head;
+        if head.is_null() {
+            return alloc_slow(class);
+        }
+        (*list).head = (*head).next;
+        (*list).room += 1;
+        head.cast()
+    }
+}
+
+/// Pushes an object of `class` onto the calling thread's cache.
+///
+/// # Safety
+/// - `ptr` is a block of `class` handed out by this allocator and no longer used.
+#[inline(always)]
+pub unsafe fn dealloc(ptr: *mut u8, class: SizeClass) {
+    let cache = cache();
+    // SAFETY: as in `alloc`; `ptr` is a dead block of the class per the caller.
+    unsafe {
+        let list = (*cache).hot.as_mut_ptr().add(class.index());
+        let object = ptr.cast::<FreeObject>();
+        (*object).next = (*list).head;
+        (*list).head = object;
+        (*list).room -= 1;
+        if (*list).room < 0 {
+            dealloc_slow(class);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_slow(class: SizeClass) -> *mut u8 {
+    let cache = cache();
+    // SAFETY: the cache is this thread's. No reference into it is held across `activate`,
+    // which may re-enter the allocator.
+    unsafe {
+        if !ThreadCache::ensure_active(cache) {
+            let (object, _) = central(class).lock().remove_range(class, 1, &PAGE_HEAP);
+            return object.cast();
+        }
+        (*cache).refill(class)
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn dealloc_slow(class: SizeClass) {
+    let cache = cache();
+    // SAFETY: as in `alloc_slow`.
+    unsafe {
+        if !ThreadCache::ensure_active(cache) {
+            (*cache).drain_inactive(class);
+            return;
+        }
+        (*cache).list_too_long(class);
+    }
+}
+
+/// The registry of active caches, for statistics and the thread count.
+struct Registry {
+    head: *mut ThreadCache,
+    threads: usize,
+}
+
+// SAFETY: registered caches stay valid until their thread unregisters them under the lock.
+unsafe impl Send for Registry {}
+
+static REGISTRY: Lock<Registry> = Lock::new(Registry { head: ptr::null_mut(), threads: 0 });
+static LIVE_THREADS: AtomicUsize = AtomicUsize::new(0);
+/// The cap on all caches together (changeable at start-up through the environment).
+static TOTAL_BUDGET: AtomicUsize = AtomicUsize::new(TOTAL_THREAD_CACHE_BYTES);
+
+/// Sets the cap on the bytes of all thread caches together.
+pub fn set_total_budget(bytes: usize) {
+    TOTAL_BUDGET.store(bytes, Relaxed);
+}
+
+/// The budget of one thread's cache given the number of live threads.
+fn thread_budget() -> usize {
+    let threads = LIVE_THREADS.load(Relaxed).max(1);
+    let total = TOTAL_BUDGET.load(Relaxed);
+    let share = total / threads;
+    // Between the per-thread floor and ceiling, but never above the total.
+    share.max(MIN_THREAD_CACHE_BYTES).min(THREAD_CACHE_BYTES).min(total)
+}
+
+impl ThreadCache {
+    const fn new() -> ThreadCache {
+        ThreadCache {
+            hot: [const { HotList { head: ptr::null_mut(), room: 0 } }; NUM_CLASSES],
+            limits: [ListLimits { max_len: 0, overages: 0, events: 0, published_len: 0 };
+                NUM_CLASSES],
+            state: State::Uninit,
+            capacity: 0,
+            budget: 0,
+            events: 0,
+            next: ptr::null_mut(),
+            prev: ptr::null_mut(),
+            published_bytes: AtomicUsize::new(0),
+        }
+    }
+
+    /// Activates the cache on first use; false if it cannot be used (re-entered while
+    /// activating, or its thread is exiting).
+    ///
+    /// # Safety
+    /// - `cache` is the calling thread's cache and no reference into it is live.
+    unsafe fn ensure_active(cache: *mut ThreadCache) -> bool {
+        // SAFETY: per the caller.
+        unsafe {
+            match (*cache).state {
+                State::Active => true,
+                State::Uninit => Self::activate(cache),
+                State::Initializing | State::Dead => false,
+            }
+        }
+    }
+
+    /// # Safety
+    /// - as for [`ensure_active`](Self::ensure_active); the state is `Uninit`.
+    #[cold]
+    unsafe fn activate(cache: *mut ThreadCache) -> bool {
+        // SAFETY: per the caller; re-entrant calls during the two calls below see
+        // `Initializing` and keep out of the cache's lists.
+        unsafe {
+            (*cache).state = State::Initializing;
+            crate::lifecycle::ensure_initialized();
+            if EXIT_GUARD.try_with(|_| ()).is_err() {
+                (*cache).state = State::Dead;
+                return false;
+            }
+            let mut registry = REGISTRY.lock();
+            (*cache).prev = ptr::null_mut();
+            (*cache).next = registry.head;
+            if !registry.head.is_null() {
+                (*registry.head).prev = cache;
+            }
+            registry.head = cache;
+            registry.threads += 1;
+            LIVE_THREADS.store(registry.threads, Relaxed);
+            drop(registry);
+            (*cache).budget = thread_budget();
+            (*cache).state = State::Active;
+        }
+        true
+    }
+
+    /// Returns everything to the central lists, leaves the registry and marks the cache dead.
+    ///
+    /// # Safety
+    /// - `cache` is the calling thread's cache and no reference into it is live.
+    unsafe fn retire(cache: *mut ThreadCache) {
+        // SAFETY: per the caller.
+        unsafe {
+            if (*cache).state != State::Active {
+                (*cache).state = State::Dead;
+                return;
+            }
+            (*cache).state = State::Dead;
+            for class in SizeClass::all() {
+                let c = &mut *cache;
+                let len = c.len(class);
+                c.release(class, len);
+                c.hot[class.index()].room = 0;
+                c.limits[class.index()] =
+                    ListLimits { max_len: 0, overages: 0, events: 0, published_len: 0 };
+            }
+            (*cache).capacity = 0;
+            (*cache).published_bytes.store(0, Relaxed);
+            let mut registry = REGISTRY.lock();
+            let (prev, next) = ((*cache).prev, (*cache).next);
+            if prev.is_null() {
+                registry.head = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            registry.threads -= 1;
+            LIVE_THREADS.store(registry.threads, Relaxed);
+        }
+    }
+
+    /// Number of objects on the list of `class`.
+    #[inline]
+    fn len(&self, class: SizeClass) -> usize {
+        let i = class.index();
+        (self.limits[i].max_len as i64 - self.hot[i].room as i64) as usize
+    }
+
+    /// An inactive cache's list got an object (or more, from re-entrant frees): send them all
+    /// to the central list.
+    fn drain_inactive(&mut self, class: SizeClass) {
+        let list = &mut self.hot[class.index()];
+        let head = core::mem::replace(&mut list.head, ptr::null_mut());
+        list.room = 0;
+        // SAFETY: the list holds dead objects of `class` pushed by `dealloc`.
+        unsafe {
+            let n = free_list::count(head);
+            if n > 0 {
+                central(class).lock().insert_range(class, head, n, &PAGE_HEAP);
+            }
+        }
+    }
+
+    /// The list of `class` is empty: fetch objects from the central list and return one.
+    fn refill(&mut self, class: SizeClass) -> *mut u8 {
+        let i = class.index();
+        // Defensive: a re-entrant free during activation may have left an object here.
+        // SAFETY: the list is well formed.
+        let object = unsafe { free_list::pop(&mut self.hot[i].head) };
+        if !object.is_null() {
+            self.hot[i].room += 1;
+            return object.cast();
+        }
+        self.note_event(class);
+        let batch = class.batch() as u32;
+        let want = self.limits[i].max_len.clamp(1, batch) as usize;
+        let (head, n) = central(class).lock().remove_range(class, want, &PAGE_HEAP);
+        if n == 0 {
+            return ptr::null_mut();
+        }
+        // SAFETY: `head` is a fresh list of `n` objects.
+        self.hot[i].head = unsafe { (*head).next };
+        let len = n as u32 - 1;
+        let max_len = self.limits[i].max_len;
+        let grown =
+            if max_len < batch { max_len + 1 } else { (max_len + batch).min(MAX_LIST_LENGTH) };
+        self.try_set_max_len(class, grown);
+        self.hot[i].room = (self.limits[i].max_len - len) as i32;
+        self.publish(class);
+        self.maybe_scavenge();
+        head.cast()
+    }
+
+    /// The list of `class` overflowed its `max_len`: give a batch back and adjust the limit.
+    fn list_too_long(&mut self, class: SizeClass) {
+        let i = class.index();
+        self.note_event(class);
+        let batch = class.batch();
+        let len = self.len(class);
+        self.release(class, len.min(batch));
+        let max_len = self.limits[i].max_len;
+        if max_len < batch as u32 {
+            self.try_set_max_len(class, max_len + 1);
+        } else if max_len > batch as u32 {
+            self.limits[i].overages += 1;
+            if self.limits[i].overages > MAX_LIST_OVERAGES {
+                self.limits[i].overages = 0;
+                self.set_max_len_and_trim(class, max_len - batch as u32);
+            }
+        }
+        self.publish(class);
+        self.maybe_scavenge();
+    }
+
+    fn note_event(&mut self, class: SizeClass) {
+        self.limits[class.index()].events = self.limits[class.index()].events.saturating_add(1);
+        self.events += 1;
+    }
+
+    /// Moves the first `n` objects of the list of `class` to the central list, in batches,
+    /// and widens `room` accordingly.
+    fn release(&mut self, class: SizeClass, mut n: usize) {
+        let i = class.index();
+        while n > 0 {
+            let chunk = n.min(class.batch());
+            // SAFETY: the list holds at least `n >= chunk` objects (callers pass at most
+            // `len`); they are dead objects of `class`.
+            unsafe {
+                let objects = free_list::split_front(&mut self.hot[i].head, chunk);
+                central(class).lock().insert_range(class, objects, chunk, &PAGE_HEAP);
+            }
+            self.hot[i].room += chunk as i32;
+            n -= chunk;
+        }
+    }
+
+    /// Raises or lowers `max_len` of `class` to `new`, keeping `capacity` within the budget
+    /// (by halving the other lists first if needed). Returns whether it was set.
+    fn try_set_max_len(&mut self, class: SizeClass, new: u32) -> bool {
+        let i = class.index();
+        let old = self.limits[i].max_len;
+        if new > old {
+            let extra = (new - old) as usize * class.size();
+            if self.capacity + extra > self.budget {
+                self.shrink_all_except(class);
+                if self.capacity + extra > self.budget {
+                    return false;
+                }
+            }
+        }
+        self.set_max_len_and_trim(class, new);
+        true
+    }
+
+    /// Sets `max_len` of `class`, releasing objects beyond it, and fixes `room` and
+    /// `capacity`.
+    fn set_max_len_and_trim(&mut self, class: SizeClass, new: u32) {
+        let i = class.index();
+        let len = self.len(class);
+        if len > new as usize {
+            self.release(class, len - new as usize);
+        }
+        let old = self.limits[i].max_len;
+        self.capacity = self.capacity - old as usize * class.size() + new as usize * class.size();
+        self.hot[i].room += new as i32 - old as i32;
+        self.limits[i].max_len = new;
+    }
+
+    /// Halves every list but `keep` (limit and contents), to make room in the budget.
+    #[cold]
+    fn shrink_all_except(&mut self, keep: SizeClass) {
+        for class in SizeClass::all() {
+            if class != keep && self.limits[class.index()].max_len > 0 {
+                self.set_max_len_and_trim(class, self.limits[class.index()].max_len / 2);
+                self.publish(class);
+            }
+        }
+    }
+
+    /// Every [`SCAVENGE_INTERVAL`] events: halve the lists that saw no slow-path event since
+    /// the last scavenge, and refresh the budget from the number of live threads.
+    fn maybe_scavenge(&mut self) {
+        if self.events < SCAVENGE_INTERVAL {
+            return;
+        }
+        self.scavenge();
+    }
+
+    #[cold]
+    fn scavenge(&mut self) {
+        self.events = 0;
+        self.budget = thread_budget();
+        for class in SizeClass::all() {
+            let i = class.index();
+            if self.limits[i].events == 0 && self.limits[i].max_len > 0 {
+                let len = self.len(class) as u32;
+                self.set_max_len_and_trim(class, self.limits[i].max_len.min(len) / 2);
+                self.publish(class);
+            }
+            self.limits[i].events = 0;
+        }
+        if self.capacity > self.budget {
+            for class in SizeClass::all() {
+                if self.capacity <= self.budget {
+                    break;
+                }
+                self.set_max_len_and_trim(class, self.limits[class.index()].max_len / 2);
+                self.publish(class);
+            }
+        }
+    }
+
+    /// Publishes the list length of `class` to `published_bytes` for other threads' stats.
+    fn publish(&mut self, class: SizeClass) {
+        let i = class.index();
+        let len = self.len(class) as u32;
+        let old = self.limits[i].published_len;
+        if len != old {
+            let bytes = self.published_bytes.load(Relaxed);
+            let bytes = bytes + len as usize * class.size() - old as usize * class.size();
+            self.published_bytes.store(bytes, Relaxed);
+            self.limits[i].published_len = len;
+        }
+    }
+
+    /// Exact bytes cached by this (the calling thread's) cache.
+    fn exact_bytes(&self) -> usize {
+        if self.state != State::Active {
+            return 0;
+        }
+        SizeClass::all().map(|c| self.len(c) * c.size()).sum()
+    }
+
+    /// Checks the invariants on the struct; panics with the offending values.
+    pub fn check_invariants(&self) {
+        if self.state != State::Active {
+            for class in SizeClass::all() {
+                let list = &self.hot[class.index()];
+                assert!(list.head.is_null() && list.room == 0, "inactive cache holds objects");
+            }
+            return;
+        }
+        let mut capacity = 0;
+        for class in SizeClass::all() {
+            let i = class.index();
+            // SAFETY: the list is well formed.
+            let counted = unsafe { free_list::count(self.hot[i].head) };
+            let limits = &self.limits[i];
+            assert!(self.hot[i].room >= 0, "class {i}: room {}", self.hot[i].room);
+            assert_eq!(
+                counted,
+                self.len(class),
+                "class {i}: {counted} objects, max_len {} room {}",
+                limits.max_len,
+                self.hot[i].room
+            );
+            assert!(limits.max_len <= MAX_LIST_LENGTH);
+            capacity += limits.max_len as usize * class.size();
+        }
+        assert_eq!(capacity, self.capacity, "capacity");
+    }
+}
+
+/// Bytes held by all thread caches: exact for the calling thread, and as of each list's last
+/// slow-path event for the others.
+pub fn cached_bytes() -> usize {
+    let me = cache();
+    let registry = REGISTRY.lock();
+    let mut total = 0;
+    let mut c = registry.head;
+    while !c.is_null() {
+        // SAFETY: registered caches are valid while the registry lock is held; only the
+        // atomic `published_bytes` of other threads' caches is read.
+        unsafe {
+            if c != me {
+                total += (*c).published_bytes.load(Relaxed);
+            }
+            c = (*c).next;
+        }
+    }
+    drop(registry);
+    // SAFETY: our own cache, read on our own thread outside any fast path.
+    total + unsafe { (*me).exact_bytes() }
+}
+
+/// Number of threads with an active cache.
+pub fn live_threads() -> usize {
+    LIVE_THREADS.load(Relaxed)
+}
+
+/// Checks the calling thread's cache.
+pub fn check_current() {
+    // SAFETY: our own cache, read on our own thread outside any fast path.
+    unsafe { (*cache()).check_invariants() }
+}
+
+/// Returns every object in the calling thread's cache to the central lists (the cache stays
+/// active, its limits restart from slow start).
+pub fn flush_current() {
+    let cache = cache();
+    // SAFETY: our own cache, on our own thread, outside any fast path.
+    unsafe {
+        if (*cache).state != State::Active {
+            return;
+        }
+        let c = &mut *cache;
+        for class in SizeClass::all() {
+            c.set_max_len_and_trim(class, 0);
+            c.publish(class);
+        }
+    }
+}
+
+/// The registry's lock, for the fork handlers.
+pub fn registry_lock() -> &'static crate::sync::RawLock {
+    REGISTRY.raw()
+}
+
+/// After `fork`, in the child: only the forking thread survives, so forget the other caches
+/// (their objects are lost to the child, as with every thread-caching allocator).
+///
+/// # Safety
+/// - Called only in a `fork` child while the registry lock is held by this thread.
+pub unsafe fn forget_other_threads_after_fork() {
+    let me = cache();
+    // SAFETY: we hold the registry lock (taken before fork); only this thread runs.
+    unsafe {
+        let registry = &mut *REGISTRY.data_ptr();
+        if (*me).state == State::Active {
+            (*me).next = ptr::null_mut();
+            (*me).prev = ptr::null_mut();
+            registry.head = me;
+            registry.threads = 1;
+        } else {
+            registry.head = ptr::null_mut();
+            registry.threads = 0;
+        }
+        LIVE_THREADS.store(registry.threads, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::size_class::class_for;
+
+    fn class_of(size: usize) -> SizeClass {
+        class_for(size, 8).unwrap()
+    }
+
+    /// Runs `f` on a fresh thread, so that the cache under test starts `Uninit`.
+    fn on_fresh_thread(f: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(f).join().unwrap();
+    }
+
+    #[test]
+    fn slow_start_then_batches() {
+        on_fresh_thread(|| {
+            let class = class_of(96);
+            let batch = class.batch();
+            let mut blocks = Vec::new();
+            // Slow start fetches 1, 2, 3, ... objects per miss until the batch size.
+            for _ in 0..batch * batch + 4 * batch {
+                let p = alloc(class);
+                assert!(!p.is_null());
+                blocks.push(p);
+            }
+            check_current();
+            // SAFETY: our own cache on our own thread.
+            let (max_len, state) = unsafe {
+                let c = &*cache();
+                (c.limits[class.index()].max_len, c.state)
+            };
+            assert_eq!(state, State::Active);
+            assert!(max_len as usize > batch, "grew past the batch: {max_len}");
+            for p in blocks {
+                // SAFETY: blocks of `class` from `alloc`, unused.
+                unsafe { dealloc(p, class) };
+            }
+            check_current();
+            // SAFETY: as above.
+            let len = unsafe { (*cache()).len(class) };
+            assert!(len <= MAX_LIST_LENGTH as usize);
+            assert!(cached_bytes() >= len * class.size());
+        });
+    }
+
+    #[test]
+    fn lists_respect_the_budget() {
+        on_fresh_thread(|| {
+            let class = class_of(200 * 1024);
+            let mut blocks = Vec::new();
+            for _ in 0..64 {
+                blocks.push(alloc(class));
+            }
+            for p in blocks {
+                // SAFETY: blocks of `class` from `alloc`, unused.
+                unsafe { dealloc(p, class) };
+                check_current();
+            }
+            // SAFETY: our own cache.
+            let c = unsafe { &*cache() };
+            assert!(c.capacity <= c.budget, "capacity {} budget {}", c.capacity, c.budget);
+            assert!(c.exact_bytes() <= c.budget);
+        });
+    }
+
+    #[test]
+    fn idle_lists_shrink_on_scavenge() {
+        on_fresh_thread(|| {
+            let idle = class_of(512);
+            let busy = class_of(32);
+            let blocks: Vec<_> = (0..200).map(|_| alloc(idle)).collect();
+            for p in blocks {
+                // SAFETY: blocks of `idle`, unused.
+                unsafe { dealloc(p, idle) };
+            }
+            // SAFETY: our own cache.
+            let before = unsafe { (*cache()).len(idle) };
+            assert!(before > 0);
+            // Churn another class past its list limit until two scavenges have run: each
+            // round takes about 600 refills and 400 overflows.
+            for _ in 0..4 {
+                let q: Vec<_> = (0..20_000).map(|_| alloc(busy)).collect();
+                for p in q {
+                    // SAFETY: just allocated.
+                    unsafe { dealloc(p, busy) };
+                }
+            }
+            check_current();
+            // SAFETY: our own cache.
+            let after = unsafe { (*cache()).len(idle) };
+            assert!(after < before, "idle list kept {after} of {before}");
+        });
+    }
+
+    #[test]
+    fn thread_exit_returns_everything() {
+        let class = class_of(4000);
+        let threads_before = live_threads();
+        on_fresh_thread(move || {
+            let blocks: Vec<_> = (0..50).map(|_| alloc(class)).collect();
+            for p in blocks {
+                // SAFETY: blocks of `class`, unused.
+                unsafe { dealloc(p, class) };
+            }
+            assert!(live_threads() >= 1);
+        });
+        // Other tests run threads concurrently; ours is gone from the count.
+        assert!(live_threads() <= threads_before + 8);
+    }
+}
