@@ -17,9 +17,11 @@
 //! the layers below it:
 //!
 //! ```text
-//! global.rs            TcAlloc: GlobalAlloc                          entry points
+//! global.rs  ffi.rs   TcAlloc: GlobalAlloc; the C malloc family      entry points
+//! stats.rs             snapshot of every layer (reads them all)
 //! router.rs            size & alignment -> class / page run / large; C free validation
 //! thread_cache.rs      per-thread free list per class, no locks on the fast path
+//! release.rs           when free memory goes back to the OS (reserve, decay, on demand)
 //! central_free_list.rs per class: batches in and out under one lock, spans of objects
 //! page_heap.rs         spans of pages: split, coalesce, release to the OS
 //! page_map.rs          address -> span radix tree, read without locks
@@ -27,9 +29,9 @@
 //! size_class/          the generated class table and O(1) lookups
 //! metadata.rs          the allocator's own records (span records), from `os`
 //! os.rs                the only code that calls mmap / munmap / mremap / madvise
-//! leaves: config.rs (every tunable), span.rs (span records), free_list.rs (intrusive
-//!         lists), sync.rs (futex lock), diag.rs (messages without allocating),
-//!         lifecycle.rs (start-up, fork)
+//! leaves: config.rs (every tunable), env.rs (settings from the environment), span.rs
+//!         (span records), free_list.rs (intrusive lists), sync.rs (futex lock), diag.rs
+//!         (messages without allocating), lifecycle.rs (start-up, fork)
 //! ```
 //!
 //! Rules that hold in every file: nothing on an allocation path allocates, panics, formats or
@@ -42,6 +44,8 @@
 mod central_free_list;
 mod config;
 mod diag;
+mod env;
+mod ffi;
 mod free_list;
 mod global;
 mod large;
@@ -50,10 +54,29 @@ mod metadata;
 mod os;
 mod page_heap;
 mod page_map;
+mod release;
 mod router;
 mod size_class;
 mod span;
+mod stats;
 mod sync;
 mod thread_cache;
 
 pub use global::TcAlloc;
+pub use stats::{stats, ClassStats, Stats};
+
+/// Checks the invariants of the allocator's shared structures and of the calling thread's
+/// cache, panicking with the offending values. For tests: it takes every lock in turn and walks
+/// every list.
+#[doc(hidden)]
+pub fn check_invariants() {
+    stats::check_invariants();
+}
+
+/// Gives every free page back to the OS now: flushes the calling thread's cache, drains the
+/// central transfer caches, unmaps cached large mappings and releases every free span of the
+/// page heap. Resident memory falls to what is in use plus other threads' caches.
+pub fn release_free_memory() {
+    thread_cache::flush_current();
+    release::release_all();
+}

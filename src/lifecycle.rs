@@ -1,18 +1,23 @@
 //! Process-wide start-up and `fork`.
 //!
 //! [`ensure_initialized`] runs once, from the first slow path of the first thread that
-//! allocates: it registers the `fork` handlers. It may re-enter the allocator (glibc's
+//! allocates: it reads the settings from the environment (`env`), applies them, registers
+//! the `fork` handlers and, with `TCALLOC_SHOW_STATS=1`, the report at exit. It may re-enter the allocator (glibc's
 //! `pthread_atfork` allocates); a re-entrant or concurrent caller does not wait, because
 //! nothing it does is needed for correctness.
 //!
 //! `fork` handlers: before `fork`, take every allocator lock in the one global order (registry,
-//! central lists by class, page heap, metadata), so that no lock is held by a thread that will
-//! not exist in the child; after `fork`, release them in parent and child, and in the child
+//! central lists by class, page heap, large-mapping cache, metadata), so that no lock is
+//! held by a thread that will not exist in the child; after `fork`, release them in parent
+//! and child, and in the child
 //! forget the thread caches of the threads that did not survive.
 
 use crate::central_free_list;
+use crate::env::Settings;
+use crate::large;
 use crate::metadata;
 use crate::page_heap::PAGE_HEAP;
+use crate::release;
 use crate::thread_cache;
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -36,16 +41,33 @@ pub fn ensure_initialized() {
 
 #[cold]
 fn initialize() {
+    let page = crate::os::os_page_size();
+    if page != crate::config::OS_PAGE_SIZE {
+        crate::diag::fatal(format_args!(
+            "built for {}-byte OS pages, but this system has {page}-byte pages",
+            crate::config::OS_PAGE_SIZE
+        ));
+    }
+    let settings = Settings::from_env();
+    release::configure(&settings);
+    thread_cache::set_total_budget(settings.total_thread_cache_bytes);
     // SAFETY: the handlers are `extern "C"` functions with no arguments, as required.
     unsafe {
         libc::pthread_atfork(Some(before_fork), Some(after_fork_parent), Some(after_fork_child));
+        if settings.show_stats {
+            libc::atexit(print_stats_at_exit);
+        }
     }
+}
+
+extern "C" fn print_stats_at_exit() {
+    crate::stats::print_to_stderr();
 }
 
 fn locks_in_order() -> impl DoubleEndedIterator<Item = &'static crate::sync::RawLock> {
     core::iter::once(thread_cache::registry_lock())
         .chain(central_free_list::all().map(|(_, list)| list.raw()))
-        .chain([PAGE_HEAP.raw(), metadata::lock_for_fork()])
+        .chain([PAGE_HEAP.raw(), large::lock_for_fork(), metadata::lock_for_fork()])
 }
 
 extern "C" fn before_fork() {

@@ -8,7 +8,9 @@
 use crate::config::OS_PAGE_SIZE;
 use core::ptr::{self, NonNull};
 
-/// Maps `len` bytes of fresh, zeroed, read-write memory.
+/// Maps `len` bytes of fresh, zeroed, read-write memory. The mapping is accounted (no
+/// `MAP_NORESERVE`), so the kernel's overcommit check refuses requests no machine could back,
+/// as it does for glibc's `malloc`.
 pub fn map(len: usize) -> Option<NonNull<u8>> {
     debug_assert!(len != 0 && len % OS_PAGE_SIZE == 0, "os::map({len})");
     // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
@@ -18,7 +20,7 @@ pub fn map(len: usize) -> Option<NonNull<u8>> {
             ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
             0,
         )
@@ -139,6 +141,15 @@ pub fn resident_bytes() -> Option<usize> {
         pages = pages * 10 + (b - b'0') as usize;
     }
     Some(pages * OS_PAGE_SIZE)
+}
+
+/// Milliseconds of a monotonic clock (the coarse clock: a vDSO read, no system call, a few
+/// milliseconds of resolution).
+pub fn now_millis() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 /// The OS page size, as the kernel reports it.

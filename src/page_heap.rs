@@ -51,7 +51,8 @@ pub struct PageHeapStats {
 /// - the page map records every free span at its first and last page;
 /// - no two free spans of the same kind are adjacent (they would have been coalesced);
 /// - `free_pages`, `returned_pages` are the sums of the pages on the respective lists, and
-///   `free_pages + returned_pages + in_use_pages == system_pages`.
+///   `free_pages + returned_pages + in_use_pages == system_pages`;
+/// - after every `deallocate`, `free_pages <= reserve_pages` (or no free span is left).
 pub struct PageHeap {
     free: [SpanList; MAX_EXACT_PAGES + 1],
     returned: [SpanList; MAX_EXACT_PAGES + 1],
@@ -61,6 +62,8 @@ pub struct PageHeap {
     free_pages: usize,
     returned_pages: usize,
     in_use_pages: usize,
+    /// Free backed pages allowed before `deallocate` releases the excess.
+    reserve_pages: usize,
 }
 
 // SAFETY: the raw span pointers name metadata that any thread may touch under the heap's lock.
@@ -83,6 +86,7 @@ impl PageHeap {
             free_pages: 0,
             returned_pages: 0,
             in_use_pages: 0,
+            reserve_pages: usize::MAX,
         }
     }
 
@@ -290,8 +294,18 @@ impl PageHeap {
             (*span).set_kind(SpanKind::Free);
             (*span).set_class_index(0);
             (*span).free_list = ptr::null_mut();
+            (*span).freed_at = os::now_millis();
             self.merge_and_link(span);
         }
+        if self.free_pages > self.reserve_pages {
+            self.release(Length(self.free_pages - self.reserve_pages));
+        }
+    }
+
+    /// Sets how many free pages may stay backed; beyond that, `deallocate` releases the
+    /// biggest free spans at once. `usize::MAX` turns the limit off.
+    pub fn set_reserve(&mut self, pages: Length) {
+        self.reserve_pages = pages.0;
     }
 
     /// Coalesces a free span (kind `Free` or `Returned`, on no list) with same-kind
@@ -373,8 +387,8 @@ impl PageHeap {
         Length(released)
     }
 
-    /// Gives back free backed spans that were freed at or before tick `before`; returns the
-    /// pages released.
+    /// Gives back free backed spans that were freed at or before `before` (a time from
+    /// `os::now_millis`); returns the pages released.
     pub fn release_older_than(&mut self, before: u64) -> Length {
         let mut released = 0;
         for n in (1..=MAX_EXACT_PAGES + 1).rev() {
@@ -551,6 +565,30 @@ mod tests {
             assert!(bytes.iter().all(|&x| x == 0));
             h.deallocate(b);
         }
+        h.check_invariants();
+    }
+
+    #[test]
+    fn reserve_caps_backed_free_pages() {
+        let heap = heap();
+        let mut h = heap.lock();
+        h.set_reserve(Length(8));
+        let spans: Vec<_> = (0..6).map(|_| h.allocate(Length(4), SpanKind::PageRun)).collect();
+        for &s in &spans {
+            // SAFETY: each span is ours; touching it makes it resident.
+            unsafe { ((*s).start_address() as *mut u8).write_bytes(1, 4 * PAGE_SIZE) };
+        }
+        // Free every other span so that they cannot coalesce.
+        for &s in spans.iter().step_by(2) {
+            // SAFETY: ours, unused.
+            unsafe { h.deallocate(s) };
+            assert!(h.stats().free_bytes <= 8 * PAGE_SIZE, "{:?}", h.stats());
+        }
+        assert_eq!(h.stats().free_bytes, 8 * PAGE_SIZE, "the reserve is kept");
+        h.check_invariants();
+        let before = os::now_millis() + 1;
+        assert_eq!(h.release_older_than(before), Length(8), "idle spans decay");
+        assert_eq!(h.stats().free_bytes, 0);
         h.check_invariants();
     }
 

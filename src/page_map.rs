@@ -77,8 +77,8 @@ pub fn ensure(start: PageId, pages: Length) -> bool {
     }
     let (first_leaf, _) = split(start);
     let (last_leaf, _) = split(PageId(last));
-    for i in first_leaf..=last_leaf {
-        if !ROOT[i].load(Ordering::Acquire).is_null() {
+    for slot in &ROOT[first_leaf..=last_leaf] {
+        if !slot.load(Ordering::Acquire).is_null() {
             continue;
         }
         let bytes = core::mem::size_of::<Leaf>();
@@ -87,8 +87,7 @@ pub fn ensure(start: PageId, pages: Length) -> bool {
         };
         let fresh = fresh.as_ptr().cast::<Leaf>();
         // Zeroed memory is a leaf of null pointers.
-        match ROOT[i].compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire)
-        {
+        match slot.compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => metadata::account_mapped(bytes),
             // SAFETY: our mapping lost the race and was never published.
             Err(_) => unsafe { os::unmap(fresh.cast(), bytes) },

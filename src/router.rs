@@ -16,14 +16,18 @@
 //!
 //! Layers below: `thread_cache`, `page_heap` (page runs), `large`, `page_map`, `size_class`.
 
-use crate::config::{LARGE_THRESHOLD, MIN_ALIGN, PAGE_SIZE, SMALL_LOOKUP_MAX};
+use crate::config::{C_MALLOC_ALIGN, LARGE_THRESHOLD, MIN_ALIGN, PAGE_SIZE, SMALL_LOOKUP_MAX};
 use crate::large;
 use crate::page_heap::PAGE_HEAP;
 use crate::page_map;
-use crate::size_class::{class_for, small_class_unchecked, SizeClass, MAX_SIZE};
+use crate::size_class::{
+    class_for, small_class_c_unchecked, small_class_unchecked, SizeClass, MAX_SIZE,
+};
 use crate::span::{Length, Span, SpanKind};
+use crate::stats::PAGE_RUN_BYTES;
 use crate::thread_cache;
 use core::ptr;
+use core::sync::atomic::Ordering::Relaxed;
 
 /// Largest alignment served by a page run; larger alignments get their own mapping.
 pub const MAX_PAGE_RUN_ALIGN: usize = 1 << 20;
@@ -36,6 +40,27 @@ pub fn alloc(size: usize, align: usize) -> *mut u8 {
         return thread_cache::alloc(unsafe { small_class_unchecked(size) });
     }
     alloc_other(size, align)
+}
+
+/// The alignment C `malloc(size)` guarantees: 16 (`alignof(max_align_t)`) for blocks larger
+/// than 8 bytes, 8 for the rest (nothing of 8 bytes or less needs more).
+#[inline(always)]
+pub fn c_align(size: usize) -> usize {
+    if size <= MIN_ALIGN {
+        MIN_ALIGN
+    } else {
+        C_MALLOC_ALIGN
+    }
+}
+
+/// Allocates `size` bytes with C `malloc`'s alignment ([`c_align`]). Null when out of memory.
+#[inline(always)]
+pub fn alloc_c(size: usize) -> *mut u8 {
+    if size <= SMALL_LOOKUP_MAX {
+        // SAFETY: `size` is bounded just above.
+        return thread_cache::alloc(unsafe { small_class_c_unchecked(size) });
+    }
+    alloc_other(size, C_MALLOC_ALIGN)
 }
 
 /// Frees a block given the size and alignment it was allocated with.
@@ -65,18 +90,22 @@ fn alloc_other(size: usize, align: usize) -> *mut u8 {
 #[cold]
 fn alloc_uncached(size: usize, align: usize) -> *mut u8 {
     if size <= MAX_SIZE && align <= MAX_PAGE_RUN_ALIGN {
-        let span = PAGE_HEAP.lock().allocate_aligned(
-            Length::for_bytes(size.max(1)),
-            Length(align / PAGE_SIZE),
-            SpanKind::PageRun,
-        );
-        if span.is_null() {
-            return ptr::null_mut();
-        }
-        // SAFETY: a live span record.
-        return unsafe { (*span).start_address() } as *mut u8;
+        return alloc_page_run(size, align);
     }
-    large::alloc(size, align)
+    large::alloc(size, align, false)
+}
+
+/// A block of whole pages aligned to `align > PAGE_SIZE`.
+fn alloc_page_run(size: usize, align: usize) -> *mut u8 {
+    let pages = Length::for_bytes(size.max(1));
+    let span =
+        PAGE_HEAP.lock().allocate_aligned(pages, Length(align / PAGE_SIZE), SpanKind::PageRun);
+    if span.is_null() {
+        return ptr::null_mut();
+    }
+    PAGE_RUN_BYTES.fetch_add(pages.bytes(), Relaxed);
+    // SAFETY: a live span record.
+    unsafe { (*span).start_address() as *mut u8 }
 }
 
 #[inline(never)]
@@ -101,7 +130,10 @@ unsafe fn free_span_block(ptr: *mut u8, caller: &str) {
     // SAFETY: page-map entries are valid records; they are checked to own `ptr` before use.
     unsafe {
         match resolve(ptr, span) {
-            Block::PageRun => PAGE_HEAP.lock().deallocate(span),
+            Block::PageRun => {
+                PAGE_RUN_BYTES.fetch_sub((*span).pages().bytes(), Relaxed);
+                PAGE_HEAP.lock().deallocate(span)
+            }
             Block::Large => large::free(span),
             _ => invalid_pointer(caller, ptr),
         }
@@ -166,17 +198,15 @@ pub fn invalid_pointer(caller: &str, ptr: *mut u8) -> ! {
 
 /// Allocates `size` zeroed bytes aligned to `align`.
 pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
-    if let Some(class) = class_for(size, align) {
-        let p = thread_cache::alloc(class);
-        if !p.is_null() {
-            // SAFETY: `p` is a fresh block of at least `size` bytes.
-            unsafe { p.write_bytes(0, size) };
-        }
-        return p;
-    }
-    let p = alloc_uncached(size, align);
-    if !p.is_null() && size <= MAX_SIZE {
-        // Page runs may reuse freed pages; large blocks are fresh mappings, already zero.
+    let p = if let Some(class) = class_for(size, align) {
+        thread_cache::alloc(class)
+    } else if size <= MAX_SIZE && align <= MAX_PAGE_RUN_ALIGN {
+        alloc_page_run(size, align)
+    } else {
+        // Fresh mappings are zero already; `large` clears reused ones.
+        return large::alloc(size, align, true);
+    };
+    if !p.is_null() {
         // SAFETY: `p` is a fresh block of at least `size` bytes.
         unsafe { p.write_bytes(0, size) };
     }
@@ -204,7 +234,7 @@ pub unsafe fn realloc_sized(
         // SAFETY: `ptr` is a live large block (sizes above the threshold always are).
         if new_size > LARGE_THRESHOLD && unsafe { resolve(ptr, span) } == Block::Large {
             // SAFETY: the caller owns the block.
-            let moved = unsafe { large::realloc(span, new_size) };
+            let moved = unsafe { large::realloc(span, new_size, align) };
             if !moved.is_null() {
                 return moved;
             }
@@ -289,7 +319,7 @@ pub unsafe fn realloc_unsized(
         }
         Block::Large if new_size > LARGE_THRESHOLD => {
             // SAFETY: a validated live large block owned by the caller.
-            let moved = unsafe { large::realloc(span, new_size) };
+            let moved = unsafe { large::realloc(span, new_size, align) };
             if !moved.is_null() {
                 return moved;
             }

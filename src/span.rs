@@ -88,11 +88,6 @@ impl SpanKind {
             _ => SpanKind::Unused,
         }
     }
-
-    /// Free pages owned by the page heap.
-    pub fn is_free(self) -> bool {
-        matches!(self, SpanKind::Free | SpanKind::Returned)
-    }
 }
 
 /// The record of one span.

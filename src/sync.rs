@@ -71,11 +71,6 @@ impl RawLock {
             futex_wake(&self.state);
         }
     }
-
-    /// Whether some thread holds the lock (for assertions).
-    pub fn is_locked(&self) -> bool {
-        self.state.load(Ordering::Relaxed) != FREE
-    }
 }
 
 impl Default for RawLock {
@@ -131,6 +126,16 @@ impl<T> Lock<T> {
     pub fn lock(&self) -> LockGuard<'_, T> {
         self.raw.lock();
         LockGuard { lock: self }
+    }
+
+    /// Takes the lock if it is free.
+    #[inline]
+    pub fn try_lock(&self) -> Option<LockGuard<'_, T>> {
+        if self.raw.try_lock() {
+            Some(LockGuard { lock: self })
+        } else {
+            None
+        }
     }
 
     /// The bare lock, for the fork handlers that hold every lock across `fork`.
@@ -200,7 +205,7 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(*lock.lock(), 80_000);
-        assert!(!lock.raw().is_locked());
+        assert!(lock.raw().try_lock(), "free after the last guard");
     }
 
     #[test]

@@ -29,7 +29,7 @@
 //! cache `Dead`; any later use (other thread-local destructors) goes to the central lists too.
 //!
 //! Entry points: [`alloc`], [`dealloc`] (fast), [`cached_bytes`], [`for_each_registered`].
-//! Layer below: `central_free_list`.
+//! Layers below: `release` (its tick runs from the slow paths), `central_free_list`.
 
 use crate::central_free_list::central;
 use crate::config::{
@@ -46,6 +46,9 @@ use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 /// Slow-path events between two scavenges of a thread's cache.
 pub const SCAVENGE_INTERVAL: u32 = 1024;
+
+/// Slow-path events between two calls of the release policy's tick.
+const TICK_EVERY: u32 = 64;
 
 /// The part of a list the fast path touches: 16 bytes, so a class index scales to it with
 /// one shift.
@@ -218,7 +221,7 @@ fn thread_budget() -> usize {
     let total = TOTAL_BUDGET.load(Relaxed);
     let share = total / threads;
     // Between the per-thread floor and ceiling, but never above the total.
-    share.max(MIN_THREAD_CACHE_BYTES).min(THREAD_CACHE_BYTES).min(total)
+    share.clamp(MIN_THREAD_CACHE_BYTES, THREAD_CACHE_BYTES).min(total)
 }
 
 impl ThreadCache {
@@ -395,6 +398,9 @@ impl ThreadCache {
     fn note_event(&mut self, class: SizeClass) {
         self.limits[class.index()].events = self.limits[class.index()].events.saturating_add(1);
         self.events += 1;
+        if self.events % TICK_EVERY == 0 {
+            crate::release::tick();
+        }
     }
 
     /// Moves the first `n` objects of the list of `class` to the central list, in batches,
@@ -468,6 +474,8 @@ impl ThreadCache {
 
     #[cold]
     fn scavenge(&mut self) {
+        #[cfg(debug_assertions)]
+        self.check_invariants();
         self.events = 0;
         self.budget = thread_budget();
         for class in SizeClass::all() {

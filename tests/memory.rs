@@ -1,0 +1,170 @@
+//! Memory that comes back: resident memory after a peak, large blocks after free, exact
+//! statistics. One test function runs the phases in order, because resident memory is a
+//! property of the whole process and parallel tests would disturb it.
+
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static GLOBAL: tcalloc::TcAlloc = tcalloc::TcAlloc;
+
+const MIB: usize = 1 << 20;
+
+fn resident() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+fn large_blocks_go_back_at_once() {
+    let base = resident();
+    let mut v = vec![0u8; 512 * MIB];
+    for i in (0..v.len()).step_by(4096) {
+        v[i] = 1;
+    }
+    std::hint::black_box(&mut v);
+    assert!(resident() >= base + 500 * MIB, "the block is resident");
+    drop(v);
+    let after = resident();
+    assert!(
+        after < base + 16 * MIB,
+        "RSS {} MiB after free, {} MiB before",
+        after / MIB,
+        base / MIB
+    );
+}
+
+/// Allocates about 1 GiB in small objects, frees them all, keeps allocating lightly for a
+/// second, and expects resident memory back under 10% of the peak.
+fn small_object_peak_comes_back() {
+    let base = resident();
+    let mut blocks: Vec<Box<[u8]>> = Vec::with_capacity(8 << 20);
+    let mut total = 0;
+    let mut i = 0usize;
+    while total < 1024 * MIB {
+        let size = 16 + (i * 97) % 497; // 16..512 bytes
+        blocks.push(vec![i as u8; size].into_boxed_slice());
+        total += size;
+        i += 1;
+    }
+    let peak = resident();
+    assert!(peak >= base + 1000 * MIB, "peak {} MiB", peak / MIB);
+    let s = tcalloc::stats();
+    assert!(s.allocated_bytes >= 1024 * MIB, "stats see the peak: {s}");
+    // Free in an interleaved order, as a program would.
+    for parity in 0..2 {
+        for (j, b) in blocks.iter_mut().enumerate() {
+            if j % 2 == parity {
+                *b = Box::new([]);
+            }
+        }
+    }
+    drop(blocks);
+    let start = Instant::now();
+    let mut light = Vec::new();
+    while start.elapsed() < Duration::from_secs(1) {
+        light.push(vec![1u8; 100]);
+        if light.len() > 100 {
+            light.clear();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let after = resident();
+    let s = tcalloc::stats();
+    assert!(
+        after - base.min(after) <= (peak - base) / 10,
+        "RSS {} MiB one second after freeing a {} MiB peak (base {} MiB)\n{s}",
+        after / MIB,
+        peak / MIB,
+        base / MIB
+    );
+    assert!(s.released_bytes >= 900 * MIB, "the page heap released the peak:\n{s}");
+    assert!(s.allocated_bytes < 64 * MIB, "{s}");
+}
+
+/// In a single thread, the bytes in use move exactly with the blocks allocated (in class
+/// sizes).
+fn stats_are_exact_for_this_thread() {
+    use std::alloc::{GlobalAlloc, Layout};
+    let sizes = [8usize, 48, 128, 1024, 4096, 32768, 262144, 300 * 1024, 5 * MIB];
+    // Empty the large-mapping cache, so that large blocks get mappings of exactly their size,
+    // and size the bookkeeping vector up front, so that it does not move while we count.
+    tcalloc::release_free_memory();
+    let mut blocks = Vec::with_capacity(50 * sizes.len());
+    let before = tcalloc::stats().allocated_bytes;
+    let mut sum = 0;
+    for _ in 0..50 {
+        for &size in &sizes {
+            let l = Layout::from_size_align(size, 8).unwrap();
+            // SAFETY: non-zero size; freed below with the same layout.
+            let p = unsafe { tcalloc::TcAlloc.alloc(l) };
+            assert!(!p.is_null());
+            blocks.push((p, l));
+            // Every size is a class size or a whole number of OS pages.
+            sum += size;
+        }
+    }
+    let during = tcalloc::stats().allocated_bytes;
+    assert_eq!(during - before, sum, "allocated_bytes moves with the blocks");
+    for (p, l) in blocks.drain(..) {
+        // SAFETY: allocated above with `l`.
+        unsafe { tcalloc::TcAlloc.dealloc(p, l) };
+    }
+    assert_eq!(tcalloc::stats().allocated_bytes, before, "and back");
+}
+
+fn release_free_memory_empties_the_page_heap() {
+    let v: Vec<Vec<u8>> = (0..10_000).map(|i| vec![1; 100 + i % 3000]).collect();
+    drop(v);
+    tcalloc::release_free_memory();
+    let s = tcalloc::stats();
+    assert_eq!(s.page_heap_free_bytes, 0, "{s}");
+    assert_eq!(s.large_cache_bytes, 0, "{s}");
+    // This thread's cache was flushed; the test harness's main thread may hold a few objects.
+    assert!(s.thread_cache_bytes < 64 << 10, "{s}");
+    tcalloc::check_invariants();
+}
+
+fn threads_that_come_and_go_leave_nothing_behind() {
+    let run = || {
+        for _ in 0..10 {
+            let handles: Vec<_> = (0..20)
+                .map(|i| {
+                    std::thread::spawn(move || {
+                        let v: Vec<Vec<usize>> = (0..500).map(|j| vec![j; i + j % 64]).collect();
+                        v.len()
+                    })
+                })
+                .collect();
+            for h in handles {
+                assert_eq!(h.join().unwrap(), 500);
+            }
+        }
+    };
+    run();
+    tcalloc::release_free_memory();
+    let first = tcalloc::stats();
+    let rss_first = resident();
+    for _ in 0..5 {
+        run();
+    }
+    tcalloc::release_free_memory();
+    let later = tcalloc::stats();
+    assert!(
+        later.span_records <= first.span_records + 64,
+        "span records {} -> {}",
+        first.span_records,
+        later.span_records
+    );
+    assert!(later.metadata_bytes <= first.metadata_bytes + MIB, "{first}\n{later}");
+    assert!(resident() <= rss_first + 8 * MIB, "RSS grew with thread churn");
+    assert!(later.threads <= first.threads);
+}
+
+#[test]
+fn memory_comes_back() {
+    large_blocks_go_back_at_once();
+    small_object_peak_comes_back();
+    stats_are_exact_for_this_thread();
+    release_free_memory_empties_the_page_heap();
+    threads_that_come_and_go_leave_nothing_behind();
+}
