@@ -16,16 +16,14 @@
 //!
 //! Layers below: `thread_cache`, `page_heap` (page runs), `large`, `page_map`, `size_class`.
 
-use crate::config::{C_MALLOC_ALIGN, LARGE_THRESHOLD, MIN_ALIGN, PAGE_SIZE, SMALL_LOOKUP_MAX};
+use crate::config::{C_MALLOC_ALIGN, LARGE_THRESHOLD, MIN_ALIGN, PAGE_SIZE};
 use crate::large;
 use crate::page_heap::PAGE_HEAP;
 use crate::page_map;
-use crate::size_class::{
-    class_for, small_class_c_unchecked, small_class_unchecked, SizeClass, MAX_SIZE,
-};
+use crate::size_class::{class_for, SizeClass, MAX_SIZE};
 use crate::span::{Length, Span, SpanKind};
 use crate::stats::PAGE_RUN_BYTES;
-use crate::thread_cache;
+use crate::thread_cache::{self, FAST_LIMIT};
 use core::ptr;
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -35,11 +33,14 @@ pub const MAX_PAGE_RUN_ALIGN: usize = 1 << 20;
 /// Allocates `size` bytes aligned to `align` (a power of two). Null when out of memory.
 #[inline(always)]
 pub fn alloc(size: usize, align: usize) -> *mut u8 {
-    if align <= MIN_ALIGN && size <= SMALL_LOOKUP_MAX {
-        // SAFETY: `size` is bounded just above.
-        return thread_cache::alloc(unsafe { small_class_unchecked(size) });
+    // Two separate tests, as in `dealloc_sized`.
+    if align > MIN_ALIGN {
+        return alloc_other(size, align);
     }
-    alloc_other(size, align)
+    if size >= FAST_LIMIT {
+        return alloc_other(size, align);
+    }
+    thread_cache::alloc_small(size)
 }
 
 /// The alignment C `malloc(size)` guarantees: 16 (`alignof(max_align_t)`) for blocks larger
@@ -56,9 +57,8 @@ pub fn c_align(size: usize) -> usize {
 /// Allocates `size` bytes with C `malloc`'s alignment ([`c_align`]). Null when out of memory.
 #[inline(always)]
 pub fn alloc_c(size: usize) -> *mut u8 {
-    if size <= SMALL_LOOKUP_MAX {
-        // SAFETY: `size` is bounded just above.
-        return thread_cache::alloc(unsafe { small_class_c_unchecked(size) });
+    if size < FAST_LIMIT {
+        return thread_cache::alloc_small_c(size);
     }
     alloc_other(size, C_MALLOC_ALIGN)
 }
@@ -69,13 +69,18 @@ pub fn alloc_c(size: usize) -> *mut u8 {
 /// - `ptr` came from [`alloc`] (or a realloc) with this `size` and `align`, and is unused.
 #[inline(always)]
 pub unsafe fn dealloc_sized(ptr: *mut u8, size: usize, align: usize) {
-    if align <= MIN_ALIGN && size <= SMALL_LOOKUP_MAX {
-        // SAFETY: per the caller, `ptr` is a dead block of exactly this class.
-        unsafe { thread_cache::dealloc(ptr, small_class_unchecked(size)) };
-        return;
+    // Two separate tests, each with its own exit: LLVM then emits two compare-and-branch
+    // pairs instead of materialising both conditions and combining them.
+    if align > MIN_ALIGN {
+        // SAFETY: per the caller.
+        return unsafe { dealloc_other(ptr, size, align) };
     }
-    // SAFETY: per the caller.
-    unsafe { dealloc_other(ptr, size, align) }
+    if size >= FAST_LIMIT {
+        // SAFETY: per the caller.
+        return unsafe { dealloc_other(ptr, size, align) };
+    }
+    // SAFETY: per the caller, `ptr` is a dead block of the class of `size`.
+    unsafe { thread_cache::dealloc_small(ptr, size) }
 }
 
 #[inline(never)]

@@ -33,14 +33,15 @@
 
 use crate::central_free_list::central;
 use crate::config::{
-    MAX_LIST_LENGTH, MAX_LIST_OVERAGES, MIN_THREAD_CACHE_BYTES, THREAD_CACHE_BYTES,
-    TOTAL_THREAD_CACHE_BYTES,
+    C_MALLOC_ALIGN, MAX_LIST_LENGTH, MAX_LIST_OVERAGES, MIN_ALIGN, MIN_THREAD_CACHE_BYTES,
+    THREAD_CACHE_BYTES, TOTAL_THREAD_CACHE_BYTES,
 };
 use crate::free_list::{self, FreeObject};
 use crate::page_heap::PAGE_HEAP;
-use crate::size_class::{SizeClass, NUM_CLASSES};
+use crate::size_class::{self, SizeClass, NUM_CLASSES};
 use crate::sync::Lock;
 use core::cell::UnsafeCell;
+use core::mem::size_of;
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -129,22 +130,84 @@ fn cache() -> *mut ThreadCache {
     CACHE.with(|c| c.get())
 }
 
-/// Pops an object of `class` from the calling thread's cache; null only when out of memory.
+/// Requests below this size (with the minimum alignment) take [`alloc_small`] and
+/// [`dealloc_small`], which index the thread's lists straight from the size.
+pub const FAST_LIMIT: usize = 1024;
+
+/// Byte offset of the list of each class in `ThreadCache::hot`.
+const fn list_offset(class_index: u8) -> u16 {
+    (class_index as usize * size_of::<HotList>()) as u16
+}
+
+/// `FAST_OFFSET[size]`: the offset of the list serving `size` bytes at the minimum alignment.
+static FAST_OFFSET: [u16; FAST_LIMIT] = {
+    let mut t = [0u16; FAST_LIMIT];
+    let mut size = 0;
+    while size < FAST_LIMIT {
+        t[size] = list_offset(size_class::smallest_class_for(size));
+        size += 1;
+    }
+    t
+};
+
+/// `FAST_OFFSET_C[size]`: the same for C `malloc`, which aligns blocks above 8 bytes to 16.
+static FAST_OFFSET_C: [u16; FAST_LIMIT] = {
+    let mut t = [0u16; FAST_LIMIT];
+    let mut size = 0;
+    while size < FAST_LIMIT {
+        let rounded = if size <= MIN_ALIGN { size } else { size.next_multiple_of(C_MALLOC_ALIGN) };
+        t[size] = list_offset(size_class::smallest_class_for(rounded));
+        size += 1;
+    }
+    t
+};
+
+const _: () = assert!(size_of::<HotList>() == 16 && NUM_CLASSES * 16 <= u16::MAX as usize);
+const _: () = assert!(FAST_LIMIT <= crate::config::SMALL_LOOKUP_MAX + 1);
+
+/// Pops from the list at byte offset `offset` of the calling thread's cache.
 #[inline(always)]
-pub fn alloc(class: SizeClass) -> *mut u8 {
+fn pop(offset: usize) -> *mut u8 {
     let cache = cache();
-    // SAFETY: the cache is this thread's; `class.index() < NUM_CLASSES`; the list's objects
-    // are free objects of the class, whose first word links the list.
+    // SAFETY: the cache is this thread's; `offset` is the offset of one of its lists (a class
+    // index times the list size); the list's objects are free objects of the class, whose
+    // first word links the list.
     unsafe {
-        let list = (*cache).hot.as_mut_ptr().add(class.index());
+        let list = (*cache).hot.as_mut_ptr().byte_add(offset);
         let head = (*list).head;
         if head.is_null() {
-            return alloc_slow(class);
+            return alloc_slow(offset / size_of::<HotList>());
         }
         (*list).head = (*head).next;
         (*list).room += 1;
         head.cast()
     }
+}
+
+/// Pushes `ptr` on the list at byte offset `offset` of the calling thread's cache.
+///
+/// # Safety
+/// - `ptr` is a dead block of the class of that list.
+#[inline(always)]
+unsafe fn push(ptr: *mut u8, offset: usize) {
+    let cache = cache();
+    // SAFETY: as in `pop`; `ptr` is a dead block of the list's class per the caller.
+    unsafe {
+        let list = (*cache).hot.as_mut_ptr().byte_add(offset);
+        let object = ptr.cast::<FreeObject>();
+        (*object).next = (*list).head;
+        (*list).head = object;
+        (*list).room -= 1;
+        if (*list).room < 0 {
+            dealloc_slow(offset / size_of::<HotList>());
+        }
+    }
+}
+
+/// Pops an object of `class` from the calling thread's cache; null only when out of memory.
+#[inline(always)]
+pub fn alloc(class: SizeClass) -> *mut u8 {
+    pop(list_offset(class.index() as u8) as usize)
 }
 
 /// Pushes an object of `class` onto the calling thread's cache.
@@ -153,23 +216,43 @@ pub fn alloc(class: SizeClass) -> *mut u8 {
 /// - `ptr` is a block of `class` handed out by this allocator and no longer used.
 #[inline(always)]
 pub unsafe fn dealloc(ptr: *mut u8, class: SizeClass) {
-    let cache = cache();
-    // SAFETY: as in `alloc`; `ptr` is a dead block of the class per the caller.
-    unsafe {
-        let list = (*cache).hot.as_mut_ptr().add(class.index());
-        let object = ptr.cast::<FreeObject>();
-        (*object).next = (*list).head;
-        (*list).head = object;
-        (*list).room -= 1;
-        if (*list).room < 0 {
-            dealloc_slow(class);
-        }
-    }
+    // SAFETY: forwarded.
+    unsafe { push(ptr, list_offset(class.index() as u8) as usize) }
+}
+
+/// Allocates `size < FAST_LIMIT` bytes at the minimum alignment: one table load, then a pop.
+#[inline(always)]
+pub fn alloc_small(size: usize) -> *mut u8 {
+    debug_assert!(size < FAST_LIMIT);
+    // SAFETY: `size < FAST_LIMIT`, the table's length.
+    pop(unsafe { *FAST_OFFSET.get_unchecked(size) } as usize)
+}
+
+/// Frees a block that [`alloc_small`] returned for `size`.
+///
+/// # Safety
+/// - `ptr` came from `alloc_small(size)` (or any block of the same class) and is dead.
+#[inline(always)]
+pub unsafe fn dealloc_small(ptr: *mut u8, size: usize) {
+    debug_assert!(size < FAST_LIMIT);
+    // SAFETY: `size < FAST_LIMIT`; `ptr` is a dead block of the class per the caller.
+    unsafe { push(ptr, *FAST_OFFSET.get_unchecked(size) as usize) }
+}
+
+/// Allocates `size < FAST_LIMIT` bytes with C `malloc`'s alignment.
+#[inline(always)]
+pub fn alloc_small_c(size: usize) -> *mut u8 {
+    debug_assert!(size < FAST_LIMIT);
+    // SAFETY: `size < FAST_LIMIT`, the table's length.
+    pop(unsafe { *FAST_OFFSET_C.get_unchecked(size) } as usize)
 }
 
 #[cold]
 #[inline(never)]
-fn alloc_slow(class: SizeClass) -> *mut u8 {
+fn alloc_slow(class_index: usize) -> *mut u8 {
+    let Some(class) = SizeClass::new(class_index) else {
+        return ptr::null_mut();
+    };
     let cache = cache();
     // SAFETY: the cache is this thread's. No reference into it is held across `activate`,
     // which may re-enter the allocator.
@@ -184,7 +267,10 @@ fn alloc_slow(class: SizeClass) -> *mut u8 {
 
 #[cold]
 #[inline(never)]
-fn dealloc_slow(class: SizeClass) {
+fn dealloc_slow(class_index: usize) {
+    let Some(class) = SizeClass::new(class_index) else {
+        return;
+    };
     let cache = cache();
     // SAFETY: as in `alloc_slow`.
     unsafe {
@@ -639,6 +725,20 @@ mod tests {
     /// Runs `f` on a fresh thread, so that the cache under test starts `Uninit`.
     fn on_fresh_thread(f: impl FnOnce() + Send + 'static) {
         std::thread::spawn(f).join().unwrap();
+    }
+
+    #[test]
+    fn fast_tables_agree_with_the_class_lookup() {
+        for size in 0..FAST_LIMIT {
+            let class = class_for(size, MIN_ALIGN).unwrap();
+            assert_eq!(FAST_OFFSET[size], list_offset(class.index() as u8), "size {size}");
+            let c = class_for(size, if size <= MIN_ALIGN { MIN_ALIGN } else { C_MALLOC_ALIGN });
+            let c = c.unwrap();
+            assert_eq!(FAST_OFFSET_C[size], list_offset(c.index() as u8), "malloc({size})");
+            if size > MIN_ALIGN {
+                assert_eq!(c.size() % C_MALLOC_ALIGN, 0, "malloc({size}) is 16-aligned");
+            }
+        }
     }
 
     #[test]

@@ -264,9 +264,15 @@ fn thousands_of_short_lived_threads() {
         }
     }
     let after = tcalloc::stats();
-    // 2000 threads came and went; their caches went back to the central lists, so the thread
-    // count and metadata stay flat.
-    assert!(after.threads <= before.threads + 4, "{} -> {} threads", before.threads, after.threads);
+    // 2000 threads came and went; their caches went back to the central lists, so metadata
+    // stays flat (the other test of this binary runs at the same time, hence the margin; the
+    // exact thread count is checked in tests/memory.rs, which runs alone).
+    assert!(
+        after.threads <= before.threads + 16,
+        "{} -> {} threads",
+        before.threads,
+        after.threads
+    );
     assert!(
         after.metadata_bytes <= before.metadata_bytes + (4 << 20),
         "metadata grew from {} to {}",

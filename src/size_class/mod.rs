@@ -21,7 +21,7 @@ mod table;
 
 pub use table::{TABLE_MAX_SIZE, TABLE_NUM_CLASSES, TABLE_PAGE_SHIFT};
 
-use crate::config::{C_MALLOC_ALIGN, MIN_ALIGN, PAGE_SIZE, SMALL_LOOKUP_MAX};
+use crate::config::{MIN_ALIGN, PAGE_SIZE, SMALL_LOOKUP_MAX};
 
 /// Number of classes, counting the reserved class 0.
 pub const NUM_CLASSES: usize = TABLE_NUM_CLASSES;
@@ -96,7 +96,9 @@ impl SizeClass {
     }
 }
 
-const fn smallest_class_for(size: usize) -> u8 {
+/// The index of the smallest class of at least `size` bytes (0 if none); a loop, for tables
+/// built at compile time.
+pub const fn smallest_class_for(size: usize) -> u8 {
     let mut i = 1;
     while i < NUM_CLASSES {
         if CLASSES[i].size as usize >= size {
@@ -126,23 +128,6 @@ pub static MEDIUM_CLASS: [u8; (MAX_SIZE >> MEDIUM_SHIFT) + 1] = {
     while i < t.len() {
         t[i] = smallest_class_for(i << MEDIUM_SHIFT);
         i += 1;
-    }
-    t
-};
-
-/// Like [`SMALL_CLASS`], for C `malloc`: requests above [`MIN_ALIGN`] bytes are served
-/// 16-aligned (`alignof(max_align_t)`), smaller ones 8-aligned.
-pub static SMALL_CLASS_C: [u8; SMALL_LOOKUP_MAX + 1] = {
-    let mut t = [0u8; SMALL_LOOKUP_MAX + 1];
-    let mut size = 0;
-    while size <= SMALL_LOOKUP_MAX {
-        let rounded = if size <= MIN_ALIGN {
-            size
-        } else {
-            (size + C_MALLOC_ALIGN - 1) & !(C_MALLOC_ALIGN - 1)
-        };
-        t[size] = smallest_class_for(rounded);
-        size += 1;
     }
     t
 };
@@ -205,17 +190,6 @@ pub unsafe fn small_class_unchecked(size: usize) -> SizeClass {
     debug_assert!(size <= SMALL_LOOKUP_MAX, "small_class_unchecked({size})");
     // SAFETY: the caller bounds `size` by the table's length; every entry is a valid class.
     SizeClass(unsafe { *SMALL_CLASS.get_unchecked(size) })
-}
-
-/// The class for C `malloc(size)` with `size <= SMALL_LOOKUP_MAX`.
-///
-/// # Safety
-/// - `size <= SMALL_LOOKUP_MAX`.
-#[inline(always)]
-pub unsafe fn small_class_c_unchecked(size: usize) -> SizeClass {
-    debug_assert!(size <= SMALL_LOOKUP_MAX, "small_class_c_unchecked({size})");
-    // SAFETY: the caller bounds `size` by the table's length; every entry is a valid class.
-    SizeClass(unsafe { *SMALL_CLASS_C.get_unchecked(size) })
 }
 
 /// The class that serves `size` bytes aligned to `align` (a power of two), or `None` when the
@@ -317,21 +291,6 @@ mod tests {
             align *= 2;
         }
         assert_eq!(class_for(8, PAGE_SIZE * 2), None);
-    }
-
-    #[test]
-    fn c_malloc_classes_are_16_aligned_above_8_bytes() {
-        for size in 0..=SMALL_LOOKUP_MAX {
-            // SAFETY: in range.
-            let class = unsafe { small_class_c_unchecked(size) };
-            assert!(class.size() >= size);
-            if size > MIN_ALIGN {
-                assert_eq!(class.size() % C_MALLOC_ALIGN, 0, "malloc({size})");
-                assert_eq!(Some(class), class_for(size, C_MALLOC_ALIGN));
-            } else {
-                assert_eq!(class.size(), MIN_ALIGN);
-            }
-        }
     }
 
     #[test]
