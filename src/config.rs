@@ -16,7 +16,7 @@ pub const PAGE_SHIFT: usize = 13;
 
 /// Requests larger than this go straight to the OS (`large`); smaller ones are served from a
 /// size class.
-pub const LARGE_THRESHOLD: usize = 256 * 1024;
+pub const LARGE_THRESHOLD: usize = 1024 * 1024;
 
 /// Sizes up to this are classified by one direct table lookup on the fast path.
 pub const SMALL_LOOKUP_MAX: usize = 1024;

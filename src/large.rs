@@ -8,11 +8,12 @@
 //! **The mapping cache.** A program that allocates and frees multi-MiB buffers over and over
 //! would pay an `mmap`, a page fault per 4 KiB and an `munmap` every time. So freed mappings
 //! of up to [`MAX_CACHED_MAPPING`] bytes may be kept, resident, in a small cache (at most
-//! [`CACHE_ENTRIES`] mappings and [`CACHE_BYTES`] bytes) and handed out again to a request
-//! they fit with at most 25% slack. The cache is adaptive, like glibc's mmap threshold: it
+//! [`CACHE_ENTRIES`] ranges and [`CACHE_BYTES`] bytes) and handed out again: a request takes
+//! the smallest cached range that holds it, split when the rest is worth keeping; freed
+//! ranges merge with cached neighbours. The cache is adaptive, like glibc's mmap threshold: it
 //! only keeps mappings while the program shows it reuses them — a large allocation that a
-//! mapping unmapped in the last [`DECAY_MS`] would have served turns caching on for the next
-//! [`DECAY_MS`] — so a one-off big buffer is still unmapped the moment it is freed. Mappings
+//! mapping unmapped in the last [`DECAY_MS`] could have served turns caching on for the next
+//! [`DECAY_MS`] — so a one-off big buffer is still unmapped the moment it is freed. Ranges
 //! idle in the cache for [`DECAY_MS`] are unmapped (checked on every large operation and on
 //! the release policy's tick), so the memory does go back to the OS.
 //!
@@ -45,6 +46,8 @@ pub fn set_decay_ms(ms: u64) {
 }
 /// Recently unmapped sizes remembered to detect reuse.
 const HISTORY: usize = 8;
+/// A cached mapping at least this much bigger than a request is split, and the rest stays.
+const SPLIT_MIN: usize = 1 << 20;
 
 static MAPPED_BYTES: AtomicUsize = AtomicUsize::new(0);
 static BLOCKS: AtomicUsize = AtomicUsize::new(0);
@@ -86,29 +89,39 @@ static CACHE: Lock<MappingCache> = Lock::new(MappingCache {
 static CACHED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 impl MappingCache {
-    /// Takes the best cached mapping for `len` bytes (at most 25% larger), if any.
+    /// Takes a cached mapping for `len` bytes: the smallest that holds it, split if the rest
+    /// is worth keeping. A miss that a recently unmapped mapping could have served turns
+    /// caching on.
     fn take(&mut self, len: usize, now: u64) -> Option<Mapping> {
         let decay = DECAY.load(Relaxed);
-        let mut best: Option<usize> = None;
-        for (i, m) in self.entries[..self.count].iter().enumerate() {
-            let fits = m.len >= len && m.len - len <= len / 4;
-            if fits && best.is_none_or(|b| m.len < self.entries[b].len) {
-                best = Some(i);
-            }
-        }
+        let best = (0..self.count)
+            .filter(|&i| self.entries[i].len >= len)
+            .min_by_key(|&i| self.entries[i].len);
         let Some(i) = best else {
-            // A miss the last unmaps could have served: the program reuses sizes like this.
-            let reused = self.history.iter().any(|h| {
-                h.len >= len && h.len - len <= len / 4 && now.saturating_sub(h.at_ms) <= decay
-            });
+            let reused = self
+                .history
+                .iter()
+                .any(|h| h.len != 0 && h.len >= len / 2 && now.saturating_sub(h.at_ms) <= decay);
             if reused {
                 self.wanted_until_ms = now.saturating_add(decay);
             }
             return None;
         };
-        let m = self.remove(i);
         self.wanted_until_ms = now.saturating_add(decay);
+        let m = self.remove(i);
+        if m.len - len >= SPLIT_MIN {
+            let rest = Mapping { base: m.base + len, len: m.len - len, at_ms: m.at_ms };
+            self.insert(rest);
+            return Some(Mapping { len, ..m });
+        }
         Some(m)
+    }
+
+    fn insert(&mut self, m: Mapping) {
+        self.entries[self.count] = m;
+        self.count += 1;
+        self.bytes += m.len;
+        CACHED_BYTES.store(self.bytes, Relaxed);
     }
 
     fn remove(&mut self, i: usize) -> Mapping {
@@ -129,15 +142,29 @@ impl MappingCache {
             evicted[n] = m;
             return 1;
         }
-        while self.count == CACHE_ENTRIES || self.bytes + m.len > CACHE_BYTES {
+        // Merge with cached neighbours (pieces of one split mapping, or mappings the kernel
+        // placed side by side): fewer, bigger entries serve more requests.
+        let mut m = Mapping { at_ms: now, ..m };
+        let mut i = 0;
+        while i < self.count {
+            let e = self.entries[i];
+            if e.base + e.len == m.base || m.base + m.len == e.base {
+                self.remove(i);
+                m = Mapping { base: e.base.min(m.base), len: e.len + m.len, at_ms: now };
+            } else {
+                i += 1;
+            }
+        }
+        while self.count > 0 && (self.count == CACHE_ENTRIES || self.bytes + m.len > CACHE_BYTES) {
             let oldest = (0..self.count).min_by_key(|&i| self.entries[i].at_ms).unwrap_or(0);
             evicted[n] = self.remove(oldest);
             n += 1;
         }
-        self.entries[self.count] = Mapping { at_ms: now, ..m };
-        self.count += 1;
-        self.bytes += m.len;
-        CACHED_BYTES.store(self.bytes, Relaxed);
+        if m.len > CACHE_BYTES {
+            evicted[n] = m;
+            return n + 1;
+        }
+        self.insert(m);
         n
     }
 
@@ -433,7 +460,7 @@ mod tests {
     }
 
     #[test]
-    fn cache_turns_on_for_reuse_and_decays() {
+    fn cache_turns_on_for_reuse_splits_merges_and_decays() {
         let mut cache = MappingCache {
             entries: [NO_MAPPING; CACHE_ENTRIES],
             count: 0,
@@ -447,13 +474,22 @@ mod tests {
         // First free: no sign of reuse, so it is unmapped (and remembered).
         assert_eq!(cache.put(m, 100, &mut evicted), 1);
         assert_eq!(cache.count, 0);
-        // A miss of the same size soon after turns caching on; the next free is kept.
+        // A much bigger miss is no sign of reuse; one the unmapped mapping could have served
+        // is, and the next free is kept.
+        assert!(cache.take(20 << 20, 150).is_none());
+        assert_eq!(cache.wanted_until_ms, 0);
         assert!(cache.take(8 << 20, 200).is_none());
         assert_eq!(cache.put(m, 300, &mut evicted), 0);
         assert_eq!((cache.count, cache.bytes), (1, 8 << 20));
-        // A request that fits within 25% takes it; a much smaller one does not.
-        assert!(cache.take(4 << 20, 310).is_none());
-        assert_eq!(cache.take(7 << 20, 320).map(|m| m.len), Some(8 << 20));
+        // A smaller request splits it; freeing the piece merges it back.
+        let piece = cache.take(3 << 20, 310).unwrap();
+        assert_eq!((piece.base, piece.len), (m.base, 3 << 20));
+        assert_eq!((cache.count, cache.bytes), (1, 5 << 20));
+        assert_eq!(cache.put(piece, 320, &mut evicted), 0);
+        assert_eq!((cache.count, cache.bytes), (1, 8 << 20));
+        assert_eq!(cache.entries[0].base, m.base);
+        // A request a little smaller than the range takes all of it.
+        assert_eq!(cache.take(15 << 19, 330).map(|m| m.len), Some(8 << 20));
         assert_eq!(cache.put(m, 400, &mut evicted), 0);
         // Idle entries expire.
         assert_eq!(cache.expire(399, &mut evicted), 0);

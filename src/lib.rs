@@ -25,7 +25,7 @@
 //! central_free_list.rs per class: batches in and out under one lock, spans of objects
 //! page_heap.rs         spans of pages: split, coalesce, release to the OS
 //! page_map.rs          address -> span radix tree, read without locks
-//! large.rs             blocks above 256 KiB: their own mapping
+//! large.rs             blocks above 1 MiB: their own mapping
 //! size_class/          the generated class table and O(1) lookups
 //! metadata.rs          the allocator's own records (span records), from `os`
 //! os.rs                the only code that calls mmap / munmap / mremap / madvise

@@ -2,8 +2,8 @@
 //!
 //! | request | served by |
 //! | --- | --- |
-//! | rounded size <= 256 KiB, alignment <= 8 KiB | a size class, through the thread cache |
-//! | size <= 256 KiB, alignment 16 KiB ..= 1 MiB | a page run from the page heap, aligned |
+//! | rounded size <= 1 MiB, alignment <= 8 KiB | a size class, through the thread cache |
+//! | size <= 1 MiB, alignment 16 KiB ..= 1 MiB | a page run from the page heap, aligned |
 //! | anything larger | `large`: its own mapping |
 //!
 //! Two kinds of callers use it. The Rust [`GlobalAlloc`](core::alloc::GlobalAlloc) passes the

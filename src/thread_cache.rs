@@ -132,7 +132,7 @@ fn cache() -> *mut ThreadCache {
 
 /// Requests below this size (with the minimum alignment) take [`alloc_small`] and
 /// [`dealloc_small`], which index the thread's lists straight from the size.
-pub const FAST_LIMIT: usize = 1024;
+pub const FAST_LIMIT: usize = 1025;
 
 /// Byte offset of the list of each class in `ThreadCache::hot`.
 const fn list_offset(class_index: u8) -> u16 {

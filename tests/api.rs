@@ -32,7 +32,7 @@ fn round_trip(size: usize, align: usize) {
 fn every_power_of_two_alignment_up_to_64_mib() {
     for shift in 0..=26 {
         let align = 1usize << shift;
-        for size in [1, 7, 8, 9, 100, 1000, 4096, 5000, 65536, 300_000, 2 << 20] {
+        for size in [1, 7, 8, 9, 100, 1000, 4096, 5000, 65536, 300_000, 1 << 20, 3 << 20] {
             round_trip(size, align);
         }
     }
@@ -75,7 +75,7 @@ fn realloc_across_classes_and_the_large_path() {
         let mut p = unsafe { A.alloc(l) };
         // SAFETY: live block; byte i holds (i % 251) | 1 throughout.
         unsafe { *p = 1 };
-        let steps = [3, 17, 200, 1025, 9000, 200_000, 300_000, 5 << 20, 40 << 20, 100, 1];
+        let steps = [3, 17, 200, 1025, 9000, 200_000, 300_000, 1 << 20, 5 << 20, 40 << 20, 100, 1];
         for &new_size in &steps {
             let old_size = size;
             // SAFETY: `p` was allocated with `l`; `new_size > 0`.
@@ -119,7 +119,7 @@ fn realloc_within_a_class_stays_in_place() {
 
 #[test]
 fn alloc_zeroed_is_zero_on_reused_memory() {
-    for size in [8, 24, 100, 1000, 5000, 70_000, 262_144, 300_000, 3 << 20] {
+    for size in [8, 24, 100, 1000, 5000, 70_000, 262_144, 300_000, 1 << 20, 3 << 20] {
         for align in [8, 64, 32768] {
             let l = layout(size, align);
             // Dirty blocks of this layout and free them, so the next ones reuse them.

@@ -85,7 +85,7 @@ fn small_object_peak_comes_back() {
 /// sizes).
 fn stats_are_exact_for_this_thread() {
     use std::alloc::{GlobalAlloc, Layout};
-    let sizes = [8usize, 48, 128, 1024, 4096, 32768, 262144, 300 * 1024, 5 * MIB];
+    let sizes = [8usize, 48, 128, 1024, 4096, 32768, 262144, MIB, 2 * MIB + 4096, 5 * MIB];
     // Empty the large-mapping cache, so that large blocks get mappings of exactly their size,
     // and size the bookkeeping vector up front, so that it does not move while we count.
     tcalloc::release_free_memory();

@@ -38,7 +38,7 @@ pub const PAGE_SHIFT: u32 = 13;
 /// The allocator's page size in bytes.
 pub const PAGE_SIZE: usize = 1 << PAGE_SHIFT;
 /// The largest size served from a size class; larger requests are mapped directly.
-pub const MAX_SIZE: usize = 256 * 1024;
+pub const MAX_SIZE: usize = 1024 * 1024;
 /// Up to this size there is a class every [`QUANTUM`] bytes.
 pub const FINE_LIMIT: usize = 128;
 /// The spacing of the smallest classes.
@@ -46,7 +46,7 @@ pub const QUANTUM: usize = 8;
 /// Each power-of-two interval above [`FINE_LIMIT`] is cut into this many classes.
 pub const STEPS_PER_DOUBLING: usize = 8;
 /// The most pages a class's span may have.
-pub const MAX_SPAN_PAGES: usize = 64;
+pub const MAX_SPAN_PAGES: usize = 128;
 /// A span holds at least this many objects, unless it is already [`MIN_SPAN_BYTES`] long.
 pub const MIN_OBJECTS_PER_SPAN: usize = 4;
 /// See [`MIN_OBJECTS_PER_SPAN`].

@@ -149,7 +149,7 @@ const _: () = {
 };
 
 /// `DIVIDE_MAGIC[c] = ceil(2^DIVIDE_SHIFT / size(c))`: `(offset * magic) >> DIVIDE_SHIFT`
-/// equals `offset / size(c)` for every offset inside a span (below 2^19 bytes), which lets
+/// equals `offset / size(c)` for every offset inside a span (below 2^21 bytes), which lets
 /// `free` check that a pointer is an object boundary without a division.
 static DIVIDE_MAGIC: [u64; NUM_CLASSES] = {
     let mut t = [0u64; NUM_CLASSES];
@@ -160,14 +160,15 @@ static DIVIDE_MAGIC: [u64; NUM_CLASSES] = {
     }
     t
 };
-const DIVIDE_SHIFT: u32 = 40;
+const DIVIDE_SHIFT: u32 = 42;
 const _: () = {
     // Exactness needs offset * (magic * size - 2^shift) < 2^shift for every offset in a span;
-    // the error term is below `size`, so spans below 2^19 bytes and sizes below 2^19 suffice.
+    // the error term is below `size`, so spans and sizes below 2^21 bytes suffice
+    // (2^21 * 2^21 = 2^42); and offset * magic < 2^21 * 2^39 stays far inside a u64.
     let mut i = 1;
     while i < NUM_CLASSES {
-        assert!((CLASSES[i].pages as usize * PAGE_SIZE) < (1 << 19));
-        assert!((CLASSES[i].size as u64) < (1 << 19));
+        assert!((CLASSES[i].pages as usize * PAGE_SIZE) < (1 << 21));
+        assert!((CLASSES[i].size as u64) < (1 << 21));
         i += 1;
     }
 };
@@ -180,38 +181,27 @@ impl SizeClass {
     }
 }
 
-/// The class for a request of `size` bytes with alignment `align <= MIN_ALIGN` and
-/// `size <= SMALL_LOOKUP_MAX`: the fast path's one load.
-///
-/// # Safety
-/// - `size <= SMALL_LOOKUP_MAX`.
-#[inline(always)]
-pub unsafe fn small_class_unchecked(size: usize) -> SizeClass {
-    debug_assert!(size <= SMALL_LOOKUP_MAX, "small_class_unchecked({size})");
-    // SAFETY: the caller bounds `size` by the table's length; every entry is a valid class.
-    SizeClass(unsafe { *SMALL_CLASS.get_unchecked(size) })
-}
-
 /// The class that serves `size` bytes aligned to `align` (a power of two), or `None` when the
 /// request must go elsewhere (larger than [`MAX_SIZE`] once rounded, or aligned beyond a page).
-#[inline]
+#[inline(always)]
 pub fn class_for(size: usize, align: usize) -> Option<SizeClass> {
     debug_assert!(align.is_power_of_two());
-    if align <= MIN_ALIGN && size <= SMALL_LOOKUP_MAX {
-        // SAFETY: bounded just above.
-        return Some(unsafe { small_class_unchecked(size) });
-    }
-    if align > PAGE_SIZE || size > MAX_SIZE {
+    if size > MAX_SIZE || align > PAGE_SIZE {
         return None;
     }
+    // No overflow: both terms are bounded just above.
     let rounded = (size + align - 1) & !(align - 1);
-    if rounded <= SMALL_LOOKUP_MAX {
-        Some(SizeClass(SMALL_CLASS[rounded]))
+    let class = if rounded <= SMALL_LOOKUP_MAX {
+        // SAFETY: bounded by the table's length.
+        unsafe { *SMALL_CLASS.get_unchecked(rounded) }
     } else if rounded <= MAX_SIZE {
-        Some(SizeClass(MEDIUM_CLASS[(rounded + (1 << MEDIUM_SHIFT) - 1) >> MEDIUM_SHIFT]))
+        let index = (rounded + (1 << MEDIUM_SHIFT) - 1) >> MEDIUM_SHIFT;
+        // SAFETY: `rounded <= MAX_SIZE`, so `index <= MAX_SIZE >> MEDIUM_SHIFT`, in bounds.
+        unsafe { *MEDIUM_CLASS.get_unchecked(index) }
     } else {
-        None
-    }
+        return None;
+    };
+    Some(SizeClass(class))
 }
 
 #[cfg(test)]

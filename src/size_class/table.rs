@@ -7,9 +7,9 @@ use super::ClassInfo;
 /// log2 of the page size the table was generated for.
 pub const TABLE_PAGE_SHIFT: usize = 13;
 /// The largest size served from a class.
-pub const TABLE_MAX_SIZE: usize = 262144;
+pub const TABLE_MAX_SIZE: usize = 1048576;
 /// Number of classes, counting the reserved class 0.
-pub const TABLE_NUM_CLASSES: usize = 105;
+pub const TABLE_NUM_CLASSES: usize = 121;
 
 /// One row per class; row 0 is reserved ("no class").
 #[rustfmt::skip]
@@ -120,4 +120,20 @@ pub const CLASSES: [ClassInfo; TABLE_NUM_CLASSES] = [
     ClassInfo::new( 229376,   28,      1,    2),
     ClassInfo::new( 245760,   30,      1,    2),
     ClassInfo::new( 262144,   32,      1,    2),
+    ClassInfo::new( 294912,   36,      1,    2),
+    ClassInfo::new( 327680,   40,      1,    2),
+    ClassInfo::new( 360448,   44,      1,    2),
+    ClassInfo::new( 393216,   48,      1,    2),
+    ClassInfo::new( 425984,   52,      1,    2),
+    ClassInfo::new( 458752,   56,      1,    2),
+    ClassInfo::new( 491520,   60,      1,    2),
+    ClassInfo::new( 524288,   64,      1,    2),
+    ClassInfo::new( 589824,   72,      1,    2),
+    ClassInfo::new( 655360,   80,      1,    2),
+    ClassInfo::new( 720896,   88,      1,    2),
+    ClassInfo::new( 786432,   96,      1,    2),
+    ClassInfo::new( 851968,  104,      1,    2),
+    ClassInfo::new( 917504,  112,      1,    2),
+    ClassInfo::new( 983040,  120,      1,    2),
+    ClassInfo::new(1048576,  128,      1,    2),
 ];
