@@ -1,83 +1,190 @@
-//! Central free lists: one per size class, shared by all threads, each behind its own lock on
-//! its own cache line.
+//! Central free lists: where thread caches refill and flush, a whole batch
+//! (`SizeClass::batch` objects) at a time.
 //!
-//! Thread caches refill from here and flush back here, a whole batch (`SizeClass::batch`
-//! objects) under one lock acquisition. Two stores hold the free objects of a class:
+//! Two stores hold the free objects of a class:
 //!
-//! - the **transfer cache**: up to `transfer_slots(class)` complete batches, kept as the
-//!   linked lists the thread caches handed in. A flush followed by a refill (the common case
-//!   when one thread frees what another allocates) moves a batch in O(1) without touching the
-//!   objects;
-//! - the **spans** of the class: objects that did not fit the transfer cache go back to the
-//!   span they were carved from (found through the page map). A span with a free object is on
+//! - the **transfer caches** (`transfer_cache`): sharded stacks of complete batches. A flush
+//!   followed by a refill moves a batch in O(1) without touching its objects;
+//! - the **spans** of the class, behind one lock per class on its own cache line
+//!   ([`CentralFreeList`]): objects that did not fit the transfer caches go back to the span
+//!   they were carved from (found through the page map). A span with a free object is on
 //!   `nonempty`; a span whose objects are all back is returned to the page heap at once.
 //!
-//! New spans come from the page heap (lock order: central list, then page heap). Objects are
-//! carved lazily, one at a time, so a fresh span's untouched tail costs no memory.
+//! [`refill`] and [`flush`] try the transfer caches first and fall back to the spans. Batches
+//! idle in a transfer cache for a while are returned to their spans by the release policy's
+//! tick ([`drain_idle`]), so that emptied spans can go back to the OS.
 //!
-//! Entry points: [`central`], [`CentralFreeList::remove_range`],
-//! [`CentralFreeList::insert_range`]. Layers below: `page_heap`, `page_map`, `size_class`.
+//! New spans come from the page heap (lock order: central list, then page heap). Objects are
+//! carved lazily, a batch at a time in address order, so a fresh span's untouched tail costs no
+//! memory.
+//!
+//! Entry points: [`refill`], [`flush`], [`drain_idle`], [`stats`], [`CentralFreeList`].
+//! Layers below: `transfer_cache`, `page_heap`, `page_map`, `size_class`.
 
-use crate::config::{MAX_TRANSFER_SLOTS, TRANSFER_CACHE_BYTES};
+use crate::config::MAX_SHARDS;
 use crate::free_list::{self, FreeObject};
-use crate::page_heap::PageHeap;
+use crate::page_heap::{PageHeap, PAGE_HEAP};
 use crate::page_map;
 use crate::size_class::{SizeClass, NUM_CLASSES};
 use crate::span::{Length, Span, SpanKind, SpanList};
-use crate::sync::Lock;
+use crate::sync::{Lock, LockGuard};
+use crate::transfer_cache;
 use core::ptr;
 use crossbeam_utils::CachePadded;
 
-/// The process's central free lists, indexed by class (entry 0 unused).
-static CENTRAL: [CachePadded<Lock<CentralFreeList>>; NUM_CLASSES] =
-    [const { CachePadded::new(Lock::new(CentralFreeList::new())) }; NUM_CLASSES];
+/// The span side of every class, by class (entry 0 unused) and shard: each thread carves from
+/// the spans of its own shard, so threads on different shards do not contend for one lock.
+static CENTRAL: [[CachePadded<Lock<CentralFreeList>>; MAX_SHARDS]; NUM_CLASSES] =
+    [const { [const { CachePadded::new(Lock::new(CentralFreeList::new())) }; MAX_SHARDS] };
+        NUM_CLASSES];
 
-/// The central free list of `class`.
+/// The span side of `class` in `shard`.
 #[inline]
-pub fn central(class: SizeClass) -> &'static Lock<CentralFreeList> {
-    &CENTRAL[class.index()]
+pub fn central(class: SizeClass, shard: usize) -> &'static Lock<CentralFreeList> {
+    &CENTRAL[class.index()][shard % MAX_SHARDS]
 }
 
-/// Every central list, for the fork handlers and statistics.
-pub fn all() -> impl DoubleEndedIterator<Item = (SizeClass, &'static Lock<CentralFreeList>)> {
-    SizeClass::all().map(|c| (c, central(c)))
+/// Every span lock, for the fork handlers.
+pub fn locks() -> impl DoubleEndedIterator<Item = &'static crate::sync::RawLock> {
+    CENTRAL[1..].iter().flat_map(|shards| shards.iter().map(|l| l.raw()))
 }
 
-/// How many whole batches the transfer cache of `class` may hold.
-pub const fn transfer_slots(class: SizeClass) -> usize {
-    let batch_bytes = class.batch() * class.size();
-    let slots = TRANSFER_CACHE_BYTES / batch_bytes;
-    if slots < 1 {
-        1
-    } else if slots > MAX_TRANSFER_SLOTS {
-        MAX_TRANSFER_SLOTS
-    } else {
-        slots
+/// Takes up to `want` objects of `class` for a thread whose shard is `shard`: a whole batch
+/// from the transfer caches when `want` is the batch size, else objects from the shard's
+/// spans. Returns a null-terminated list and its length; length 0 means out of memory.
+pub fn refill(class: SizeClass, shard: usize, want: usize) -> (*mut FreeObject, usize) {
+    let shard = transfer_cache::shard_index(shard);
+    if want == class.batch() {
+        if let Some(batch) = transfer_cache::pop(class, shard) {
+            return (batch, want);
+        }
+    }
+    let got = central(class, shard).lock().remove_range(class, shard, want, &PAGE_HEAP);
+    if got.1 > 0 {
+        return got;
+    }
+    // No memory for a new span, but a batch may wait in a transfer cache: use part of it.
+    match transfer_cache::pop(class, shard) {
+        Some(mut batch) => {
+            // SAFETY: transfer batches are lists of exactly `batch() >= want` dead objects of
+            // the class; the rest go back to their spans.
+            unsafe {
+                let head = free_list::split_front(&mut batch, want);
+                release_objects(class, batch);
+                (head, want)
+            }
+        }
+        None => got,
     }
 }
 
-/// Figures of one central list.
+/// Gives back `count` objects of `class` from a thread whose shard is `shard`.
+///
+/// # Safety
+/// - `head` is a well-formed list of exactly `count` dead objects of `class` from this
+///   allocator.
+pub unsafe fn flush(class: SizeClass, shard: usize, head: *mut FreeObject, count: usize) {
+    if count == class.batch() && transfer_cache::push(class, shard, head) {
+        return;
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { release_objects(class, head) };
+}
+
+/// Returns every object of a list to its span, under the lock of the shard owning each span.
+///
+/// Consecutive objects of a list were usually freed together and share a span, so the span
+/// (and lock) of the previous object is tried before the page map.
+///
+/// # Safety
+/// - `head` is a well-formed list of dead objects of `class` from this allocator.
+unsafe fn release_objects(class: SizeClass, mut head: *mut FreeObject) {
+    let mut held: Option<(usize, LockGuard<'static, CentralFreeList>)> = None;
+    let mut span: *mut Span = ptr::null_mut();
+    let (mut low, mut high) = (0usize, 0usize);
+    loop {
+        // SAFETY: the list is well formed per the caller.
+        let object = unsafe { free_list::pop(&mut head) };
+        if object.is_null() {
+            break;
+        }
+        let address = object as usize;
+        if address.wrapping_sub(low) >= high - low {
+            span = page_map::lookup(address);
+            // SAFETY: the page map records the span of every page of a `Small` span, and the
+            // span cannot change while it holds this (allocated) object.
+            let (start, bytes, shard) = unsafe {
+                ((*span).start_address(), (*span).pages().bytes(), (*span).shard as usize)
+            };
+            (low, high) = (start, start + bytes);
+            if held.as_ref().is_none_or(|(s, _)| *s != shard) {
+                // Never hold two shards' locks at once.
+                drop(held.take());
+                held = Some((shard, central(class, shard).lock()));
+            }
+        }
+        let Some((_, list)) = held.as_mut() else { break };
+        // SAFETY: a dead object of `class` inside `span`, which the held shard owns.
+        if unsafe { list.release_object(class, span, object, &PAGE_HEAP) } {
+            // The span went back to the page heap; look the next object up afresh.
+            (low, high) = (0, 0);
+        }
+    }
+}
+
+/// Returns batches idle in the transfer caches since epoch `before` (all of them with
+/// `u64::MAX`) to their spans, so that emptied spans reach the page heap.
+pub fn drain_idle(before: u64) {
+    for class in SizeClass::all() {
+        while let Some(batch) = transfer_cache::pop_idle(class, before) {
+            // SAFETY: transfer batches are well-formed lists of dead objects of the class.
+            unsafe { release_objects(class, batch) };
+        }
+    }
+}
+
+/// Figures of `class`: its spans (all shards) and its transfer caches.
+pub fn stats(class: SizeClass) -> CentralStats {
+    let mut total = CentralStats::default();
+    for list in &CENTRAL[class.index()] {
+        let s = list.lock().span_stats();
+        total.spans += s.spans;
+        total.span_free_objects += s.span_free_objects;
+    }
+    total.transfer_objects = transfer_cache::batches(class) * class.batch();
+    total
+}
+
+/// Checks the invariants of `class`'s spans and transfer caches.
+pub fn check_invariants(class: SizeClass) {
+    for (shard, list) in CENTRAL[class.index()].iter().enumerate() {
+        list.lock().check_invariants(class, shard);
+    }
+    transfer_cache::check_class(class, |batch| {
+        // SAFETY: transfer batches are well-formed lists.
+        assert_eq!(unsafe { free_list::count(batch) }, class.batch(), "transfer batch size");
+    });
+}
+
+/// Figures of one class's central free objects.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CentralStats {
     /// Spans owned by the class.
     pub spans: usize,
-    /// Objects waiting in the transfer cache.
+    /// Objects waiting in the transfer caches.
     pub transfer_objects: usize,
     /// Objects free inside the class's spans (returned or never carved).
     pub span_free_objects: usize,
 }
 
-/// The central free list of one class.
+/// The span side of one class.
 ///
 /// Invariants (checked by [`CentralFreeList::check_invariants`]):
-/// - `transfer[..transfer_len]` are null-terminated lists of exactly `batch` objects each;
 /// - a span of this class is on `nonempty` iff it has a free object (on its `free_list` or not
 ///   yet carved); `spans` counts every span of the class, on `nonempty` or not;
 /// - `span_free == Σ over spans of (count(free_list) + objects - carved)`.
 pub struct CentralFreeList {
     nonempty: SpanList,
-    transfer: [*mut FreeObject; MAX_TRANSFER_SLOTS],
-    transfer_len: usize,
     spans: usize,
     span_free: usize,
 }
@@ -93,94 +200,39 @@ impl Default for CentralFreeList {
 
 impl CentralFreeList {
     pub const fn new() -> Self {
-        CentralFreeList {
-            nonempty: SpanList::new(),
-            transfer: [ptr::null_mut(); MAX_TRANSFER_SLOTS],
-            transfer_len: 0,
-            spans: 0,
-            span_free: 0,
-        }
+        CentralFreeList { nonempty: SpanList::new(), spans: 0, span_free: 0 }
     }
 
-    /// Takes up to `want` objects of `class` (a whole batch from the transfer cache when
-    /// `want` is the batch size). Returns a null-terminated list and its length; length 0
-    /// means out of memory.
+    /// Takes up to `want` objects of `class` from its spans, carving a new span when none has
+    /// a free object. Returns a null-terminated list and its length; length 0 means out of
+    /// memory.
     pub fn remove_range(
         &mut self,
         class: SizeClass,
+        shard: usize,
         want: usize,
         heap: &Lock<PageHeap>,
     ) -> (*mut FreeObject, usize) {
         debug_assert!(want >= 1 && want <= class.batch());
-        if want == class.batch() && self.transfer_len > 0 {
-            self.transfer_len -= 1;
-            return (self.transfer[self.transfer_len], want);
-        }
         let mut head = ptr::null_mut();
         let mut got = 0;
         while got < want {
-            if self.nonempty.is_empty() && !self.populate(class, heap) {
+            if self.nonempty.is_empty() && !self.populate(class, shard, heap) {
                 break;
             }
             let span = self.nonempty.head;
             // SAFETY: `span` is on `nonempty`, so it has a free object and belongs to `class`.
-            unsafe {
-                let object = self.take_from_span(class, span);
-                free_list::push(&mut head, object);
-            }
-            got += 1;
-        }
-        if got == 0 && self.transfer_len > 0 {
-            // No memory for a new span, but whole batches wait: hand out part of one.
-            self.transfer_len -= 1;
-            let mut batch = self.transfer[self.transfer_len];
-            // SAFETY: transfer entries are lists of exactly `batch() >= want` objects.
-            unsafe {
-                head = free_list::split_front(&mut batch, want);
-                self.release_list(class, batch, heap);
-            }
-            got = want;
+            got += unsafe { self.take_from_span(class, span, want - got, &mut head) };
         }
         (head, got)
     }
 
-    /// Gives back `count` objects of `class` as a null-terminated list.
+    /// Returns every object of a null-terminated list to its span (all spans of this list).
     ///
     /// # Safety
-    /// - `head` is a well-formed list of exactly `count` objects of `class` that were handed
-    ///   out by this list and are no longer used.
+    /// - `head` is a well-formed list of dead objects of `class` handed out by this list.
+    #[cfg(test)]
     pub unsafe fn insert_range(
-        &mut self,
-        class: SizeClass,
-        head: *mut FreeObject,
-        count: usize,
-        heap: &Lock<PageHeap>,
-    ) {
-        if count == class.batch() && self.transfer_len < transfer_slots(class) {
-            self.transfer[self.transfer_len] = head;
-            self.transfer_len += 1;
-            return;
-        }
-        // SAFETY: forwarded from the caller.
-        unsafe { self.release_list(class, head, heap) };
-    }
-
-    /// Returns every object of the transfer cache to its span (so that spans whose objects
-    /// are all free go back to the page heap).
-    pub fn drain_transfer_cache(&mut self, class: SizeClass, heap: &Lock<PageHeap>) {
-        while self.transfer_len > 0 {
-            self.transfer_len -= 1;
-            let batch = self.transfer[self.transfer_len];
-            // SAFETY: transfer entries are well-formed lists of free objects of `class`.
-            unsafe { self.release_list(class, batch, heap) };
-        }
-    }
-
-    /// Returns each object of a list to its span.
-    ///
-    /// # Safety
-    /// - as for [`insert_range`](Self::insert_range).
-    unsafe fn release_list(
         &mut self,
         class: SizeClass,
         mut head: *mut FreeObject,
@@ -192,24 +244,25 @@ impl CentralFreeList {
             if object.is_null() {
                 break;
             }
-            // SAFETY: a live object of `class` handed out by this list.
-            unsafe { self.release_object(class, object, heap) };
+            let span = page_map::lookup(object as usize);
+            // SAFETY: a dead object of this list, inside `span`.
+            unsafe { self.release_object(class, span, object, heap) };
         }
     }
 
-    /// Puts one object back on its span; gives the span to the page heap when it is empty.
+    /// Puts one object back on its span; gives the span to the page heap when it is empty
+    /// (and then returns true).
     ///
     /// # Safety
-    /// - `object` is an unused object of `class` handed out by this list.
-    unsafe fn release_object(
+    /// - `object` is a dead object of `class` handed out by this list, and `span` its span.
+    pub unsafe fn release_object(
         &mut self,
         class: SizeClass,
+        span: *mut Span,
         object: *mut FreeObject,
         heap: &Lock<PageHeap>,
-    ) {
-        let span = page_map::lookup(object as usize);
-        // SAFETY: the page map records the span of every page of a `Small` span, and the span
-        // outlives its objects.
+    ) -> bool {
+        // SAFETY: the span outlives its objects; it belongs to this list (checked in debug).
         unsafe {
             debug_assert!(
                 !span.is_null()
@@ -232,38 +285,59 @@ impl CentralFreeList {
                 self.span_free -= class.info().objects as usize;
                 s.carved = 0;
                 heap.lock().deallocate(span);
-            } else if !had_free {
+                return true;
+            }
+            if !had_free {
                 self.nonempty.push(span);
             }
         }
+        false
     }
 
-    /// Takes one free object from `span`, removing the span from `nonempty` when it runs out.
+    /// Takes up to `n` free objects from `span` onto `head` (returned objects first, then
+    /// fresh ones carved in address order, so that a new span is handed out front to back);
+    /// removes the span from `nonempty` when it runs out. Returns how many it took.
     ///
     /// # Safety
     /// - `span` is on `nonempty` and belongs to `class`.
-    unsafe fn take_from_span(&mut self, class: SizeClass, span: *mut Span) -> *mut FreeObject {
+    unsafe fn take_from_span(
+        &mut self,
+        class: SizeClass,
+        span: *mut Span,
+        n: usize,
+        head: &mut *mut FreeObject,
+    ) -> usize {
         // SAFETY: per the caller.
         let s = unsafe { &mut *span };
-        let objects = class.info().objects;
-        // SAFETY: the span's free list is well formed.
-        let mut object = unsafe { free_list::pop(&mut s.free_list) };
-        if object.is_null() {
-            debug_assert!(s.carved < objects);
-            object = (s.start_address() + s.carved as usize * class.size()) as *mut FreeObject;
-            s.carved += 1;
+        let objects = class.info().objects as usize;
+        let mut taken = 0;
+        while taken < n && !s.free_list.is_null() {
+            // SAFETY: the span's free list is well formed and non-empty; the object is free.
+            unsafe { free_list::push(head, free_list::pop(&mut s.free_list)) };
+            taken += 1;
         }
-        s.allocated += 1;
-        self.span_free -= 1;
-        if s.free_list.is_null() && s.carved == objects {
+        let carve = (n - taken).min(objects - s.carved as usize);
+        if carve > 0 {
+            let first = s.start_address() + s.carved as usize * class.size();
+            for i in (0..carve).rev() {
+                // SAFETY: objects below `objects` lie inside the span, which this list owns;
+                // never-carved objects are unused memory.
+                unsafe { free_list::push(head, (first + i * class.size()) as *mut FreeObject) };
+            }
+            s.carved += carve as u32;
+            taken += carve;
+        }
+        s.allocated += taken as u32;
+        self.span_free -= taken;
+        if s.free_list.is_null() && s.carved as usize == objects {
             // SAFETY: on `nonempty` per the caller.
             unsafe { self.nonempty.remove(span) };
         }
-        object
+        taken
     }
 
-    /// Takes a new span from the page heap; false when out of memory.
-    fn populate(&mut self, class: SizeClass, heap: &Lock<PageHeap>) -> bool {
+    /// Takes a new span from the page heap for shard `shard`; false when out of memory.
+    fn populate(&mut self, class: SizeClass, shard: usize, heap: &Lock<PageHeap>) -> bool {
         let span = heap.lock().allocate(Length(class.info().pages as usize), SpanKind::Small);
         if span.is_null() {
             return false;
@@ -274,6 +348,7 @@ impl CentralFreeList {
             (*span).free_list = ptr::null_mut();
             (*span).allocated = 0;
             (*span).carved = 0;
+            (*span).shard = shard as u32;
             self.nonempty.push(span);
         }
         self.spans += 1;
@@ -281,20 +356,13 @@ impl CentralFreeList {
         true
     }
 
-    pub fn stats(&self, class: SizeClass) -> CentralStats {
-        CentralStats {
-            spans: self.spans,
-            transfer_objects: self.transfer_len * class.batch(),
-            span_free_objects: self.span_free,
-        }
+    /// Figures of the spans (`transfer_objects` is left 0).
+    pub fn span_stats(&self) -> CentralStats {
+        CentralStats { spans: self.spans, transfer_objects: 0, span_free_objects: self.span_free }
     }
 
-    /// Checks the invariants on the struct for the spans on `nonempty` and the transfer cache.
-    pub fn check_invariants(&self, class: SizeClass) {
-        for &batch in &self.transfer[..self.transfer_len] {
-            // SAFETY: transfer entries are well-formed lists.
-            assert_eq!(unsafe { free_list::count(batch) }, class.batch(), "transfer batch size");
-        }
+    /// Checks the invariants on the struct for the spans on `nonempty` (of shard `shard`).
+    pub fn check_invariants(&self, class: SizeClass, shard: usize) {
         let mut free_on_nonempty = 0;
         let mut nonempty = 0;
         for span in self.nonempty.iter() {
@@ -302,6 +370,7 @@ impl CentralFreeList {
             let s = unsafe { &*span };
             assert_eq!(s.kind(), SpanKind::Small);
             assert_eq!(s.class_index(), class.index());
+            assert_eq!(s.shard as usize, shard, "span on another shard's list");
             // SAFETY: the span's free list is well formed.
             let listed = unsafe { free_list::count(s.free_list) };
             let untouched = (class.info().objects - s.carved) as usize;
@@ -329,27 +398,21 @@ mod tests {
     }
 
     #[test]
-    fn batches_round_trip_through_the_transfer_cache() {
+    fn empty_spans_go_back_to_the_page_heap() {
         let heap = Lock::new(PageHeap::new());
         let mut list = CentralFreeList::new();
         let class = class_of(64);
         let batch = class.batch();
-        let (head, n) = list.remove_range(class, batch, &heap);
+        let (head, n) = list.remove_range(class, 0, batch, &heap);
         assert_eq!(n, batch);
         // SAFETY: `head` is the list just handed out.
         assert_eq!(unsafe { free_list::count(head) }, batch);
-        list.check_invariants(class);
+        list.check_invariants(class, 0);
+        assert_eq!(list.span_stats().spans, 1);
         // SAFETY: the same objects, unused.
-        unsafe { list.insert_range(class, head, n, &heap) };
-        assert_eq!(list.stats(class).transfer_objects, batch);
-        list.check_invariants(class);
-        let (again, m) = list.remove_range(class, batch, &heap);
-        assert_eq!((again, m), (head, batch), "the same batch comes back whole");
-        // SAFETY: as above.
-        unsafe { list.insert_range(class, again, m, &heap) };
-        list.drain_transfer_cache(class, &heap);
-        list.check_invariants(class);
-        assert_eq!(list.stats(class).spans, 0, "an empty span goes back to the page heap");
+        unsafe { list.insert_range(class, head, &heap) };
+        list.check_invariants(class, 0);
+        assert_eq!(list.span_stats().spans, 0, "an empty span goes back to the page heap");
         assert_eq!(heap.lock().stats().in_use_bytes, 0);
         heap.lock().check_invariants();
     }
@@ -362,7 +425,7 @@ mod tests {
         let mut seen = HashSet::new();
         let mut lists = Vec::new();
         for want in [1, 2, 3, class.batch(), class.batch(), 7] {
-            let (head, n) = list.remove_range(class, want, &heap);
+            let (head, n) = list.remove_range(class, 0, want, &heap);
             assert_eq!(n, want);
             let mut p = head;
             while !p.is_null() {
@@ -377,27 +440,14 @@ mod tests {
                 }
             }
             lists.push((head, n));
-            list.check_invariants(class);
+            list.check_invariants(class, 0);
         }
-        // Odd-sized lists go back to their spans one by one.
-        for (head, n) in lists {
+        for (head, _) in lists {
             // SAFETY: these lists came from this central list and are unused.
-            unsafe { list.insert_range(class, head, n, &heap) };
-            list.check_invariants(class);
+            unsafe { list.insert_range(class, head, &heap) };
+            list.check_invariants(class, 0);
         }
-        list.drain_transfer_cache(class, &heap);
-        assert_eq!(list.stats(class).spans, 0);
+        assert_eq!(list.span_stats().spans, 0);
         assert_eq!(heap.lock().stats().in_use_bytes, 0);
-    }
-
-    #[test]
-    fn transfer_slots_bound_bytes() {
-        for class in SizeClass::all() {
-            let slots = transfer_slots(class);
-            assert!((1..=MAX_TRANSFER_SLOTS).contains(&slots));
-            if slots > 1 {
-                assert!(slots * class.batch() * class.size() <= TRANSFER_CACHE_BYTES);
-            }
-        }
     }
 }

@@ -35,24 +35,26 @@ pub const MAX_EXACT_PAGES: usize = 128;
 pub const HEAP_GROWTH_BYTES: usize = 4 << 20;
 
 /// Most objects one thread-cache list may hold.
-pub const MAX_LIST_LENGTH: u32 = 8192;
+pub const MAX_LIST_LENGTH: u32 = 32768;
 
 /// A list whose length overruns its limit this many times shrinks by a batch.
 pub const MAX_LIST_OVERAGES: u32 = 3;
 
 /// Default byte budget of one thread's cache.
-pub const THREAD_CACHE_BYTES: usize = 4 << 20;
+pub const THREAD_CACHE_BYTES: usize = 16 << 20;
 
 /// Smallest budget a thread's cache is cut down to when many threads share the total.
 pub const MIN_THREAD_CACHE_BYTES: usize = 512 << 10;
 
 /// Default cap on the bytes held by all thread caches together.
-pub const TOTAL_THREAD_CACHE_BYTES: usize = 32 << 20;
+pub const TOTAL_THREAD_CACHE_BYTES: usize = 64 << 20;
 
-/// Each central free list keeps at most this many bytes in whole batches ready to hand out
-/// (its transfer cache), and at most [`MAX_TRANSFER_SLOTS`] batches.
-pub const TRANSFER_CACHE_BYTES: usize = 512 << 10;
-pub const MAX_TRANSFER_SLOTS: usize = 64;
+/// All transfer caches together (whole batches waiting in the central lists) hold at most this
+/// many bytes.
+pub const TRANSFER_CACHE_TOTAL_BYTES: usize = 32 << 20;
+
+/// Most transfer-cache shards per class (one per CPU, up to this).
+pub const MAX_SHARDS: usize = 8;
 
 // ---------------------------------------------------------------------------------------------
 // Derived

@@ -4,7 +4,7 @@
 //! | --- | --- | --- |
 //! | `TCALLOC_SHOW_STATS` | `0` | `1`: print the statistics report to stderr at exit |
 //! | `TCALLOC_RELEASE_RATE` | `1` | how eagerly free memory goes back to the OS: `0` never (only `release_free_memory`), `1` the defaults below, `r` divides the reserve and the decay time by `r` |
-//! | `TCALLOC_FREE_RESERVE_BYTES` | 32 MiB | free pages the page heap keeps backed; beyond that, freed pages go back at once |
+//! | `TCALLOC_FREE_RESERVE_BYTES` | 16 MiB | free pages the page heap keeps backed; beyond that, freed pages go back at once |
 //! | `TCALLOC_DECAY_MS` | `1000` | free pages and cached large mappings idle this long go back to the OS |
 //! | `TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES` | 32 MiB | cap on all thread caches together |
 //!
@@ -28,7 +28,7 @@ impl Settings {
     pub const DEFAULT: Settings = Settings {
         show_stats: false,
         release_rate: 1.0,
-        free_reserve_bytes: 32 << 20,
+        free_reserve_bytes: 16 << 20,
         decay_ms: 1000,
         total_thread_cache_bytes: crate::config::TOTAL_THREAD_CACHE_BYTES,
     };

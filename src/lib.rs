@@ -23,6 +23,7 @@
 //! thread_cache.rs      per-thread free list per class, no locks on the fast path
 //! release.rs           when free memory goes back to the OS (reserve, decay, on demand)
 //! central_free_list.rs per class: batches in and out under one lock, spans of objects
+//! transfer_cache.rs    per class: a stack of whole batches (O(1) hand-over between threads)
 //! page_heap.rs         spans of pages: split, coalesce, release to the OS
 //! page_map.rs          address -> span radix tree, read without locks
 //! large.rs             blocks above 1 MiB: their own mapping
@@ -61,6 +62,7 @@ mod span;
 mod stats;
 mod sync;
 mod thread_cache;
+mod transfer_cache;
 
 pub use global::TcAlloc;
 pub use stats::{stats, ClassStats, Stats};

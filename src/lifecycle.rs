@@ -7,7 +7,8 @@
 //! nothing it does is needed for correctness.
 //!
 //! `fork` handlers: before `fork`, take every allocator lock in the one global order (registry,
-//! central lists by class, page heap, large-mapping cache, metadata), so that no lock is
+//! transfer caches, central lists by class, page heap, large-mapping cache, metadata), so
+//! that no lock is
 //! held by a thread that will not exist in the child; after `fork`, release them in parent
 //! and child, and in the child
 //! forget the thread caches of the threads that did not survive.
@@ -19,6 +20,7 @@ use crate::metadata;
 use crate::page_heap::PAGE_HEAP;
 use crate::release;
 use crate::thread_cache;
+use crate::transfer_cache;
 use core::sync::atomic::{AtomicU8, Ordering};
 
 const NOT_STARTED: u8 = 0;
@@ -48,6 +50,9 @@ fn initialize() {
             crate::config::OS_PAGE_SIZE
         ));
     }
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    transfer_cache::set_shards(cpus.max(1) as usize);
     let settings = Settings::from_env();
     release::configure(&settings);
     thread_cache::set_total_budget(settings.total_thread_cache_bytes);
@@ -66,7 +71,8 @@ extern "C" fn print_stats_at_exit() {
 
 fn locks_in_order() -> impl DoubleEndedIterator<Item = &'static crate::sync::RawLock> {
     core::iter::once(thread_cache::registry_lock())
-        .chain(central_free_list::all().map(|(_, list)| list.raw()))
+        .chain(transfer_cache::locks())
+        .chain(central_free_list::locks())
         .chain([PAGE_HEAP.raw(), large::lock_for_fork(), metadata::lock_for_fork()])
 }
 

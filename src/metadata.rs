@@ -1,12 +1,13 @@
 //! The metadata arena: where the allocator's own records live.
 //!
-//! Nothing inside tcalloc may allocate through the global allocator, so span records come from
-//! here: a bump allocator over chunks mapped by `os`, with a free list of span records for
-//! reuse. Metadata is never returned to the OS; the page map's leaves are mapped by the page
+//! Nothing inside tcalloc may allocate through the global allocator, so its records come from
+//! here: a bump allocator over regions mapped by `os`, with a free list per record kind for
+//! reuse. Two kinds exist: span records, and [`BLOCK_BYTES`] blocks (the transfer caches'
+//! chunks). Metadata is never returned to the OS; the page map's leaves are mapped by the page
 //! map itself and counted here too.
 //!
-//! Entry points: [`new_span`], [`delete_span`], [`account_mapped`], [`stats`]. Layer below:
-//! `os`.
+//! Entry points: [`new_span`], [`delete_span`], [`new_block`], [`delete_block`],
+//! [`account_mapped`], [`stats`]. Layer below: `os`.
 
 use crate::os;
 use crate::span::{Span, SpanKind};
@@ -18,22 +19,50 @@ use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 /// Bytes mapped at a time for records.
 const CHUNK_BYTES: usize = 256 << 10;
 
+/// Size (and alignment) of the blocks of [`new_block`].
+pub const BLOCK_BYTES: usize = 2048;
+
 /// The arena.
 ///
 /// Invariants: `bump <= end`; `[bump, end)` is mapped and unused; every record on
-/// `free_spans` has kind `Unused`; `live_spans` counts records handed out and not deleted.
+/// `free_spans` has kind `Unused`; `live_spans` counts records handed out and not deleted;
+/// `free_blocks` links unused blocks through their first word.
 struct Arena {
     bump: usize,
     end: usize,
     free_spans: *mut Span,
     live_spans: usize,
+    free_blocks: *mut usize,
+}
+
+impl Arena {
+    /// Carves `size` bytes aligned to `align` from the bump region, mapping more if needed.
+    fn carve(&mut self, size: usize, align: usize) -> *mut u8 {
+        let mut at = (self.bump + align - 1) & !(align - 1);
+        if self.bump == 0 || at + size > self.end {
+            let Some(chunk) = os::map(CHUNK_BYTES) else {
+                return ptr::null_mut();
+            };
+            MAPPED.fetch_add(CHUNK_BYTES, Relaxed);
+            self.bump = chunk.as_ptr() as usize;
+            self.end = self.bump + CHUNK_BYTES;
+            at = (self.bump + align - 1) & !(align - 1);
+        }
+        self.bump = at + size;
+        at as *mut u8
+    }
 }
 
 // SAFETY: the raw pointers only name metadata memory, which any thread may use under the lock.
 unsafe impl Send for Arena {}
 
-static ARENA: Lock<Arena> =
-    Lock::new(Arena { bump: 0, end: 0, free_spans: ptr::null_mut(), live_spans: 0 });
+static ARENA: Lock<Arena> = Lock::new(Arena {
+    bump: 0,
+    end: 0,
+    free_spans: ptr::null_mut(),
+    live_spans: 0,
+    free_blocks: ptr::null_mut(),
+});
 
 /// Bytes mapped for metadata of every kind (records and page-map leaves).
 static MAPPED: AtomicUsize = AtomicUsize::new(0);
@@ -52,19 +81,11 @@ pub fn new_span() -> *mut Span {
         arena.free_spans = unsafe { (*span).next };
         span
     } else {
-        let size = size_of::<Span>();
-        let at = (arena.bump + align_of::<Span>() - 1) & !(align_of::<Span>() - 1);
-        if arena.bump == 0 || at + size > arena.end {
-            let Some(chunk) = os::map(CHUNK_BYTES) else {
-                return ptr::null_mut();
-            };
-            MAPPED.fetch_add(CHUNK_BYTES, Relaxed);
-            arena.bump = chunk.as_ptr() as usize;
-            arena.end = arena.bump + CHUNK_BYTES;
+        let span = arena.carve(size_of::<Span>(), align_of::<Span>()).cast::<Span>();
+        if span.is_null() {
+            return span;
         }
-        let at = (arena.bump + align_of::<Span>() - 1) & !(align_of::<Span>() - 1);
-        arena.bump = at + size;
-        at as *mut Span
+        span
     };
     arena.live_spans += 1;
     // SAFETY: `span` is an unused, aligned, writable record-sized slot of the arena.
@@ -87,6 +108,31 @@ pub unsafe fn delete_span(span: *mut Span) {
     }
     arena.free_spans = span;
     arena.live_spans -= 1;
+}
+
+/// A zeroed-or-reused block of [`BLOCK_BYTES`] bytes, aligned to its size; null when out of
+/// memory.
+pub fn new_block() -> *mut u8 {
+    let mut arena = ARENA.lock();
+    if !arena.free_blocks.is_null() {
+        let block = arena.free_blocks;
+        // SAFETY: free blocks are valid and link the list through their first word.
+        arena.free_blocks = unsafe { *block } as *mut usize;
+        return block.cast();
+    }
+    arena.carve(BLOCK_BYTES, BLOCK_BYTES)
+}
+
+/// Returns a block to the arena.
+///
+/// # Safety
+/// - `block` came from [`new_block`] and nothing will use it again.
+pub unsafe fn delete_block(block: *mut u8) {
+    let mut arena = ARENA.lock();
+    let block = block.cast::<usize>();
+    // SAFETY: the caller hands the block back; its first word is ours to link with.
+    unsafe { *block = arena.free_blocks as usize };
+    arena.free_blocks = block;
 }
 
 /// Metadata figures.

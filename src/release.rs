@@ -7,14 +7,16 @@
 //!    first. After a program frees a large peak, resident memory falls while it frees, without
 //!    waiting for a timer. Pages freed within the reserve are kept, so a program that frees and
 //!    reallocates does not fault its memory in again and again.
-//! 2. **Decay** (on a tick): free pages idle for `decay` ms, and cached large mappings idle as
-//!    long, go back. The tick runs from allocator slow paths (thread-cache refills and
+//! 2. **Decay** (on a tick): batches idle in the central transfer caches for about `decay` ms
+//!    return to their spans; free pages idle for `decay` ms, and cached large mappings idle as
+//!    long, go back to the OS. The tick runs from allocator slow paths (thread-cache refills and
 //!    flushes), at most every [`TICK_MS`].
 //! 3. **On demand**: [`release_all`] (behind `tcalloc::release_free_memory`) drains the
 //!    central transfer caches and gives back every free page and cached mapping.
 //!
 //! The knobs come from `env` (`TCALLOC_RELEASE_RATE`, `TCALLOC_FREE_RESERVE_BYTES`,
-//! `TCALLOC_DECAY_MS`). Layers below: `central_free_list`, `page_heap`, `large`, `os`.
+//! `TCALLOC_DECAY_MS`). Layers below: `central_free_list`, `transfer_cache`, `page_heap`,
+//! `large`, `os`.
 
 use crate::central_free_list;
 use crate::env::Settings;
@@ -22,6 +24,7 @@ use crate::large;
 use crate::os;
 use crate::page_heap::PAGE_HEAP;
 use crate::span::Length;
+use crate::transfer_cache;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Shortest time between two ticks.
@@ -53,6 +56,11 @@ pub fn tick() {
         return;
     }
     large::decay(now);
+    // Batches idle in a transfer cache for about the decay time go back to their spans (so
+    // emptied spans reach the page heap), then idle free pages go back to the OS.
+    let epoch = transfer_cache::advance_epoch();
+    let idle_epochs = (decay / TICK_MS).max(1);
+    central_free_list::drain_idle(epoch.saturating_sub(idle_epochs));
     if let Some(mut heap) = PAGE_HEAP.try_lock() {
         heap.release_older_than(now.saturating_sub(decay));
     }
@@ -61,9 +69,7 @@ pub fn tick() {
 /// Gives every free page and cached large mapping back to the OS now, after draining the
 /// central transfer caches (the caller flushes its own thread cache first).
 pub fn release_all() {
-    for (class, list) in central_free_list::all() {
-        list.lock().drain_transfer_cache(class, &PAGE_HEAP);
-    }
+    central_free_list::drain_idle(u64::MAX);
     large::flush();
     PAGE_HEAP.lock().release(Length(usize::MAX));
 }

@@ -116,6 +116,8 @@ pub struct Span {
     pub allocated: u32,
     /// `Small`: objects carved so far (the rest of the span is untouched).
     pub carved: u32,
+    /// `Small`: the central-list shard that owns the span (fixed while the span is in use).
+    pub shard: u32,
     /// `Large`: the whole OS mapping, and the block handed to the program inside it.
     pub map_base: usize,
     pub map_len: usize,
@@ -136,6 +138,7 @@ impl Span {
             free_list: ptr::null_mut(),
             allocated: 0,
             carved: 0,
+            shard: 0,
             map_base: 0,
             map_len: 0,
             block: 0,

@@ -76,8 +76,8 @@ pub fn stats() -> Stats {
     let mut classes = [ClassStats::default(); NUM_CLASSES];
     let mut objects_out_bytes = 0;
     let mut central_bytes = 0;
-    for (class, list) in central_free_list::all() {
-        let s = list.lock().stats(class);
+    for class in SizeClass::all() {
+        let s = central_free_list::stats(class);
         let capacity = s.spans * class.info().objects as usize;
         let free = s.transfer_objects + s.span_free_objects;
         let out = capacity - free;
@@ -193,8 +193,8 @@ impl fmt::Display for Stats {
 /// panics with the offending values. Takes each lock in turn.
 pub fn check_invariants() {
     crate::thread_cache::check_current();
-    for (class, list) in central_free_list::all() {
-        list.lock().check_invariants(class);
+    for class in SizeClass::all() {
+        central_free_list::check_invariants(class);
     }
     PAGE_HEAP.lock().check_invariants();
     metadata::check_invariants();

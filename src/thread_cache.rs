@@ -31,13 +31,12 @@
 //! Entry points: [`alloc`], [`dealloc`] (fast), [`cached_bytes`], [`for_each_registered`].
 //! Layers below: `release` (its tick runs from the slow paths), `central_free_list`.
 
-use crate::central_free_list::central;
+use crate::central_free_list;
 use crate::config::{
     C_MALLOC_ALIGN, MAX_LIST_LENGTH, MAX_LIST_OVERAGES, MIN_ALIGN, MIN_THREAD_CACHE_BYTES,
     THREAD_CACHE_BYTES, TOTAL_THREAD_CACHE_BYTES,
 };
 use crate::free_list::{self, FreeObject};
-use crate::page_heap::PAGE_HEAP;
 use crate::size_class::{self, SizeClass, NUM_CLASSES};
 use crate::sync::Lock;
 use core::cell::UnsafeCell;
@@ -100,6 +99,8 @@ pub struct ThreadCache {
     capacity: usize,
     budget: usize,
     events: u32,
+    /// The transfer-cache shard this thread flushes to and refills from.
+    shard: usize,
     /// Registry links.
     next: *mut ThreadCache,
     prev: *mut ThreadCache,
@@ -258,7 +259,7 @@ fn alloc_slow(class_index: usize) -> *mut u8 {
     // which may re-enter the allocator.
     unsafe {
         if !ThreadCache::ensure_active(cache) {
-            let (object, _) = central(class).lock().remove_range(class, 1, &PAGE_HEAP);
+            let (object, _) = central_free_list::refill(class, 0, 1);
             return object.cast();
         }
         (*cache).refill(class)
@@ -320,6 +321,7 @@ impl ThreadCache {
             capacity: 0,
             budget: 0,
             events: 0,
+            shard: 0,
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
             published_bytes: AtomicUsize::new(0),
@@ -366,6 +368,7 @@ impl ThreadCache {
             LIVE_THREADS.store(registry.threads, Relaxed);
             drop(registry);
             (*cache).budget = thread_budget();
+            (*cache).shard = crate::transfer_cache::assign_shard();
             (*cache).state = State::Active;
         }
         true
@@ -425,7 +428,7 @@ impl ThreadCache {
         unsafe {
             let n = free_list::count(head);
             if n > 0 {
-                central(class).lock().insert_range(class, head, n, &PAGE_HEAP);
+                central_free_list::flush(class, 0, head, n);
             }
         }
     }
@@ -443,7 +446,7 @@ impl ThreadCache {
         self.note_event(class);
         let batch = class.batch() as u32;
         let want = self.limits[i].max_len.clamp(1, batch) as usize;
-        let (head, n) = central(class).lock().remove_range(class, want, &PAGE_HEAP);
+        let (head, n) = central_free_list::refill(class, self.shard, want);
         if n == 0 {
             return ptr::null_mut();
         }
@@ -499,7 +502,7 @@ impl ThreadCache {
             // `len`); they are dead objects of `class`.
             unsafe {
                 let objects = free_list::split_front(&mut self.hot[i].head, chunk);
-                central(class).lock().insert_range(class, objects, chunk, &PAGE_HEAP);
+                central_free_list::flush(class, self.shard, objects, chunk);
             }
             self.hot[i].room += chunk as i32;
             n -= chunk;
@@ -807,9 +810,9 @@ mod tests {
             let before = unsafe { (*cache()).len(idle) };
             assert!(before > 0);
             // Churn another class past its list limit until two scavenges have run: each
-            // round takes about 600 refills and 400 overflows.
+            // round takes about 2500 refills and 1500 overflows.
             for _ in 0..4 {
-                let q: Vec<_> = (0..20_000).map(|_| alloc(busy)).collect();
+                let q: Vec<_> = (0..80_000).map(|_| alloc(busy)).collect();
                 for p in q {
                     // SAFETY: just allocated.
                     unsafe { dealloc(p, busy) };

@@ -1,0 +1,327 @@
+//! Transfer caches: per size class and shard, a stack of whole batches waiting between thread
+//! caches.
+//!
+//! When a thread flushes a batch and later refills, the batch moves through here in O(1) — a
+//! pointer pushed and popped — without touching its objects or their spans. Only when the
+//! stacks are empty (refill) or the process-wide byte cap is reached (flush) does the central
+//! free list fall back to per-object span work.
+//!
+//! **Shards.** Each class has one stack per shard, each behind its own lock on its own cache
+//! line; there are as many shards as CPUs (at most [`MAX_SHARDS`]), and each thread is given
+//! one when its cache activates. A thread flushes to and refills from its own shard, so
+//! threads on different shards neither contend for a lock nor trade each other's (cache-hot)
+//! objects; a refill that finds its shard empty takes a batch from another shard before the
+//! central list carves new objects, so objects freed by one thread do reach the others.
+//!
+//! Each stack lives in [`BLOCK_BYTES`](crate::metadata::BLOCK_BYTES) chunks from the metadata
+//! arena, each holding [`SLOTS_PER_CHUNK`] batch heads; one emptied chunk is kept as a spare so
+//! that a stack oscillating around a chunk boundary does not allocate. All stacks together hold
+//! at most [`TRANSFER_CACHE_TOTAL_BYTES`]; the count is one atomic, changed once per batch.
+//!
+//! Entry points: [`pop`], [`push`], [`pop_idle`], [`assign_shard`], [`set_shards`],
+//! [`batches`], [`advance_epoch`]. Layer below: `metadata`.
+
+use crate::config::{MAX_SHARDS, TRANSFER_CACHE_TOTAL_BYTES};
+use crate::free_list::FreeObject;
+use crate::metadata::{self, BLOCK_BYTES};
+use crate::size_class::{SizeClass, NUM_CLASSES};
+use crate::sync::Lock;
+use core::mem::size_of;
+use core::ptr;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use crossbeam_utils::CachePadded;
+
+type Shards = [CachePadded<Lock<TransferCache>>; MAX_SHARDS];
+
+/// The stacks, by class then shard (class 0 unused).
+static STACKS: [Shards; NUM_CLASSES] =
+    [const { [const { CachePadded::new(Lock::new(TransferCache::new())) }; MAX_SHARDS] };
+        NUM_CLASSES];
+
+/// Shards in use: `1..=MAX_SHARDS`.
+static SHARDS: AtomicUsize = AtomicUsize::new(1);
+/// Hands out shards to threads round-robin.
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+/// A coarse clock for idleness, advanced by the release policy's tick.
+static EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// Sets the number of shards (at start-up, from the number of CPUs).
+pub fn set_shards(n: usize) {
+    SHARDS.store(n.clamp(1, MAX_SHARDS), Relaxed);
+}
+
+/// The shard index for a thread's shard number (in `0..shards`).
+#[inline]
+pub fn shard_index(shard: usize) -> usize {
+    shard % SHARDS.load(Relaxed)
+}
+
+/// A shard for a new thread.
+pub fn assign_shard() -> usize {
+    NEXT_SHARD.fetch_add(1, Relaxed) % SHARDS.load(Relaxed)
+}
+
+/// Advances the idleness clock; returns the new epoch.
+pub fn advance_epoch() -> u64 {
+    EPOCH.fetch_add(1, Relaxed) + 1
+}
+
+fn bytes(class: SizeClass) -> usize {
+    class.batch() * class.size()
+}
+
+/// Takes a batch of `class`: from `shard`, else from another shard that holds more than
+/// [`STEAL_MIN`] batches (a shard with only a few is likely to need them itself soon).
+pub fn pop(class: SizeClass, shard: usize) -> Option<*mut FreeObject> {
+    let stacks = &STACKS[class.index()];
+    let n = SHARDS.load(Relaxed);
+    let shard = shard % n;
+    let epoch = EPOCH.load(Relaxed);
+    {
+        let mut own = stacks[shard].lock();
+        own.used_epoch = epoch;
+        if let Some(batch) = own.pop(bytes(class)) {
+            return Some(batch);
+        }
+    }
+    for k in 1..n {
+        let mut other = stacks[(shard + k) % n].lock();
+        if other.batches > STEAL_MIN {
+            return other.pop(bytes(class));
+        }
+    }
+    None
+}
+
+/// Offers a batch of `class` to `shard`; false when the cap is reached (the caller keeps it).
+pub fn push(class: SizeClass, shard: usize, batch: *mut FreeObject) -> bool {
+    let mut stack = STACKS[class.index()][shard % SHARDS.load(Relaxed)].lock();
+    stack.used_epoch = EPOCH.load(Relaxed);
+    stack.push(batch, bytes(class))
+}
+
+/// Takes a batch of `class` from a shard unused since epoch `before` (any shard when
+/// `before == u64::MAX`), skipping shards that are busy right now.
+pub fn pop_idle(class: SizeClass, before: u64) -> Option<*mut FreeObject> {
+    for stack in &STACKS[class.index()][..SHARDS.load(Relaxed)] {
+        let Some(mut stack) = stack.try_lock() else { continue };
+        if stack.used_epoch <= before {
+            if let Some(batch) = stack.pop(bytes(class)) {
+                return Some(batch);
+            }
+        }
+    }
+    None
+}
+
+/// Batches of `class` held in all shards.
+pub fn batches(class: SizeClass) -> usize {
+    STACKS[class.index()][..SHARDS.load(Relaxed)].iter().map(|s| s.lock().batches()).sum()
+}
+
+/// Every stack's lock, for the fork handlers.
+pub fn locks() -> impl DoubleEndedIterator<Item = &'static crate::sync::RawLock> {
+    STACKS[1..].iter().flat_map(|shards| shards.iter().map(|s| s.raw()))
+}
+
+/// Checks every stack of `class`; calls `f` on each batch.
+pub fn check_class(class: SizeClass, mut f: impl FnMut(*mut FreeObject)) {
+    for stack in &STACKS[class.index()] {
+        let stack = stack.lock();
+        stack.check_invariants();
+        stack.for_each(&mut f);
+    }
+}
+
+/// A refill takes from another shard only if that shard holds more batches than this.
+pub const STEAL_MIN: usize = 64;
+
+/// Batch heads per chunk.
+pub const SLOTS_PER_CHUNK: usize = (BLOCK_BYTES - 2 * size_of::<usize>()) / size_of::<usize>();
+
+/// One chunk of the stack.
+///
+/// Invariant: `slots[..len]` are batch heads; `len <= SLOTS_PER_CHUNK`.
+#[repr(C)]
+struct Chunk {
+    below: *mut Chunk,
+    len: usize,
+    slots: [*mut FreeObject; SLOTS_PER_CHUNK],
+}
+
+const _: () = assert!(size_of::<Chunk>() <= BLOCK_BYTES);
+
+/// Bytes held by every transfer cache of the process.
+static TOTAL_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes held by every transfer cache of the process.
+#[cfg(test)]
+pub fn total_bytes() -> usize {
+    TOTAL_BYTES.load(Relaxed)
+}
+
+/// One stack. It does not know its class: the caller passes the batch's bytes.
+///
+/// Invariants: `top` is null iff the stack is empty; every chunk from `top` down has
+/// `len >= 1`; `batches == Σ len`; `spare` is null or an unused chunk.
+pub struct TransferCache {
+    top: *mut Chunk,
+    spare: *mut Chunk,
+    batches: usize,
+    /// The epoch of the last push or pop through [`push`]/[`pop`].
+    used_epoch: u64,
+}
+
+// SAFETY: the chunks are metadata memory used only under the owning central list's lock.
+unsafe impl Send for TransferCache {}
+
+impl Default for TransferCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TransferCache {
+    pub const fn new() -> Self {
+        TransferCache { top: ptr::null_mut(), spare: ptr::null_mut(), batches: 0, used_epoch: 0 }
+    }
+
+    /// Number of batches held.
+    pub fn batches(&self) -> usize {
+        self.batches
+    }
+
+    /// Keeps a batch of `bytes` bytes if the process-wide cap allows it; otherwise (or when
+    /// out of metadata memory) returns false and the caller keeps the batch.
+    pub fn push(&mut self, batch: *mut FreeObject, bytes: usize) -> bool {
+        if TOTAL_BYTES.fetch_add(bytes, Relaxed) + bytes > TRANSFER_CACHE_TOTAL_BYTES {
+            TOTAL_BYTES.fetch_sub(bytes, Relaxed);
+            return false;
+        }
+        // SAFETY: `top`, when set, is a valid chunk of this stack.
+        let full = self.top.is_null() || unsafe { (*self.top).len } == SLOTS_PER_CHUNK;
+        if full {
+            let chunk = if self.spare.is_null() {
+                metadata::new_block().cast::<Chunk>()
+            } else {
+                core::mem::replace(&mut self.spare, ptr::null_mut())
+            };
+            if chunk.is_null() {
+                TOTAL_BYTES.fetch_sub(bytes, Relaxed);
+                return false;
+            }
+            // SAFETY: a fresh or spare chunk, ours alone.
+            unsafe {
+                (*chunk).below = self.top;
+                (*chunk).len = 0;
+            }
+            self.top = chunk;
+        }
+        // SAFETY: `top` is a valid chunk with room.
+        unsafe {
+            let top = &mut *self.top;
+            top.slots[top.len] = batch;
+            top.len += 1;
+        }
+        self.batches += 1;
+        true
+    }
+
+    /// Takes the most recently pushed batch (of `bytes` bytes), if any.
+    pub fn pop(&mut self, bytes: usize) -> Option<*mut FreeObject> {
+        if self.top.is_null() {
+            return None;
+        }
+        // SAFETY: `top` is a valid chunk with `len >= 1`.
+        let batch = unsafe {
+            let top = &mut *self.top;
+            top.len -= 1;
+            top.slots[top.len]
+        };
+        // SAFETY: as above.
+        if unsafe { (*self.top).len } == 0 {
+            let empty = self.top;
+            // SAFETY: `empty` is valid; it leaves the stack.
+            self.top = unsafe { (*empty).below };
+            if self.spare.is_null() {
+                self.spare = empty;
+            } else {
+                // SAFETY: the chunk came from `new_block` and nothing refers to it any more.
+                unsafe { metadata::delete_block(empty.cast()) };
+            }
+        }
+        self.batches -= 1;
+        TOTAL_BYTES.fetch_sub(bytes, Relaxed);
+        Some(batch)
+    }
+
+    /// Calls `f` on every batch, top first (for checks).
+    pub fn for_each(&self, mut f: impl FnMut(*mut FreeObject)) {
+        let mut chunk = self.top;
+        while !chunk.is_null() {
+            // SAFETY: chunks from `top` down are valid.
+            let c = unsafe { &*chunk };
+            for &batch in c.slots[..c.len].iter().rev() {
+                f(batch);
+            }
+            chunk = c.below;
+        }
+    }
+
+    /// Checks the invariants on the struct.
+    pub fn check_invariants(&self) {
+        let mut counted = 0;
+        let mut chunk = self.top;
+        while !chunk.is_null() {
+            // SAFETY: chunks from `top` down are valid.
+            let c = unsafe { &*chunk };
+            assert!(c.len >= 1 && c.len <= SLOTS_PER_CHUNK, "chunk holds {} batches", c.len);
+            counted += c.len;
+            chunk = c.below;
+        }
+        assert_eq!(counted, self.batches, "transfer cache batch count");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_pop_across_chunks() {
+        let mut cache = TransferCache::new();
+        let fake = |i: usize| (0x1000 + i * 16) as *mut FreeObject;
+        let n = 3 * SLOTS_PER_CHUNK + 5;
+        for i in 0..n {
+            assert!(cache.push(fake(i), 1));
+            if i % 97 == 0 {
+                cache.check_invariants();
+            }
+        }
+        assert_eq!(cache.batches(), n);
+        let mut seen = 0;
+        cache.for_each(|b| {
+            assert_eq!(b, fake(n - 1 - seen));
+            seen += 1;
+        });
+        assert_eq!(seen, n);
+        for i in (0..n).rev() {
+            assert_eq!(cache.pop(1), Some(fake(i)));
+            if i % 97 == 0 {
+                cache.check_invariants();
+            }
+        }
+        assert_eq!(cache.pop(1), None);
+        cache.check_invariants();
+    }
+
+    #[test]
+    fn the_process_wide_cap_holds() {
+        let mut cache = TransferCache::new();
+        let before = total_bytes();
+        // One push as large as the cap cannot fit next to whatever other tests hold.
+        assert!(!cache.push(0x1000 as *mut FreeObject, TRANSFER_CACHE_TOTAL_BYTES + 1));
+        assert_eq!(cache.batches(), 0);
+        assert!(total_bytes() <= before + TRANSFER_CACHE_TOTAL_BYTES);
+    }
+}
