@@ -16,7 +16,11 @@
 //!
 //! New spans come from the page heap (lock order: central list, then page heap). Objects are
 //! carved lazily, a batch at a time in address order, so a fresh span's untouched tail costs no
-//! memory.
+//! memory. Before carving a new span, a class may **borrow** free objects from the partly used
+//! spans of a slightly larger class (at most a third larger, and only when that class holds at
+//! least [`BORROW_MIN_BYTES`] free): after a phase of the program frees most objects of one
+//! size, the holes are reused for the next size instead of growing the heap. A borrowed object
+//! goes back to the span (and list) it came from; statistics count it in its span's class.
 //!
 //! Entry points: [`refill`], [`flush`], [`drain_idle`], [`stats`], [`CentralFreeList`].
 //! Layers below: `transfer_cache`, `page_heap`, `page_map`, `size_class`.
@@ -70,7 +74,7 @@ pub fn refill(class: SizeClass, shard: usize, want: usize) -> (*mut FreeObject, 
             // the class; the rest go back to their spans.
             unsafe {
                 let head = free_list::split_front(&mut batch, want);
-                release_objects(class, batch);
+                release_objects(batch);
                 (head, want)
             }
         }
@@ -88,19 +92,21 @@ pub unsafe fn flush(class: SizeClass, shard: usize, head: *mut FreeObject, count
         return;
     }
     // SAFETY: forwarded from the caller.
-    unsafe { release_objects(class, head) };
+    unsafe { release_objects(head) };
 }
 
-/// Returns every object of a list to its span, under the lock of the shard owning each span.
+/// Returns every object of a list to its span, under the lock of the list owning each span
+/// (its class and shard: a list of one class may hold objects borrowed from a larger class).
 ///
 /// Consecutive objects of a list were usually freed together and share a span, so the span
 /// (and lock) of the previous object is tried before the page map.
 ///
 /// # Safety
-/// - `head` is a well-formed list of dead objects of `class` from this allocator.
-unsafe fn release_objects(class: SizeClass, mut head: *mut FreeObject) {
-    let mut held: Option<(usize, LockGuard<'static, CentralFreeList>)> = None;
+/// - `head` is a well-formed list of dead objects from this allocator's small spans.
+unsafe fn release_objects(mut head: *mut FreeObject) {
+    let mut held: Option<((usize, usize), LockGuard<'static, CentralFreeList>)> = None;
     let mut span: *mut Span = ptr::null_mut();
+    let mut class = SizeClass::SMALLEST;
     let (mut low, mut high) = (0usize, 0usize);
     loop {
         // SAFETY: the list is well formed per the caller.
@@ -113,23 +119,42 @@ unsafe fn release_objects(class: SizeClass, mut head: *mut FreeObject) {
             span = page_map::lookup(address);
             // SAFETY: the page map records the span of every page of a `Small` span, and the
             // span cannot change while it holds this (allocated) object.
-            let (start, bytes, shard) = unsafe {
-                ((*span).start_address(), (*span).pages().bytes(), (*span).shard as usize)
+            let (start, bytes, owner) = unsafe {
+                let owner = ((*span).class_index(), (*span).shard as usize);
+                ((*span).start_address(), (*span).pages().bytes(), owner)
             };
             (low, high) = (start, start + bytes);
-            if held.as_ref().is_none_or(|(s, _)| *s != shard) {
-                // Never hold two shards' locks at once.
+            if held.as_ref().is_none_or(|(o, _)| *o != owner) {
+                let Some(owner_class) = SizeClass::new(owner.0) else {
+                    crate::diag::fatal(format_args!(
+                        "free list holds {object:?}, not a small object"
+                    ))
+                };
+                // Never hold two lists' locks at once.
                 drop(held.take());
-                held = Some((shard, central(class, shard).lock()));
+                class = owner_class;
+                held = Some((owner, central(class, owner.1).lock()));
             }
         }
         let Some((_, list)) = held.as_mut() else { break };
-        // SAFETY: a dead object of `class` inside `span`, which the held shard owns.
+        // SAFETY: a dead object inside `span`, whose list is held.
         if unsafe { list.release_object(class, span, object, &PAGE_HEAP) } {
             // The span went back to the page heap; look the next object up afresh.
             (low, high) = (0, 0);
         }
     }
+}
+
+/// A class borrows from a larger class only if that class has this much free space in its
+/// spans: borrowing is for memory left behind by a phase of the program, not for normal churn.
+pub const BORROW_MIN_BYTES: usize = 1 << 20;
+
+/// The classes `class` may borrow objects from: the larger ones at most a third bigger.
+fn donors(class: SizeClass) -> impl Iterator<Item = SizeClass> {
+    let limit = class.size() + class.size() / 3;
+    (class.index() + 1..NUM_CLASSES)
+        .filter_map(SizeClass::new)
+        .take_while(move |d| d.size() <= limit)
 }
 
 /// Returns batches idle in the transfer caches since epoch `before` (all of them with
@@ -138,7 +163,7 @@ pub fn drain_idle(before: u64) {
     for class in SizeClass::all() {
         while let Some(batch) = transfer_cache::pop_idle(class, before) {
             // SAFETY: transfer batches are well-formed lists of dead objects of the class.
-            unsafe { release_objects(class, batch) };
+            unsafe { release_objects(batch) };
         }
     }
 }
@@ -217,8 +242,11 @@ impl CentralFreeList {
         let mut head = ptr::null_mut();
         let mut got = 0;
         while got < want {
-            if self.nonempty.is_empty() && !self.populate(class, shard, heap) {
-                break;
+            if self.nonempty.is_empty() {
+                got += self.borrow(class, shard, want - got, &mut head);
+                if got == want || !self.populate(class, shard, heap) {
+                    break;
+                }
             }
             let span = self.nonempty.head;
             // SAFETY: `span` is on `nonempty`, so it has a free object and belongs to `class`.
@@ -332,6 +360,60 @@ impl CentralFreeList {
         if s.free_list.is_null() && s.carved as usize == objects {
             // SAFETY: on `nonempty` per the caller.
             unsafe { self.nonempty.remove(span) };
+        }
+        taken
+    }
+
+    /// Before carving a new span for `class`, takes up to `n` free objects from the
+    /// partly used spans of a slightly larger class ([`donors`]) that holds at least
+    /// [`BORROW_MIN_BYTES`] of such free space: memory left free by objects of one size is
+    /// reused for another instead of growing the heap. Returns how many it took.
+    fn borrow(
+        &mut self,
+        class: SizeClass,
+        shard: usize,
+        n: usize,
+        head: &mut *mut FreeObject,
+    ) -> usize {
+        for donor in donors(class) {
+            // Lock order: a donor is always a larger class than the list held.
+            let Some(mut list) = central(donor, shard).try_lock() else { continue };
+            if list.span_free * donor.size() < BORROW_MIN_BYTES {
+                continue;
+            }
+            let taken = list.take_returned(donor, n, head);
+            if taken > 0 {
+                return taken;
+            }
+        }
+        0
+    }
+
+    /// Takes up to `n` objects from the free lists (not the uncarved tails) of the first few
+    /// spans on `nonempty`.
+    fn take_returned(&mut self, class: SizeClass, n: usize, head: &mut *mut FreeObject) -> usize {
+        let mut taken = 0;
+        let mut span = self.nonempty.head;
+        let mut visited = 0;
+        while taken < n && !span.is_null() && visited < 16 {
+            // SAFETY: members of `nonempty` are valid spans of this list.
+            let s = unsafe { &mut *span };
+            let next = s.next;
+            let mut from_span = 0;
+            while taken + from_span < n && !s.free_list.is_null() {
+                // SAFETY: the span's free list is well formed and non-empty.
+                unsafe { free_list::push(head, free_list::pop(&mut s.free_list)) };
+                from_span += 1;
+            }
+            s.allocated += from_span as u32;
+            self.span_free -= from_span;
+            taken += from_span;
+            if s.free_list.is_null() && s.carved == class.info().objects {
+                // SAFETY: on `nonempty`.
+                unsafe { self.nonempty.remove(span) };
+            }
+            span = next;
+            visited += 1;
         }
         taken
     }

@@ -20,7 +20,7 @@ use crate::config::{C_MALLOC_ALIGN, LARGE_THRESHOLD, MIN_ALIGN, PAGE_SIZE};
 use crate::large;
 use crate::page_heap::PAGE_HEAP;
 use crate::page_map;
-use crate::size_class::{class_for, SizeClass, MAX_SIZE};
+use crate::size_class::{class_for, SizeClass, MAX_SIZE, MEDIUM_SHIFT};
 use crate::span::{Length, Span, SpanKind};
 use crate::stats::PAGE_RUN_BYTES;
 use crate::thread_cache::{self, FAST_LIMIT};
@@ -83,8 +83,18 @@ pub unsafe fn dealloc_sized(ptr: *mut u8, size: usize, align: usize) {
     unsafe { thread_cache::dealloc_small(ptr, size) }
 }
 
+/// Whether `size` and `align` take the medium table: classes above `FAST_LIMIT` are multiples
+/// of `1 << MEDIUM_SHIFT`, so any alignment up to that lands on the same class as no alignment.
+#[inline(always)]
+fn is_medium(size: usize, align: usize) -> bool {
+    align <= 1 << MEDIUM_SHIFT && size.wrapping_sub(FAST_LIMIT) <= MAX_SIZE - FAST_LIMIT
+}
+
 #[inline(never)]
 fn alloc_other(size: usize, align: usize) -> *mut u8 {
+    if is_medium(size, align) {
+        return thread_cache::alloc_medium(size);
+    }
     if let Some(class) = class_for(size, align) {
         return thread_cache::alloc(class);
     }
@@ -115,6 +125,10 @@ fn alloc_page_run(size: usize, align: usize) -> *mut u8 {
 
 #[inline(never)]
 unsafe fn dealloc_other(ptr: *mut u8, size: usize, align: usize) {
+    if is_medium(size, align) {
+        // SAFETY: per the caller, `ptr` is a dead block of the class of `size`.
+        return unsafe { thread_cache::dealloc_medium(ptr, size) };
+    }
     if let Some(class) = class_for(size, align) {
         // SAFETY: per the caller, `ptr` is a dead block of this class.
         unsafe { thread_cache::dealloc(ptr, class) };

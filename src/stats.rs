@@ -80,7 +80,9 @@ pub fn stats() -> Stats {
         let s = central_free_list::stats(class);
         let capacity = s.spans * class.info().objects as usize;
         let free = s.transfer_objects + s.span_free_objects;
-        let out = capacity - free;
+        // Objects borrowed by a smaller class sit in its caches but belong to this class's
+        // spans, so the difference is a close estimate and can even dip below zero.
+        let out = capacity.saturating_sub(free);
         classes[class.index()] = ClassStats {
             size: class.size(),
             spans: s.spans,

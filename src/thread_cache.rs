@@ -163,6 +163,18 @@ static FAST_OFFSET_C: [u16; FAST_LIMIT] = {
     t
 };
 
+/// `MEDIUM_OFFSET[(size + 127) >> 7]`: the offset of the list serving `size` bytes at the
+/// minimum alignment, for `FAST_LIMIT <= size <= MAX_SIZE`.
+static MEDIUM_OFFSET: [u16; (size_class::MAX_SIZE >> size_class::MEDIUM_SHIFT) + 1] = {
+    let mut t = [0u16; (size_class::MAX_SIZE >> size_class::MEDIUM_SHIFT) + 1];
+    let mut i = 0;
+    while i < t.len() {
+        t[i] = list_offset(size_class::smallest_class_for(i << size_class::MEDIUM_SHIFT));
+        i += 1;
+    }
+    t
+};
+
 const _: () = assert!(size_of::<HotList>() == 16 && NUM_CLASSES * 16 <= u16::MAX as usize);
 const _: () = assert!(FAST_LIMIT <= crate::config::SMALL_LOOKUP_MAX + 1);
 
@@ -238,6 +250,27 @@ pub unsafe fn dealloc_small(ptr: *mut u8, size: usize) {
     debug_assert!(size < FAST_LIMIT);
     // SAFETY: `size < FAST_LIMIT`; `ptr` is a dead block of the class per the caller.
     unsafe { push(ptr, *FAST_OFFSET.get_unchecked(size) as usize) }
+}
+
+/// Allocates `FAST_LIMIT <= size <= MAX_SIZE` bytes at the minimum alignment.
+#[inline(always)]
+pub fn alloc_medium(size: usize) -> *mut u8 {
+    debug_assert!((FAST_LIMIT..=size_class::MAX_SIZE).contains(&size));
+    let index = (size + (1 << size_class::MEDIUM_SHIFT) - 1) >> size_class::MEDIUM_SHIFT;
+    // SAFETY: `size <= MAX_SIZE`, so `index` is within the table.
+    pop(unsafe { *MEDIUM_OFFSET.get_unchecked(index) } as usize)
+}
+
+/// Frees a block that [`alloc_medium`] returned for `size`.
+///
+/// # Safety
+/// - `ptr` came from `alloc_medium(size)` (or any block of the same class) and is dead.
+#[inline(always)]
+pub unsafe fn dealloc_medium(ptr: *mut u8, size: usize) {
+    debug_assert!((FAST_LIMIT..=size_class::MAX_SIZE).contains(&size));
+    let index = (size + (1 << size_class::MEDIUM_SHIFT) - 1) >> size_class::MEDIUM_SHIFT;
+    // SAFETY: `index` is within the table; `ptr` is a dead block of the class per the caller.
+    unsafe { push(ptr, *MEDIUM_OFFSET.get_unchecked(index) as usize) }
 }
 
 /// Allocates `size < FAST_LIMIT` bytes with C `malloc`'s alignment.
@@ -740,6 +773,17 @@ mod tests {
             assert_eq!(FAST_OFFSET_C[size], list_offset(c.index() as u8), "malloc({size})");
             if size > MIN_ALIGN {
                 assert_eq!(c.size() % C_MALLOC_ALIGN, 0, "malloc({size}) is 16-aligned");
+            }
+        }
+    }
+
+    #[test]
+    fn medium_table_agrees_with_the_class_lookup() {
+        for size in FAST_LIMIT..=size_class::MAX_SIZE {
+            let index = (size + 127) >> 7;
+            for align in [1, 8, 16, 64, 128] {
+                let class = class_for(size, align).unwrap();
+                assert_eq!(MEDIUM_OFFSET[index], list_offset(class.index() as u8), "size {size}");
             }
         }
     }

@@ -29,8 +29,8 @@ pub const NUM_CLASSES: usize = TABLE_NUM_CLASSES;
 /// Largest size served from a class.
 pub const MAX_SIZE: usize = TABLE_MAX_SIZE;
 
-/// Granularity of [`MEDIUM_CLASS`].
-const MEDIUM_SHIFT: usize = 7;
+/// Granularity of [`MEDIUM_CLASS`]: every class above 1 KiB is a multiple of `1 << 7`.
+pub const MEDIUM_SHIFT: usize = 7;
 
 /// One row of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +59,9 @@ pub const CLASSES: [ClassInfo; NUM_CLASSES] = table::CLASSES;
 pub struct SizeClass(u8);
 
 impl SizeClass {
+    /// The smallest class.
+    pub const SMALLEST: SizeClass = SizeClass(1);
+
     /// The class with this index, if it is one (0 is not).
     pub const fn new(index: usize) -> Option<SizeClass> {
         if index == 0 || index >= NUM_CLASSES {
