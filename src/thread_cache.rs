@@ -16,7 +16,12 @@
 //!   the total cap for all threads ([`TOTAL_THREAD_CACHE_BYTES`]); a list that wants to grow
 //!   past it first halves the other lists;
 //! - **idle lists shrink**: every [`SCAVENGE_INTERVAL`] slow-path events, each list that had no
-//!   slow-path event since the last scavenge gives back half its objects and limit.
+//!   slow-path event since the last scavenge gives back half its objects and limit;
+//! - **total cap**: the caches publish their sizes (at slow-path events) to a process-wide
+//!   total; when it exceeds the cap, a trim generation starts and each thread halves its lists
+//!   at its next slow-path check. A thread that never calls the allocator again keeps its cache
+//!   (at most its budget) until it exits: the fast path takes no lock, so no other thread may
+//!   touch its lists.
 //!
 //! Life cycle. A thread's cache is a `const`-initialised thread-local with no destructor, so
 //! the fast path reaches it with a plain TLS address. Its state starts `Uninit` with every
@@ -42,7 +47,7 @@ use crate::sync::Lock;
 use core::cell::UnsafeCell;
 use core::mem::size_of;
 use core::ptr;
-use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// Slow-path events between two scavenges of a thread's cache.
 pub const SCAVENGE_INTERVAL: u32 = 1024;
@@ -101,6 +106,8 @@ pub struct ThreadCache {
     events: u32,
     /// The transfer-cache shard this thread flushes to and refills from.
     shard: usize,
+    /// The last trim generation this cache acted on.
+    trim_seen: u64,
     /// Registry links.
     next: *mut ThreadCache,
     prev: *mut ThreadCache,
@@ -329,6 +336,11 @@ static REGISTRY: Lock<Registry> = Lock::new(Registry { head: ptr::null_mut(), th
 static LIVE_THREADS: AtomicUsize = AtomicUsize::new(0);
 /// The cap on all caches together (changeable at start-up through the environment).
 static TOTAL_BUDGET: AtomicUsize = AtomicUsize::new(TOTAL_THREAD_CACHE_BYTES);
+/// Bytes in all caches, as published.
+static TOTAL_CACHED: AtomicUsize = AtomicUsize::new(0);
+/// Bumped when the caches together exceed their cap; each cache halves itself when it sees a
+/// new generation on a slow path.
+static TRIM_GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// Sets the cap on the bytes of all thread caches together.
 pub fn set_total_budget(bytes: usize) {
@@ -355,6 +367,7 @@ impl ThreadCache {
             budget: 0,
             events: 0,
             shard: 0,
+            trim_seen: 0,
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
             published_bytes: AtomicUsize::new(0),
@@ -428,7 +441,7 @@ impl ThreadCache {
                     ListLimits { max_len: 0, overages: 0, events: 0, published_len: 0 };
             }
             (*cache).capacity = 0;
-            (*cache).published_bytes.store(0, Relaxed);
+            TOTAL_CACHED.fetch_sub((*cache).published_bytes.swap(0, Relaxed), Relaxed);
             let mut registry = REGISTRY.lock();
             let (prev, next) = ((*cache).prev, (*cache).next);
             if prev.is_null() {
@@ -522,6 +535,28 @@ impl ThreadCache {
         self.events += 1;
         if self.events % TICK_EVERY == 0 {
             crate::release::tick();
+            // Over the cap on all caches: every thread that passes here next halves its lists.
+            if TOTAL_CACHED.load(Relaxed) > TOTAL_BUDGET.load(Relaxed) {
+                TRIM_GENERATION.fetch_add(1, Relaxed);
+            }
+            let generation = TRIM_GENERATION.load(Relaxed);
+            if generation != self.trim_seen {
+                self.trim_seen = generation;
+                self.trim_all();
+            }
+        }
+    }
+
+    /// Halves every list (limit and contents) and refreshes the budget.
+    #[cold]
+    fn trim_all(&mut self) {
+        self.budget = thread_budget();
+        for class in SizeClass::all() {
+            let max_len = self.limits[class.index()].max_len;
+            if max_len > 0 {
+                self.set_max_len_and_trim(class, max_len / 2);
+                self.publish(class);
+            }
         }
     }
 
@@ -620,15 +655,21 @@ impl ThreadCache {
         }
     }
 
-    /// Publishes the list length of `class` to `published_bytes` for other threads' stats.
+    /// Publishes the list length of `class` to `published_bytes` (for other threads' stats)
+    /// and to the process-wide total.
     fn publish(&mut self, class: SizeClass) {
         let i = class.index();
         let len = self.len(class) as u32;
         let old = self.limits[i].published_len;
         if len != old {
+            let (new_bytes, old_bytes) = (len as usize * class.size(), old as usize * class.size());
             let bytes = self.published_bytes.load(Relaxed);
-            let bytes = bytes + len as usize * class.size() - old as usize * class.size();
-            self.published_bytes.store(bytes, Relaxed);
+            self.published_bytes.store(bytes + new_bytes - old_bytes, Relaxed);
+            if new_bytes > old_bytes {
+                TOTAL_CACHED.fetch_add(new_bytes - old_bytes, Relaxed);
+            } else {
+                TOTAL_CACHED.fetch_sub(old_bytes - new_bytes, Relaxed);
+            }
             self.limits[i].published_len = len;
         }
     }
@@ -741,9 +782,11 @@ pub unsafe fn forget_other_threads_after_fork() {
             (*me).prev = ptr::null_mut();
             registry.head = me;
             registry.threads = 1;
+            TOTAL_CACHED.store((*me).published_bytes.load(Relaxed), Relaxed);
         } else {
             registry.head = ptr::null_mut();
             registry.threads = 0;
+            TOTAL_CACHED.store(0, Relaxed);
         }
         LIVE_THREADS.store(registry.threads, Relaxed);
     }

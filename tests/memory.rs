@@ -160,6 +160,38 @@ fn threads_that_come_and_go_leave_nothing_behind() {
     assert!(later.threads <= first.threads);
 }
 
+/// Threads that each churn through more than their share keep all caches together under the
+/// total cap (64 MiB by default), measured while they are all alive.
+fn thread_caches_stay_under_the_total_cap() {
+    let threads = 8;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                for round in 0..3 {
+                    let v: Vec<Box<[u8; 64]>> =
+                        (0..300_000).map(|i| Box::new([(i + t + round) as u8; 64])).collect();
+                    drop(v);
+                }
+                barrier.wait(); // all caches are full now
+                barrier.wait(); // the main thread has measured
+            })
+        })
+        .collect();
+    barrier.wait();
+    let s = tcalloc::stats();
+    barrier.wait();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert!(
+        s.thread_cache_bytes <= 72 * MIB,
+        "{} MiB in thread caches",
+        s.thread_cache_bytes / MIB
+    );
+}
+
 #[test]
 fn memory_comes_back() {
     large_blocks_go_back_at_once();
@@ -167,4 +199,5 @@ fn memory_comes_back() {
     stats_are_exact_for_this_thread();
     release_free_memory_empties_the_page_heap();
     threads_that_come_and_go_leave_nothing_behind();
+    thread_caches_stay_under_the_total_cap();
 }
