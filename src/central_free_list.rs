@@ -26,6 +26,7 @@
 //! Layers below: `transfer_cache`, `page_heap`, `page_map`, `size_class`.
 
 use crate::config::MAX_SHARDS;
+use crate::diag::{invariant, invariant_eq};
 use crate::free_list::{self, FreeObject};
 use crate::page_heap::{PageHeap, PAGE_HEAP};
 use crate::page_map;
@@ -187,7 +188,7 @@ pub fn check_invariants(class: SizeClass) {
     }
     transfer_cache::check_class(class, |batch| {
         // SAFETY: transfer batches are well-formed lists.
-        assert_eq!(unsafe { free_list::count(batch) }, class.batch(), "transfer batch size");
+        invariant_eq!(unsafe { free_list::count(batch) }, class.batch(), "transfer batch size");
     });
 }
 
@@ -450,14 +451,14 @@ impl CentralFreeList {
         for span in self.nonempty.iter() {
             // SAFETY: list members are valid records of this class.
             let s = unsafe { &*span };
-            assert_eq!(s.kind(), SpanKind::Small);
-            assert_eq!(s.class_index(), class.index());
-            assert_eq!(s.shard as usize, shard, "span on another shard's list");
+            invariant_eq!(s.kind(), SpanKind::Small, "mismatch");
+            invariant_eq!(s.class_index(), class.index(), "mismatch");
+            invariant_eq!(s.shard as usize, shard, "span on another shard's list");
             // SAFETY: the span's free list is well formed.
             let listed = unsafe { free_list::count(s.free_list) };
             let untouched = (class.info().objects - s.carved) as usize;
-            assert!(listed + untouched > 0, "span without free objects on nonempty");
-            assert_eq!(
+            invariant!(listed + untouched > 0, "span without free objects on nonempty");
+            invariant_eq!(
                 s.allocated as usize + listed + untouched,
                 class.info().objects as usize,
                 "span object accounting"
@@ -465,8 +466,8 @@ impl CentralFreeList {
             free_on_nonempty += listed + untouched;
             nonempty += 1;
         }
-        assert!(nonempty <= self.spans);
-        assert_eq!(free_on_nonempty, self.span_free, "free objects in spans");
+        invariant!(nonempty <= self.spans, "nonempty <= self.spans");
+        invariant_eq!(free_on_nonempty, self.span_free, "free objects in spans");
     }
 }
 

@@ -46,6 +46,41 @@ pub fn message(args: fmt::Arguments<'_>) {
     os::write_stderr(buf.as_bytes());
 }
 
+/// Checks an invariant inside the allocator: on failure, prints `tcalloc: invariant broken:`
+/// with the message and aborts. Unlike `assert!`, it never allocates (a panic would, and the
+/// allocator may hold its own locks), so a broken invariant is reported instead of deadlocking.
+macro_rules! invariant {
+    ($cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            $crate::diag::fatal(format_args!(
+                "invariant broken at {}:{}: {}",
+                file!(),
+                line!(),
+                format_args!($($arg)+)
+            ))
+        }
+    };
+}
+
+/// [`invariant!`] for an equality; prints both sides.
+macro_rules! invariant_eq {
+    ($left:expr, $right:expr, $($arg:tt)+) => {{
+        let (left, right) = (&$left, &$right);
+        if *left != *right {
+            $crate::diag::fatal(format_args!(
+                "invariant broken at {}:{}: {} ({:?} != {:?})",
+                file!(),
+                line!(),
+                format_args!($($arg)+),
+                left,
+                right
+            ))
+        }
+    }};
+}
+
+pub(crate) use {invariant, invariant_eq};
+
 /// Writes `tcalloc: <message>` to standard error and aborts the process.
 #[cold]
 #[inline(never)]

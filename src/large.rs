@@ -21,6 +21,7 @@
 //! [`stats`]. Layers below: `page_map`, `metadata`, `os`.
 
 use crate::config::{LARGE_THRESHOLD, OS_PAGE_SIZE};
+use crate::diag::{invariant, invariant_eq};
 use crate::metadata;
 use crate::os;
 use crate::page_map;
@@ -165,7 +166,26 @@ impl MappingCache {
             return n + 1;
         }
         self.insert(m);
+        #[cfg(debug_assertions)]
+        self.check_invariants();
         n
+    }
+
+    /// Checks the invariants on the struct.
+    fn check_invariants(&self) {
+        invariant!(self.count <= CACHE_ENTRIES, "self.count <= CACHE_ENTRIES");
+        let sum: usize = self.entries[..self.count].iter().map(|m| m.len).sum();
+        invariant_eq!(sum, self.bytes, "cached bytes");
+        invariant!(self.bytes <= CACHE_BYTES, "self.bytes <= CACHE_BYTES");
+        for (i, a) in self.entries[..self.count].iter().enumerate() {
+            invariant!(
+                a.len > 0 && a.base % OS_PAGE_SIZE == 0 && a.len % OS_PAGE_SIZE == 0,
+                "a.len > 0 && a.base % OS_PAGE_SIZE == 0 && a.len % OS_PAGE_SIZE == 0"
+            );
+            for b in &self.entries[i + 1..self.count] {
+                invariant!(a.base + a.len <= b.base || b.base + b.len <= a.base, "cached overlap");
+            }
+        }
     }
 
     fn remember_unmap(&mut self, len: usize, now: u64) {
@@ -491,6 +511,7 @@ mod tests {
         // A request a little smaller than the range takes all of it.
         assert_eq!(cache.take(15 << 19, 330).map(|m| m.len), Some(8 << 20));
         assert_eq!(cache.put(m, 400, &mut evicted), 0);
+        cache.check_invariants();
         // Idle entries expire.
         assert_eq!(cache.expire(399, &mut evicted), 0);
         assert_eq!(cache.expire(400, &mut evicted), 1);

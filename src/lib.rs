@@ -68,7 +68,7 @@ pub use global::TcAlloc;
 pub use stats::{stats, ClassStats, Stats};
 
 /// Checks the invariants of the allocator's shared structures and of the calling thread's
-/// cache, panicking with the offending values. For tests: it takes every lock in turn and walks
+/// cache, aborting with the offending values. For tests: it takes every lock in turn and walks
 /// every list.
 #[doc(hidden)]
 pub fn check_invariants() {

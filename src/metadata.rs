@@ -9,6 +9,7 @@
 //! Entry points: [`new_span`], [`delete_span`], [`new_block`], [`delete_block`],
 //! [`account_mapped`], [`stats`]. Layer below: `os`.
 
+use crate::diag::{invariant, invariant_eq};
 use crate::os;
 use crate::span::{Span, SpanKind};
 use crate::sync::Lock;
@@ -157,17 +158,17 @@ pub fn lock_for_fork() -> &'static crate::sync::RawLock {
 /// Checks the arena's invariants (free records are unused and distinct from the bump region).
 pub fn check_invariants() {
     let arena = ARENA.lock();
-    assert!(arena.bump <= arena.end);
+    invariant!(arena.bump <= arena.end, "arena.bump <= arena.end");
     let mut span = arena.free_spans;
     let mut free = 0usize;
     while !span.is_null() {
         // SAFETY: free-list records are valid.
         unsafe {
-            assert_eq!((*span).kind(), SpanKind::Unused);
+            invariant_eq!((*span).kind(), SpanKind::Unused, "mismatch");
             span = (*span).next;
         }
         free += 1;
-        assert!(free <= 1 << 40, "cycle in the span free list");
+        invariant!(free <= 1 << 40, "cycle in the span free list");
     }
 }
 

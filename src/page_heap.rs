@@ -19,6 +19,7 @@
 //! `metadata`, `os`.
 
 use crate::config::{HEAP_GROWTH_BYTES, MAX_EXACT_PAGES, PAGE_SIZE};
+use crate::diag::{invariant, invariant_eq};
 use crate::metadata;
 use crate::os;
 use crate::page_map;
@@ -64,7 +65,14 @@ pub struct PageHeap {
     in_use_pages: usize,
     /// Free backed pages allowed before `deallocate` releases the excess.
     reserve_pages: usize,
+    /// Deallocations so far, to run `check_invariants` now and then in debug builds.
+    #[cfg(debug_assertions)]
+    debug_ops: usize,
 }
+
+/// Debug builds check the page heap's invariants every this many deallocations.
+#[cfg(debug_assertions)]
+const DEBUG_CHECK_EVERY: usize = 1024;
 
 // SAFETY: the raw span pointers name metadata that any thread may touch under the heap's lock.
 unsafe impl Send for PageHeap {}
@@ -87,6 +95,8 @@ impl PageHeap {
             returned_pages: 0,
             in_use_pages: 0,
             reserve_pages: usize::MAX,
+            #[cfg(debug_assertions)]
+            debug_ops: 0,
         }
     }
 
@@ -300,6 +310,13 @@ impl PageHeap {
         if self.free_pages > self.reserve_pages {
             self.release(Length(self.free_pages - self.reserve_pages));
         }
+        #[cfg(debug_assertions)]
+        {
+            self.debug_ops += 1;
+            if self.debug_ops % DEBUG_CHECK_EVERY == 0 {
+                self.check_invariants();
+            }
+        }
     }
 
     /// Sets how many free pages may stay backed; beyond that, `deallocate` releases the
@@ -444,7 +461,7 @@ impl PageHeap {
         }
     }
 
-    /// Checks every invariant listed on the struct; panics with the offending values.
+    /// Checks every invariant listed on the struct; aborts with the offending values.
     pub fn check_invariants(&self) {
         let mut free = 0;
         let mut returned = 0;
@@ -458,18 +475,18 @@ impl PageHeap {
                 // SAFETY: list members are valid records.
                 let s = unsafe { &*span };
                 let pages = s.pages().0;
-                assert_eq!(s.kind(), kind, "span at page {:#x} on the wrong list", s.start().0);
+                invariant_eq!(s.kind(), kind, "span at page {:#x} on the wrong list", s.start().0);
                 match exact {
-                    Some(n) => assert_eq!(pages, n, "span of {pages} pages on list {n}"),
-                    None => assert!(pages > MAX_EXACT_PAGES),
+                    Some(n) => invariant_eq!(pages, n, "span of {pages} pages on list {n}"),
+                    None => invariant!(pages > MAX_EXACT_PAGES, "pages > MAX_EXACT_PAGES"),
                 }
-                assert_eq!(page_map::get(s.start()), span, "first page not recorded");
-                assert_eq!(page_map::get(PageId(s.end().0 - 1)), span, "last page not recorded");
+                invariant_eq!(page_map::get(s.start()), span, "first page not recorded");
+                invariant_eq!(page_map::get(PageId(s.end().0 - 1)), span, "last page not recorded");
                 let right = page_map::get(s.end());
                 if !right.is_null() {
                     // SAFETY: page-map entries are valid records (possibly stale).
                     let r = unsafe { &*right };
-                    assert!(
+                    invariant!(
                         !(r.kind() == kind && r.start() == s.end()),
                         "adjacent free spans at pages {:#x} and {:#x} not coalesced",
                         s.start().0,
@@ -482,9 +499,9 @@ impl PageHeap {
                 }
             }
         }
-        assert_eq!(free, self.free_pages, "free page count");
-        assert_eq!(returned, self.returned_pages, "returned page count");
-        assert_eq!(free + returned + self.in_use_pages, self.system_pages, "page totals");
+        invariant_eq!(free, self.free_pages, "free page count");
+        invariant_eq!(returned, self.returned_pages, "returned page count");
+        invariant_eq!(free + returned + self.in_use_pages, self.system_pages, "page totals");
     }
 }
 

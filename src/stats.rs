@@ -192,7 +192,7 @@ impl fmt::Display for Stats {
 }
 
 /// Checks the invariants of every shared structure and of the calling thread's cache;
-/// panics with the offending values. Takes each lock in turn.
+/// aborts with the offending values (see `diag::invariant!`). Takes each lock in turn.
 pub fn check_invariants() {
     crate::thread_cache::check_current();
     for class in SizeClass::all() {

@@ -41,6 +41,7 @@ use crate::config::{
     C_MALLOC_ALIGN, MAX_LIST_LENGTH, MAX_LIST_OVERAGES, MIN_ALIGN, MIN_THREAD_CACHE_BYTES,
     THREAD_CACHE_BYTES, TOTAL_THREAD_CACHE_BYTES,
 };
+use crate::diag::{invariant, invariant_eq};
 use crate::free_list::{self, FreeObject};
 use crate::size_class::{self, SizeClass, NUM_CLASSES};
 use crate::sync::Lock;
@@ -682,12 +683,12 @@ impl ThreadCache {
         SizeClass::all().map(|c| self.len(c) * c.size()).sum()
     }
 
-    /// Checks the invariants on the struct; panics with the offending values.
+    /// Checks the invariants on the struct; aborts with the offending values.
     pub fn check_invariants(&self) {
         if self.state != State::Active {
             for class in SizeClass::all() {
                 let list = &self.hot[class.index()];
-                assert!(list.head.is_null() && list.room == 0, "inactive cache holds objects");
+                invariant!(list.head.is_null() && list.room == 0, "inactive cache holds objects");
             }
             return;
         }
@@ -697,18 +698,18 @@ impl ThreadCache {
             // SAFETY: the list is well formed.
             let counted = unsafe { free_list::count(self.hot[i].head) };
             let limits = &self.limits[i];
-            assert!(self.hot[i].room >= 0, "class {i}: room {}", self.hot[i].room);
-            assert_eq!(
+            invariant!(self.hot[i].room >= 0, "class {i}: room {}", self.hot[i].room);
+            invariant_eq!(
                 counted,
                 self.len(class),
                 "class {i}: {counted} objects, max_len {} room {}",
                 limits.max_len,
                 self.hot[i].room
             );
-            assert!(limits.max_len <= MAX_LIST_LENGTH);
+            invariant!(limits.max_len <= MAX_LIST_LENGTH, "limits.max_len <= MAX_LIST_LENGTH");
             capacity += limits.max_len as usize * class.size();
         }
-        assert_eq!(capacity, self.capacity, "capacity");
+        invariant_eq!(capacity, self.capacity, "capacity");
     }
 }
 

@@ -22,6 +22,7 @@
 //! [`batches`], [`advance_epoch`]. Layer below: `metadata`.
 
 use crate::config::{MAX_SHARDS, TRANSFER_CACHE_TOTAL_BYTES};
+use crate::diag::{invariant, invariant_eq};
 use crate::free_list::FreeObject;
 use crate::metadata::{self, BLOCK_BYTES};
 use crate::size_class::{SizeClass, NUM_CLASSES};
@@ -275,11 +276,11 @@ impl TransferCache {
         while !chunk.is_null() {
             // SAFETY: chunks from `top` down are valid.
             let c = unsafe { &*chunk };
-            assert!(c.len >= 1 && c.len <= SLOTS_PER_CHUNK, "chunk holds {} batches", c.len);
+            invariant!(c.len >= 1 && c.len <= SLOTS_PER_CHUNK, "chunk holds {} batches", c.len);
             counted += c.len;
             chunk = c.below;
         }
-        assert_eq!(counted, self.batches, "transfer cache batch count");
+        invariant_eq!(counted, self.batches, "transfer cache batch count");
     }
 }
 
