@@ -172,6 +172,7 @@ impl MappingCache {
     }
 
     /// Checks the invariants on the struct.
+    #[cfg_attr(not(any(test, debug_assertions)), allow(dead_code))]
     fn check_invariants(&self) {
         invariant!(self.count <= CACHE_ENTRIES, "self.count <= CACHE_ENTRIES");
         let sum: usize = self.entries[..self.count].iter().map(|m| m.len).sum();

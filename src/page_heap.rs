@@ -12,8 +12,16 @@
 //!
 //! Neighbours coalesce only with neighbours in the same state, which keeps the byte counts
 //! exact. The heap grows by [`HEAP_GROWTH_BYTES`] chunks aligned to their size; fresh chunks
-//! start out `Returned`. *When* to release is the policy's business (`release`); this module
-//! provides the mechanism ([`PageHeap::release`]).
+//! start out `Returned`.
+//!
+//! Release: [`PageHeap::release`] and [`PageHeap::release_older_than`] give free spans back;
+//! `deallocate` itself releases the excess beyond a reserve of backed free pages. The reserve
+//! is a fixed part (`TCALLOC_FREE_RESERVE_BYTES`) plus an adaptive part: when the program
+//! reuses pages soon after they were released — it frees and reallocates in rounds — the
+//! adaptive part grows by what was reused (up to 1 GiB), so the next round stays backed
+//! instead of faulting its memory in again; after the decay time without such reuse it drops
+//! back to zero. A program that frees one big peak and carries on lightly gets its memory
+//! released at once. The decay itself is driven by `release`.
 //!
 //! Entry points: [`PAGE_HEAP`] and the methods of [`PageHeap`]. Layers below: `page_map`,
 //! `metadata`, `os`.
@@ -26,6 +34,9 @@ use crate::page_map;
 use crate::span::{Length, PageId, Span, SpanKind, SpanList};
 use crate::sync::Lock;
 use core::ptr;
+
+/// Largest adaptive reserve (see `PageHeap::note_reuse`): 1 GiB.
+const MAX_ADAPTIVE_PAGES: usize = (1 << 30) / PAGE_SIZE;
 
 /// The process's page heap.
 pub static PAGE_HEAP: Lock<PageHeap> = Lock::new(PageHeap::new());
@@ -53,7 +64,8 @@ pub struct PageHeapStats {
 /// - no two free spans of the same kind are adjacent (they would have been coalesced);
 /// - `free_pages`, `returned_pages` are the sums of the pages on the respective lists, and
 ///   `free_pages + returned_pages + in_use_pages == system_pages`;
-/// - after every `deallocate`, `free_pages <= reserve_pages` (or no free span is left).
+/// - after every `deallocate`, `free_pages <= reserve_pages + adaptive_pages` (or no backed
+///   free span is left); `adaptive_pages <= MAX_ADAPTIVE_PAGES`.
 pub struct PageHeap {
     free: [SpanList; MAX_EXACT_PAGES + 1],
     returned: [SpanList; MAX_EXACT_PAGES + 1],
@@ -63,8 +75,13 @@ pub struct PageHeap {
     free_pages: usize,
     returned_pages: usize,
     in_use_pages: usize,
-    /// Free backed pages allowed before `deallocate` releases the excess.
+    /// Free backed pages allowed before `deallocate` releases the excess: a fixed reserve
+    /// plus an adaptive part that grows while the program reuses pages soon after they were
+    /// released (see `note_reuse`) and drops to zero after `decay_ms` without such reuse.
     reserve_pages: usize,
+    adaptive_pages: usize,
+    last_reuse_ms: u64,
+    decay_ms: u64,
     /// Deallocations so far, to run `check_invariants` now and then in debug builds.
     #[cfg(debug_assertions)]
     debug_ops: usize,
@@ -95,6 +112,9 @@ impl PageHeap {
             returned_pages: 0,
             in_use_pages: 0,
             reserve_pages: usize::MAX,
+            adaptive_pages: 0,
+            last_reuse_ms: 0,
+            decay_ms: u64::MAX,
             #[cfg(debug_assertions)]
             debug_ops: 0,
         }
@@ -255,6 +275,10 @@ impl PageHeap {
         } else {
             ptr::null_mut()
         };
+        if was == SpanKind::Returned {
+            // SAFETY: valid per the caller.
+            self.note_reuse(unsafe { (*span).freed_at }, pages);
+        }
         // SAFETY: on a free list per the caller.
         unsafe { self.unlink(span) };
         if !rest.is_null() {
@@ -304,11 +328,16 @@ impl PageHeap {
             (*span).set_kind(SpanKind::Free);
             (*span).set_class_index(0);
             (*span).free_list = ptr::null_mut();
-            (*span).freed_at = os::now_millis();
+            let now = os::now_millis();
+            (*span).freed_at = now;
             self.merge_and_link(span);
+            if self.adaptive_pages > 0 && now.saturating_sub(self.last_reuse_ms) > self.decay_ms {
+                self.adaptive_pages = 0;
+            }
         }
-        if self.free_pages > self.reserve_pages {
-            self.release(Length(self.free_pages - self.reserve_pages));
+        let limit = self.reserve_pages.saturating_add(self.adaptive_pages);
+        if self.free_pages > limit {
+            self.release(Length(self.free_pages - limit));
         }
         #[cfg(debug_assertions)]
         {
@@ -319,10 +348,26 @@ impl PageHeap {
         }
     }
 
-    /// Sets how many free pages may stay backed; beyond that, `deallocate` releases the
-    /// biggest free spans at once. `usize::MAX` turns the limit off.
-    pub fn set_reserve(&mut self, pages: Length) {
-        self.reserve_pages = pages.0;
+    /// Sets the release policy: how many free pages may stay backed (`usize::MAX` turns the
+    /// limit off) and how long pages may stay free before the decay releases them (also how
+    /// long the adaptive reserve lasts without new signs of reuse).
+    pub fn set_policy(&mut self, reserve: Length, decay_ms: u64) {
+        self.reserve_pages = reserve.0;
+        self.decay_ms = decay_ms;
+    }
+
+    /// A span released at `released_at` (0: never backed) is being reused for `pages` pages.
+    /// Reuse within the decay time means the program frees and reallocates in rounds: grow
+    /// the adaptive reserve by what was reused, so that the next round stays backed.
+    fn note_reuse(&mut self, released_at: u64, pages: Length) {
+        if released_at == 0 {
+            return;
+        }
+        let now = os::now_millis();
+        if now.saturating_sub(released_at) <= self.decay_ms {
+            self.adaptive_pages = (self.adaptive_pages + pages.0).min(MAX_ADAPTIVE_PAGES);
+            self.last_reuse_ms = now;
+        }
     }
 
     /// Coalesces a free span (kind `Free` or `Returned`, on no list) with same-kind
@@ -446,6 +491,8 @@ impl PageHeap {
                 self.link(span);
                 return Length(0);
             }
+            // From now on `freed_at` is the time of release, which `note_reuse` compares with.
+            (*span).freed_at = os::now_millis();
             (*span).set_kind(SpanKind::Returned);
             self.merge_and_link(span);
             pages
@@ -589,7 +636,7 @@ mod tests {
     fn reserve_caps_backed_free_pages() {
         let heap = heap();
         let mut h = heap.lock();
-        h.set_reserve(Length(8));
+        h.set_policy(Length(8), u64::MAX);
         let spans: Vec<_> = (0..6).map(|_| h.allocate(Length(4), SpanKind::PageRun)).collect();
         for &s in &spans {
             // SAFETY: each span is ours; touching it makes it resident.
@@ -607,6 +654,30 @@ mod tests {
         assert_eq!(h.release_older_than(before), Length(8), "idle spans decay");
         assert_eq!(h.stats().free_bytes, 0);
         h.check_invariants();
+    }
+
+    #[test]
+    fn reserve_adapts_to_rounds_of_reuse() {
+        let heap = heap();
+        let mut h = heap.lock();
+        h.set_policy(Length(0), 60_000);
+        let round = |h: &mut PageHeap| {
+            let s = h.allocate(Length(8), SpanKind::PageRun);
+            // SAFETY: ours; touching makes it resident; then it is freed whole.
+            unsafe {
+                ((*s).start_address() as *mut u8).write_bytes(3, 8 * PAGE_SIZE);
+                h.deallocate(s);
+            }
+            h.check_invariants();
+            h.stats().free_bytes
+        };
+        assert_eq!(round(&mut h), 0, "no reserve: the first round is released at once");
+        assert_eq!(round(&mut h), 8 * PAGE_SIZE, "reuse right after release: kept backed");
+        assert_eq!(round(&mut h), 8 * PAGE_SIZE);
+        // Without reuse for the decay time, the adaptive part lapses.
+        h.set_policy(Length(0), 0);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(round(&mut h), 0);
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! 1. **Reserve** (page heap, at every free): at most `reserve` bytes of free pages stay
 //!    backed; pages freed beyond that are given back at once (`MADV_DONTNEED`), biggest spans
 //!    first. After a program frees a large peak, resident memory falls while it frees, without
-//!    waiting for a timer. Pages freed within the reserve are kept, so a program that frees and
-//!    reallocates does not fault its memory in again and again.
+//!    waiting for a timer. The reserve adapts: when released pages are reused within the
+//!    decay time (the program frees and reallocates in rounds), it grows by what was reused,
+//!    so such a program does not fault its memory in again and again; without reuse for the
+//!    decay time it shrinks back.
 //! 2. **Decay** (on a tick): batches idle in the central transfer caches for about `decay` ms
 //!    return to their spans; free pages idle for `decay` ms, and cached large mappings idle as
 //!    long, go back to the OS. The tick runs from allocator slow paths (thread-cache refills and
@@ -38,7 +40,8 @@ static DECAY_MS: AtomicU64 = AtomicU64::new(1000);
 pub fn configure(settings: &Settings) {
     let reserve = settings.effective_reserve_bytes();
     let pages = if reserve == usize::MAX { usize::MAX } else { reserve / crate::config::PAGE_SIZE };
-    PAGE_HEAP.lock().set_reserve(Length(pages));
+    let decay = settings.effective_decay_ms().unwrap_or(u64::MAX);
+    PAGE_HEAP.lock().set_policy(Length(pages), decay);
     DECAY_MS.store(settings.effective_decay_ms().unwrap_or(u64::MAX), Relaxed);
     large::set_decay_ms(settings.effective_decay_ms().unwrap_or(u64::MAX));
 }
