@@ -275,7 +275,7 @@ pub unsafe fn realloc_sized(
 ///
 /// # Safety
 /// - If `ptr` is a block of this allocator, it is unused.
-#[inline]
+#[inline(always)]
 pub unsafe fn free_unsized(ptr: *mut u8, caller: &str) {
     let span = page_map::lookup(ptr as usize);
     // SAFETY: `span` is the page-map entry of `ptr`.

@@ -136,7 +136,65 @@ impl Drop for ExitGuard {
 /// The calling thread's cache.
 #[inline(always)]
 fn cache() -> *mut ThreadCache {
-    CACHE.with(|c| c.get())
+    #[cfg(all(feature = "override", target_arch = "x86_64", target_os = "linux"))]
+    {
+        let offset = static_tls::OFFSET.load(Relaxed);
+        if offset != 0 {
+            return static_tls::thread_pointer().wrapping_add_signed(offset) as *mut ThreadCache;
+        }
+        static_tls::learn_offset()
+    }
+    #[cfg(not(all(feature = "override", target_arch = "x86_64", target_os = "linux")))]
+    {
+        CACHE.with(|c| c.get())
+    }
+}
+
+/// Reaching the cache without `__tls_get_addr` in the preloadable library.
+///
+/// A shared library's thread-locals are reached through `__tls_get_addr` (a call into the
+/// dynamic linker) because the library might be loaded with `dlopen`. `libtcalloc.so` must be
+/// loaded at start-up (preloaded or linked), and then its thread-local block sits in the
+/// static TLS area at the same offset from the thread pointer in every thread — the layout
+/// the initial-exec TLS model relies on. So the offset is learnt once, through the ordinary
+/// access, and later accesses add it to the thread pointer (`%fs:0`). An offset outside the
+/// static TLS area (the library was loaded late after all) is never learnt, and every access
+/// keeps using the ordinary path.
+#[cfg(all(feature = "override", target_arch = "x86_64", target_os = "linux"))]
+mod static_tls {
+    use super::{ThreadCache, CACHE};
+    use core::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+
+    /// Offset of this thread's cache from the thread pointer, or 0 while unknown.
+    pub static OFFSET: AtomicIsize = AtomicIsize::new(0);
+
+    /// The static TLS area lies just below the thread pointer; anything farther away is a
+    /// dynamically allocated TLS block.
+    const MAX_STATIC_DISTANCE: isize = 1 << 24;
+
+    /// The thread pointer: on x86-64 Linux, `%fs:0` holds the thread control block's own
+    /// address.
+    #[inline(always)]
+    pub fn thread_pointer() -> usize {
+        let tp: usize;
+        // SAFETY: reading `%fs:0` is always valid on x86-64 Linux (glibc and musl set it).
+        unsafe {
+            core::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp,
+                options(nostack, preserves_flags, readonly, pure));
+        }
+        tp
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub fn learn_offset() -> *mut ThreadCache {
+        let cache = CACHE.with(|c| c.get());
+        let offset = (cache as isize).wrapping_sub(thread_pointer() as isize);
+        if (-MAX_STATIC_DISTANCE..0).contains(&offset) {
+            OFFSET.store(offset, Relaxed);
+        }
+        cache
+    }
 }
 
 /// Requests below this size (with the minimum alignment) take [`alloc_small`] and
