@@ -109,6 +109,8 @@ pub struct ThreadCache {
     shard: usize,
     /// The last trim generation this cache acted on.
     trim_seen: u64,
+    /// Bit `c` is set iff class `c`'s list has a non-zero limit.
+    active: u128,
     /// Registry links.
     next: *mut ThreadCache,
     prev: *mut ThreadCache,
@@ -242,6 +244,7 @@ static MEDIUM_OFFSET: [u16; (size_class::MAX_SIZE >> size_class::MEDIUM_SHIFT) +
 };
 
 const _: () = assert!(size_of::<HotList>() == 16 && NUM_CLASSES * 16 <= u16::MAX as usize);
+const _: () = assert!(NUM_CLASSES <= 128, "the active-class mask is a u128");
 const _: () = assert!(FAST_LIMIT <= crate::config::SMALL_LOOKUP_MAX + 1);
 
 /// Pops from the list at byte offset `offset` of the calling thread's cache.
@@ -257,10 +260,26 @@ fn pop(offset: usize) -> *mut u8 {
         if head.is_null() {
             return alloc_slow(offset / size_of::<HotList>());
         }
-        (*list).head = (*head).next;
+        let next = (*head).next;
+        (*list).head = next;
         (*list).room += 1;
+        // The next pop will read `next`'s link; start fetching its cache line now, so that a
+        // list of cold objects costs one miss in flight instead of one per allocation.
+        prefetch(next);
         head.cast()
     }
+}
+
+/// Hints the CPU to fetch the cache line at `p` (which may be null: prefetches never fault).
+#[inline(always)]
+fn prefetch(p: *const FreeObject) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(p.cast(), core::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// Pushes `ptr` on the list at byte offset `offset` of the calling thread's cache.
@@ -427,6 +446,7 @@ impl ThreadCache {
             events: 0,
             shard: 0,
             trim_seen: 0,
+            active: 0,
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
             published_bytes: AtomicUsize::new(0),
@@ -610,7 +630,7 @@ impl ThreadCache {
     #[cold]
     fn trim_all(&mut self) {
         self.budget = thread_budget();
-        for class in SizeClass::all() {
+        for class in self.active_classes() {
             let max_len = self.limits[class.index()].max_len;
             if max_len > 0 {
                 self.set_max_len_and_trim(class, max_len / 2);
@@ -666,12 +686,30 @@ impl ThreadCache {
         self.capacity = self.capacity - old as usize * class.size() + new as usize * class.size();
         self.hot[i].room += new as i32 - old as i32;
         self.limits[i].max_len = new;
+        if new > 0 {
+            self.active |= 1 << i;
+        } else {
+            self.active &= !(1 << i);
+        }
+    }
+
+    /// The classes whose lists have a non-zero limit.
+    fn active_classes(&self) -> impl Iterator<Item = SizeClass> {
+        let mut mask = self.active;
+        core::iter::from_fn(move || {
+            if mask == 0 {
+                return None;
+            }
+            let i = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            SizeClass::new(i)
+        })
     }
 
     /// Halves every list but `keep` (limit and contents), to make room in the budget.
     #[cold]
     fn shrink_all_except(&mut self, keep: SizeClass) {
-        for class in SizeClass::all() {
+        for class in self.active_classes() {
             if class != keep && self.limits[class.index()].max_len > 0 {
                 self.set_max_len_and_trim(class, self.limits[class.index()].max_len / 2);
                 self.publish(class);
@@ -694,9 +732,9 @@ impl ThreadCache {
         self.check_invariants();
         self.events = 0;
         self.budget = thread_budget();
-        for class in SizeClass::all() {
+        for class in self.active_classes() {
             let i = class.index();
-            if self.limits[i].events == 0 && self.limits[i].max_len > 0 {
+            if self.limits[i].events == 0 {
                 let len = self.len(class) as u32;
                 self.set_max_len_and_trim(class, self.limits[i].max_len.min(len) / 2);
                 self.publish(class);
@@ -704,7 +742,7 @@ impl ThreadCache {
             self.limits[i].events = 0;
         }
         if self.capacity > self.budget {
-            for class in SizeClass::all() {
+            for class in self.active_classes() {
                 if self.capacity <= self.budget {
                     break;
                 }
@@ -765,6 +803,7 @@ impl ThreadCache {
                 self.hot[i].room
             );
             invariant!(limits.max_len <= MAX_LIST_LENGTH, "limits.max_len <= MAX_LIST_LENGTH");
+            invariant_eq!(self.active >> i & 1 == 1, limits.max_len > 0, "active bit of class {i}");
             capacity += limits.max_len as usize * class.size();
         }
         invariant_eq!(capacity, self.capacity, "capacity");

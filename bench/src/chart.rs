@@ -1,0 +1,97 @@
+//! `chart.png`: each program's median time under each allocator, relative to glibc (1.0),
+//! as grouped bars on a logarithmic axis. Text is drawn with DejaVu Sans, read from Debian's
+//! `fonts-dejavu-core` package.
+
+use crate::report::Results;
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
+use std::path::Path;
+use tcalloc_bench::ALLOCATORS;
+
+const FONT_PATHS: [&str; 2] =
+    ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf"];
+
+fn load_font() -> Result<(), String> {
+    let bytes = FONT_PATHS
+        .iter()
+        .find_map(|p| std::fs::read(p).ok())
+        .ok_or("DejaVu Sans not found (apt-get install fonts-dejavu-core)")?;
+    // plotters keeps fonts for the life of the process.
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    register_font("sans-serif", FontStyle::Normal, bytes).map_err(|_| "unreadable font".to_string())
+}
+
+pub fn draw(results: &Results, path: &Path) -> Result<(), String> {
+    load_font()?;
+    let programs = results.program_names();
+    let colors = [
+        RGBColor(200, 40, 40),
+        RGBColor(90, 90, 90),
+        RGBColor(40, 110, 200),
+        RGBColor(230, 150, 30),
+    ];
+    let ratio = |p: &str, a: &str| -> Option<f64> {
+        Some(results.median(p, a)?.seconds / results.median(p, "glibc")?.seconds)
+    };
+    let values: Vec<f64> =
+        programs.iter().flat_map(|p| ALLOCATORS.iter().filter_map(move |a| ratio(p, a))).collect();
+    let low = values.iter().cloned().fold(1.0f64, f64::min).max(1e-3) / 1.5;
+    let high = values.iter().cloned().fold(1.0f64, f64::max) * 1.5;
+    let width = (120 + programs.len() as u32 * 70).max(800);
+    let root = BitMapBackend::new(path, (width, 620)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("time relative to glibc malloc (lower is faster)", ("sans-serif", 24))
+        .margin(15)
+        .x_label_area_size(130)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..programs.len() as f64, (low..high).log_scale())
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(programs.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - i as f64 - 0.5).abs() < 1e-6 && i < programs.len() {
+                programs[i].to_string()
+            } else {
+                String::new()
+            }
+        })
+        .x_label_style(("sans-serif", 13).into_font().transform(FontTransform::Rotate90))
+        .y_desc("time / glibc time")
+        .y_label_formatter(&|y| format!("{y:.2}"))
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let bar = 0.8 / ALLOCATORS.len() as f64;
+    for (k, a) in ALLOCATORS.iter().enumerate() {
+        let color = colors[k];
+        let rects = programs.iter().enumerate().filter_map(|(i, p)| {
+            let v = ratio(p, a)?;
+            let x0 = i as f64 + 0.1 + k as f64 * bar;
+            Some(Rectangle::new([(x0, low), (x0 + bar * 0.9, v)], color.filled()))
+        });
+        chart
+            .draw_series(rects)
+            .map_err(|e| e.to_string())?
+            .label(*a)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
+    }
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(0.0, 1.0), (programs.len() as f64, 1.0)],
+            BLACK.stroke_width(1),
+        )))
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}

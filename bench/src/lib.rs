@@ -1,0 +1,16 @@
+//! Side-by-side benchmarks of tcalloc, glibc malloc, mimalloc and jemalloc.
+//!
+//! - [`workloads`]: the allocation workloads, generic over `GlobalAlloc`;
+//! - [`programs`]: the whole-program workloads, each a named, fixed amount of work, run by the
+//!   worker binaries (`worker_tcalloc`, `worker_glibc`, `worker_mimalloc`, `worker_jemalloc`,
+//!   one per allocator installed as `#[global_allocator]`);
+//! - the `tcalloc-bench` binary runs every program under every allocator in its own process,
+//!   interleaved, and reports time and peak RSS (`cargo run --release -p tcalloc-bench`);
+//! - `benches/alloc.rs`: the same workloads as criterion benchmarks, the four allocators side
+//!   by side in one process (`cargo bench -p tcalloc-bench --bench alloc`).
+
+pub mod programs;
+pub mod workloads;
+
+/// The allocators compared, in the order tables list them.
+pub const ALLOCATORS: [&str; 4] = ["tcalloc", "glibc", "mimalloc", "jemalloc"];

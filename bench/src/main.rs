@@ -1,0 +1,181 @@
+//! `tcalloc-bench`: the whole-program comparison of tcalloc, glibc malloc, mimalloc and
+//! jemalloc.
+//!
+//! Every workload of `tcalloc_bench::programs` runs in its own process, once per allocator
+//! (the worker binaries next to this one, each with a different `#[global_allocator]`),
+//! interleaved run by run so that noise hits every allocator alike, and repeated; the median
+//! wall time and peak resident memory (`wait4`'s `ru_maxrss`) are reported with ratios to
+//! glibc and to mimalloc, as a table on stdout, `summary.md`, `results.csv` and `chart.png` in
+//! the output directory.
+//!
+//! `tcalloc-bench instructions` counts instructions per 64-byte alloc+free pair under
+//! valgrind's callgrind instead.
+//!
+//! ```text
+//! cargo run --release -p tcalloc-bench                  # quick: 3 runs each, about two minutes
+//! cargo run --release -p tcalloc-bench -- --full        # 7 runs each
+//! cargo run --release -p tcalloc-bench -- --only pairs  # programs whose name contains "pairs"
+//! cargo run --release -p tcalloc-bench -- instructions
+//! ```
+
+mod chart;
+mod report;
+
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+use tcalloc_bench::programs::PROGRAMS;
+use tcalloc_bench::ALLOCATORS;
+
+#[derive(Parser)]
+#[command(about = "tcalloc side by side with glibc malloc, mimalloc and jemalloc")]
+struct Args {
+    /// Seven runs of each program and allocator instead of three.
+    #[arg(long)]
+    full: bool,
+    /// Runs of each program and allocator (overrides --full).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Only the programs whose name contains one of these strings.
+    #[arg(long)]
+    only: Vec<String>,
+    /// Where to write summary.md, results.csv and chart.png.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    out: PathBuf,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Instructions per 64-byte alloc+free pair, counted by valgrind's callgrind.
+    Instructions,
+}
+
+/// One measured run.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub seconds: f64,
+    pub peak_rss_kib: u64,
+}
+
+fn main() {
+    let args = Args::parse();
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .expect("the benchmark's own directory");
+    for a in ALLOCATORS {
+        let worker = worker_path(&dir, a);
+        if !worker.exists() {
+            eprintln!(
+                "missing {}: build the whole package (cargo run --release -p tcalloc-bench)",
+                worker.display()
+            );
+            std::process::exit(2);
+        }
+    }
+    std::fs::create_dir_all(&args.out).expect("create the output directory");
+    match args.command {
+        Some(Cmd::Instructions) => instructions(&dir, &args.out),
+        None => compare(&dir, &args),
+    }
+}
+
+fn worker_path(dir: &Path, allocator: &str) -> PathBuf {
+    dir.join(format!("worker_{allocator}"))
+}
+
+fn compare(dir: &Path, args: &Args) {
+    let reps = args.reps.unwrap_or(if args.full { 7 } else { 3 }).max(1);
+    let programs: Vec<_> = PROGRAMS
+        .iter()
+        .filter(|p| args.only.is_empty() || args.only.iter().any(|o| p.name.contains(o.as_str())))
+        .collect();
+    let started = Instant::now();
+    let mut results = report::Results::new(&programs);
+    for (i, program) in programs.iter().enumerate() {
+        eprint!("[{}/{}] {:<18}", i + 1, programs.len(), program.name);
+        for rep in 0..reps {
+            // Rotate the order each repetition so that no allocator always runs first.
+            for k in 0..ALLOCATORS.len() {
+                let a = ALLOCATORS[(k + rep) % ALLOCATORS.len()];
+                let sample = run_worker(&worker_path(dir, a), program.name);
+                results.add(program.name, a, sample);
+            }
+            eprint!(".");
+        }
+        eprintln!();
+    }
+    let table = results.table();
+    println!("{table}");
+    let summary = results.markdown(reps, started.elapsed().as_secs_f64());
+    std::fs::write(args.out.join("summary.md"), &summary).expect("write summary.md");
+    std::fs::write(args.out.join("results.csv"), results.csv()).expect("write results.csv");
+    match chart::draw(&results, &args.out.join("chart.png")) {
+        Ok(()) => eprintln!("wrote {}/{{summary.md,results.csv,chart.png}}", args.out.display()),
+        Err(e) => eprintln!("chart not drawn: {e}"),
+    }
+}
+
+/// Runs a worker to completion; its wall time and peak RSS.
+// The child is reaped by `wait4` (which also gives its peak RSS), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
+fn run_worker(worker: &Path, program: &str) -> Sample {
+    let start = Instant::now();
+    let child = Command::new(worker)
+        .arg(program)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", worker.display()));
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child; the out-pointers are valid.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let seconds = start.elapsed().as_secs_f64();
+    assert_eq!(waited, pid, "wait4 failed for {}", worker.display());
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    assert!(ok, "{} {program} failed (status {status:#x})", worker.display());
+    Sample { seconds, peak_rss_kib: usage.ru_maxrss as u64 }
+}
+
+/// Instructions per 64-byte alloc+free pair: callgrind totals for 1M and 2M pairs, minus the
+/// same loop without allocating, divided by the 1M extra pairs (start-up cancels out).
+fn instructions(dir: &Path, out: &Path) {
+    let has_valgrind = Command::new("valgrind").arg("--version").output().is_ok();
+    if !has_valgrind {
+        eprintln!("valgrind is not installed (apt-get install valgrind)");
+        std::process::exit(2);
+    }
+    let count = |worker: &Path, mode: &str, n: usize| -> f64 {
+        let output = Command::new("valgrind")
+            .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+            .arg(worker)
+            .args([mode, &n.to_string()])
+            .output()
+            .expect("run valgrind");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        stderr
+            .lines()
+            .find_map(|l| l.split("Collected :").nth(1))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no instruction count in valgrind's output:\n{stderr}"))
+    };
+    let (n1, n2) = (1_000_000, 2_000_000);
+    let mut rows = Vec::new();
+    for a in ALLOCATORS {
+        let w = worker_path(dir, a);
+        let with = count(&w, "fastpath", n2) - count(&w, "fastpath", n1);
+        let without = count(&w, "fastpath-empty", n2) - count(&w, "fastpath-empty", n1);
+        let per_pair = (with - without) / (n2 - n1) as f64;
+        let with_loop = with / (n2 - n1) as f64;
+        eprintln!("{a:<9} {per_pair:6.1} instructions per pair ({with_loop:.1} with the loop)");
+        rows.push((a, per_pair, with_loop));
+    }
+    let text = report::instructions_markdown(&rows);
+    println!("{text}");
+    std::fs::write(out.join("instructions.md"), text).expect("write instructions.md");
+}
