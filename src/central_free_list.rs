@@ -146,6 +146,56 @@ unsafe fn release_objects(mut head: *mut FreeObject) {
     }
 }
 
+/// Moves the one-object span of a live block from class `from` to the larger class `to`,
+/// growing the span in place into free pages that follow it: the block keeps its address and
+/// contents (`realloc` without a copy). Both classes must hold one object per span. Returns
+/// false, with nothing changed, when the pages after the span are not free.
+///
+/// # Safety
+/// - `span` is the `Small` span of class `from` holding a live block owned by the caller.
+pub unsafe fn regrow_span(span: *mut Span, from: SizeClass, to: SizeClass) -> bool {
+    debug_assert!(from.info().objects == 1 && to.info().objects == 1 && from < to);
+    // SAFETY: the span is in use (it holds the caller's block), so its shard is settled.
+    let shard = unsafe { (*span).shard } as usize;
+    // Lock order: central lists by increasing class, then the page heap.
+    let mut old_list = central(from, shard).lock();
+    let mut new_list = central(to, shard).lock();
+    // SAFETY: per the caller, the span is in use and ours to resize.
+    if !unsafe { PAGE_HEAP.lock().extend(span, Length(to.info().pages as usize)) } {
+        return false;
+    }
+    // SAFETY: as above; the span is full (its one object is live), so it is on no list.
+    unsafe { (*span).set_class_index(to.index()) };
+    old_list.spans -= 1;
+    new_list.spans += 1;
+    true
+}
+
+/// A block of the one-object class `class` in a new span carved from the front of a free run
+/// of at least `room` pages, for a block that is likely to grow again (`realloc`): it can then
+/// grow in place ([`regrow_span`]) into the rest of the run. Null when out of memory.
+pub fn alloc_growable(class: SizeClass, shard: usize, room: Length) -> *mut u8 {
+    debug_assert!(class.info().objects == 1);
+    let shard = transfer_cache::shard_index(shard);
+    let mut list = central(class, shard).lock();
+    let pages = Length(class.info().pages as usize);
+    let span = PAGE_HEAP.lock().allocate_with_room(pages, room, SpanKind::Small);
+    if span.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: a fresh in-use span from the page heap; its only object is handed out at once,
+    // so it is full and on no list.
+    unsafe {
+        (*span).set_class_index(class.index());
+        (*span).free_list = ptr::null_mut();
+        (*span).allocated = 1;
+        (*span).carved = 1;
+        (*span).shard = shard as u32;
+        list.spans += 1;
+        (*span).start_address() as *mut u8
+    }
+}
+
 /// A class borrows from a larger class only if that class has this much free space in its
 /// spans: borrowing is for memory left behind by a phase of the program, not for normal churn.
 pub const BORROW_MIN_BYTES: usize = 1 << 20;

@@ -181,6 +181,24 @@ impl PageHeap {
         unsafe { self.carve(span, pages, kind) }
     }
 
+    /// Allocates `pages` pages at the front of a free run of at least `room` pages, so that
+    /// the span can later grow in place (`extend`) into the rest. Null when out of memory.
+    pub fn allocate_with_room(&mut self, pages: Length, room: Length, kind: SpanKind) -> *mut Span {
+        let room = room.max(pages);
+        let mut span = self.find(room);
+        if span.is_null() {
+            if !self.grow(room) {
+                return self.allocate(pages, kind);
+            }
+            span = self.find(room);
+            if span.is_null() {
+                return ptr::null_mut();
+            }
+        }
+        // SAFETY: `find` returned a free span of at least `room >= pages` pages.
+        unsafe { self.carve(span, pages, kind) }
+    }
+
     /// Allocates `pages` pages whose first page is a multiple of `align` pages.
     pub fn allocate_aligned(&mut self, pages: Length, align: Length, kind: SpanKind) -> *mut Span {
         debug_assert!(align.0.is_power_of_two());
@@ -299,6 +317,48 @@ impl PageHeap {
         }
         self.in_use_pages += pages.0;
         span
+    }
+
+    /// Grows an in-use span to `pages` pages in place, taking the pages right after it if
+    /// they are free; false (and nothing changed) if they are not, or when out of metadata.
+    ///
+    /// # Safety
+    /// - `span` is an in-use span of this heap, owned by the caller.
+    pub unsafe fn extend(&mut self, span: *mut Span, pages: Length) -> bool {
+        // SAFETY: per the caller; the neighbour found through the page map is checked to be a
+        // free span of this heap that starts right after `span`.
+        unsafe {
+            let have = (*span).pages();
+            if pages <= have {
+                return pages == have;
+            }
+            let needed = Length(pages.0 - have.0);
+            let end = (*span).end();
+            let right = page_map::get(end);
+            if right.is_null()
+                || !matches!((*right).kind(), SpanKind::Free | SpanKind::Returned)
+                || (*right).start() != end
+                || (*right).pages() < needed
+            {
+                return false;
+            }
+            if (*right).kind() == SpanKind::Returned {
+                self.note_reuse((*right).freed_at, needed);
+            }
+            self.unlink(right);
+            if (*right).pages() > needed {
+                (*right).set_start(end.add(needed));
+                (*right).set_pages(Length((*right).pages().0 - needed.0));
+                self.record_free(right);
+                self.link(right);
+            } else {
+                metadata::delete_span(right);
+            }
+            page_map::set_range(end, needed, span);
+            (*span).set_pages(pages);
+            self.in_use_pages += needed.0;
+        }
+        true
     }
 
     /// Records a free span in the page map at its first and last page.
@@ -678,6 +738,34 @@ mod tests {
         h.set_policy(Length(0), 0);
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert_eq!(round(&mut h), 0);
+    }
+
+    #[test]
+    fn spans_extend_into_free_neighbours_only() {
+        let heap = heap();
+        let mut h = heap.lock();
+        let a = h.allocate(Length(2), SpanKind::PageRun);
+        let b = h.allocate(Length(3), SpanKind::PageRun);
+        // SAFETY: both spans are ours.
+        unsafe {
+            assert!(!h.extend(a, Length(3)), "the next pages belong to `b`");
+            let b_start = (*b).start();
+            h.deallocate(b);
+            assert!(h.extend(a, Length(4)), "the next pages are free now");
+            assert_eq!((*a).pages(), Length(4));
+            assert_eq!(page_map::get(b_start.add(Length(1))), a);
+            h.check_invariants();
+            assert!(h.extend(a, Length(4)), "already that long");
+            h.deallocate(a);
+            // A span allocated with room can grow into it.
+            let c = h.allocate_with_room(Length(2), Length(64), SpanKind::PageRun);
+            let d = h.allocate(Length(1), SpanKind::PageRun);
+            assert!(h.extend(c, Length(64)), "the room after `c` is still free");
+            assert_ne!((*d).start(), (*c).end(), "`d` did not take the room");
+            h.deallocate(c);
+            h.deallocate(d);
+        }
+        h.check_invariants();
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //!
 //! Layers below: `thread_cache`, `page_heap` (page runs), `large`, `page_map`, `size_class`.
 
+use crate::central_free_list;
 use crate::config::{C_MALLOC_ALIGN, LARGE_THRESHOLD, MIN_ALIGN, PAGE_SIZE};
 use crate::large;
 use crate::page_heap::PAGE_HEAP;
@@ -248,6 +249,19 @@ pub unsafe fn realloc_sized(
     if old_class.is_some() && old_class == new_class {
         return ptr;
     }
+    if let (Some(old), Some(new)) = (old_class, new_class) {
+        // SAFETY: `ptr` is a live block of `old` owned by the caller.
+        match unsafe { grow_in_place(ptr, old, new) } {
+            Growth::InPlace => return ptr,
+            // SAFETY: as above; `fresh` is a live block of `new`, which holds `old_size`.
+            Growth::Moved(fresh) => unsafe {
+                ptr::copy_nonoverlapping(ptr, fresh, old_size);
+                dealloc_sized(ptr, old_size, align);
+                return fresh;
+            },
+            Growth::No => {}
+        }
+    }
     if old_class.is_none() && new_class.is_none() && old_size > LARGE_THRESHOLD {
         let span = page_map::lookup(ptr as usize);
         // SAFETY: `ptr` is a live large block (sizes above the threshold always are).
@@ -268,6 +282,45 @@ pub unsafe fn realloc_sized(
         }
     }
     fresh
+}
+
+/// What [`grow_in_place`] did.
+enum Growth {
+    /// The block kept its address.
+    InPlace,
+    /// The block could not grow; here is a block of the new class with room to grow further,
+    /// for the caller to copy into.
+    Moved(*mut u8),
+    /// Not a growth between one-object classes (or out of memory): the ordinary way applies.
+    No,
+}
+
+/// Grows a block of class `old` to the one-object class `new` without moving it, when `old`
+/// holds one object per span too and the pages after the block's span are free. Otherwise the
+/// new block is carved from the front of a free run with room to double again, so that a
+/// block grown step by step (a `Vec` being filled) moves about once on its way to 1 MiB
+/// instead of at every class.
+///
+/// # Safety
+/// - `ptr` is a live block of class `old` owned by the caller.
+unsafe fn grow_in_place(ptr: *mut u8, old: SizeClass, new: SizeClass) -> Growth {
+    if old >= new || new.info().objects != 1 {
+        return Growth::No;
+    }
+    let span = page_map::lookup(ptr as usize);
+    // SAFETY: a block of a one-object class is its span's only object; the span holds it.
+    if old.info().objects == 1 && unsafe { central_free_list::regrow_span(span, old, new) } {
+        return Growth::InPlace;
+    }
+    let room = class_for((new.size() * 2).min(MAX_SIZE), 1).unwrap_or(new);
+    // SAFETY: the span is in use (it holds the caller's block), so its shard is settled.
+    let shard = unsafe { (*span).shard } as usize;
+    let fresh = central_free_list::alloc_growable(new, shard, Length(room.info().pages as usize));
+    if fresh.is_null() {
+        Growth::No
+    } else {
+        Growth::Moved(fresh)
+    }
 }
 
 /// Frees a block by address alone (C `free`): resolves it through the page map and aborts
@@ -335,6 +388,21 @@ pub unsafe fn realloc_unsized(
                 && (new_size * 2 >= class.size() || class_for(new_size, align) == Some(class)) =>
         {
             return ptr;
+        }
+        Block::Small(class) => {
+            if let Some(bigger) = class_for(new_size, align) {
+                // SAFETY: a validated live block of `class` owned by the caller.
+                match unsafe { grow_in_place(ptr, class, bigger) } {
+                    Growth::InPlace => return ptr,
+                    // SAFETY: as above; `fresh` is a live block holding `old_size` bytes.
+                    Growth::Moved(fresh) => unsafe {
+                        ptr::copy_nonoverlapping(ptr, fresh, old_size.min(new_size));
+                        free_unsized(ptr, caller);
+                        return fresh;
+                    },
+                    Growth::No => {}
+                }
+            }
         }
         Block::Large if new_size > LARGE_THRESHOLD => {
             // SAFETY: a validated live large block owned by the caller.
