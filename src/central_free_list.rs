@@ -25,7 +25,7 @@
 //! Entry points: [`refill`], [`flush`], [`drain_idle`], [`stats`], [`CentralFreeList`].
 //! Layers below: `transfer_cache`, `page_heap`, `page_map`, `size_class`.
 
-use crate::config::MAX_SHARDS;
+use crate::config::{MAX_SHARDS, PAGE_SIZE};
 use crate::diag::{invariant, invariant_eq};
 use crate::free_list::{self, FreeObject};
 use crate::page_heap::{PageHeap, PAGE_HEAP};
@@ -83,17 +83,36 @@ pub fn refill(class: SizeClass, shard: usize, want: usize) -> (*mut FreeObject, 
     }
 }
 
-/// Gives back `count` objects of `class` from a thread whose shard is `shard`.
+/// Gives back `count` objects of `class` from a thread whose shard is `shard`; `spread` is
+/// how far apart in memory the objects are (highest address minus lowest).
+///
+/// A whole batch of objects that lie close together goes to the transfer cache. A scattered
+/// batch (the program frees in random order) goes straight back to its spans instead: kept
+/// whole, its objects would pin one span each, and after a program frees a big peak in random
+/// order the transfer caches would keep most of the peak's pages resident.
 ///
 /// # Safety
 /// - `head` is a well-formed list of exactly `count` dead objects of `class` from this
 ///   allocator.
-pub unsafe fn flush(class: SizeClass, shard: usize, head: *mut FreeObject, count: usize) {
-    if count == class.batch() && transfer_cache::push(class, shard, head) {
+pub unsafe fn flush(
+    class: SizeClass,
+    shard: usize,
+    head: *mut FreeObject,
+    count: usize,
+    spread: usize,
+) {
+    let compact = spread <= compact_spread(class);
+    if count == class.batch() && compact && transfer_cache::push(class, shard, head) {
         return;
     }
     // SAFETY: forwarded from the caller.
     unsafe { release_objects(head) };
+}
+
+/// The largest spread of a batch that the transfer cache keeps: a few spans' worth, so that a
+/// batch held there pins about as many bytes as it holds.
+fn compact_spread(class: SizeClass) -> usize {
+    (16 * class.batch() * class.size()).max(16 * class.info().pages as usize * PAGE_SIZE)
 }
 
 /// Returns every object of a list to its span, under the lock of the list owning each span

@@ -56,6 +56,33 @@ pub unsafe fn split_front(head: &mut *mut FreeObject, n: usize) -> *mut FreeObje
     first
 }
 
+/// Like [`split_front`], and also returns the spread of the detached objects' addresses
+/// (highest minus lowest): how scattered through memory they are.
+///
+/// # Safety
+/// - `*head` is a well-formed list with at least `n >= 1` objects.
+pub unsafe fn split_front_with_spread(
+    head: &mut *mut FreeObject,
+    n: usize,
+) -> (*mut FreeObject, usize) {
+    debug_assert!(n >= 1);
+    let first = *head;
+    let mut last = first;
+    let (mut low, mut high) = (first as usize, first as usize);
+    for _ in 1..n {
+        // SAFETY: the list holds at least `n` objects, so the first `n - 1` have successors.
+        last = unsafe { (*last).next };
+        low = low.min(last as usize);
+        high = high.max(last as usize);
+    }
+    // SAFETY: `last` is the `n`-th object of the list.
+    unsafe {
+        *head = (*last).next;
+        (*last).next = ptr::null_mut();
+    }
+    (first, high - low)
+}
+
 /// Number of objects on a list (walks it; for checks and tests).
 ///
 /// # Safety
@@ -92,9 +119,11 @@ mod tests {
             assert_eq!(front, &mut objects[9] as *mut _);
             assert_eq!(pop(&mut head), &mut objects[5] as *mut _);
             assert_eq!(count(head), 5);
-            let rest = split_front(&mut head, 5);
+            let (rest, spread) = split_front_with_spread(&mut head, 5);
             assert!(head.is_null());
             assert_eq!(count(rest), 5);
+            let (a, b) = (&objects[0] as *const _ as usize, &objects[4] as *const _ as usize);
+            assert_eq!(spread, b - a, "objects 0..5 were on the list");
             assert!(pop(&mut head).is_null());
         }
     }

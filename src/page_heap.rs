@@ -17,10 +17,10 @@
 //! Release: [`PageHeap::release`] and [`PageHeap::release_older_than`] give free spans back;
 //! `deallocate` itself releases the excess beyond a reserve of backed free pages. The reserve
 //! is a fixed part (`TCALLOC_FREE_RESERVE_BYTES`) plus an adaptive part: when the program
-//! reuses pages soon after they were released — it frees and reallocates in rounds — the
-//! adaptive part grows by what was reused (up to 1 GiB), so the next round stays backed
-//! instead of faulting its memory in again; after the decay time without such reuse it drops
-//! back to zero. A program that frees one big peak and carries on lightly gets its memory
+//! reuses pages within [`ADAPTIVE_WINDOW_MS`] of their release — it frees and reallocates in
+//! quick rounds — the adaptive part grows by what was reused (up to 1 GiB), so the next round
+//! stays backed instead of faulting its memory in again; after as long without such reuse it
+//! drops back to zero. A program that frees one big peak and carries on lightly gets its memory
 //! released at once. The decay itself is driven by `release`.
 //!
 //! Entry points: [`PAGE_HEAP`] and the methods of [`PageHeap`]. Layers below: `page_map`,
@@ -37,6 +37,11 @@ use core::ptr;
 
 /// Largest adaptive reserve (see `PageHeap::note_reuse`): 1 GiB.
 const MAX_ADAPTIVE_PAGES: usize = (1 << 30) / PAGE_SIZE;
+
+/// A release followed by reuse within this many milliseconds marks a program that frees and
+/// reallocates in quick rounds; the adaptive reserve lapses after as long without such reuse.
+/// Short, so that a program that frees a peak and then slows down gets its memory back.
+pub const ADAPTIVE_WINDOW_MS: u64 = 100;
 
 /// The process's page heap.
 pub static PAGE_HEAP: Lock<PageHeap> = Lock::new(PageHeap::new());
@@ -77,11 +82,13 @@ pub struct PageHeap {
     in_use_pages: usize,
     /// Free backed pages allowed before `deallocate` releases the excess: a fixed reserve
     /// plus an adaptive part that grows while the program reuses pages soon after they were
-    /// released (see `note_reuse`) and drops to zero after `decay_ms` without such reuse.
+    /// released (see `note_reuse`) and drops to zero after `window_ms` without such reuse.
     reserve_pages: usize,
     adaptive_pages: usize,
     last_reuse_ms: u64,
-    decay_ms: u64,
+    /// How soon a reuse must follow a release to count, and how long the adaptive part lasts
+    /// without one: the decay time, but at most [`ADAPTIVE_WINDOW_MS`].
+    window_ms: u64,
     /// Deallocations so far, to run `check_invariants` now and then in debug builds.
     #[cfg(debug_assertions)]
     debug_ops: usize,
@@ -114,7 +121,7 @@ impl PageHeap {
             reserve_pages: usize::MAX,
             adaptive_pages: 0,
             last_reuse_ms: 0,
-            decay_ms: u64::MAX,
+            window_ms: ADAPTIVE_WINDOW_MS,
             #[cfg(debug_assertions)]
             debug_ops: 0,
         }
@@ -391,7 +398,7 @@ impl PageHeap {
             let now = os::now_millis();
             (*span).freed_at = now;
             self.merge_and_link(span);
-            if self.adaptive_pages > 0 && now.saturating_sub(self.last_reuse_ms) > self.decay_ms {
+            if self.adaptive_pages > 0 && now.saturating_sub(self.last_reuse_ms) > self.window_ms {
                 self.adaptive_pages = 0;
             }
         }
@@ -409,22 +416,21 @@ impl PageHeap {
     }
 
     /// Sets the release policy: how many free pages may stay backed (`usize::MAX` turns the
-    /// limit off) and how long pages may stay free before the decay releases them (also how
-    /// long the adaptive reserve lasts without new signs of reuse).
+    /// limit off) and the decay time, which bounds the adaptive reserve's window.
     pub fn set_policy(&mut self, reserve: Length, decay_ms: u64) {
         self.reserve_pages = reserve.0;
-        self.decay_ms = decay_ms;
+        self.window_ms = decay_ms.min(ADAPTIVE_WINDOW_MS);
     }
 
     /// A span released at `released_at` (0: never backed) is being reused for `pages` pages.
-    /// Reuse within the decay time means the program frees and reallocates in rounds: grow
+    /// Reuse within the window means the program frees and reallocates in quick rounds: grow
     /// the adaptive reserve by what was reused, so that the next round stays backed.
     fn note_reuse(&mut self, released_at: u64, pages: Length) {
         if released_at == 0 {
             return;
         }
         let now = os::now_millis();
-        if now.saturating_sub(released_at) <= self.decay_ms {
+        if now.saturating_sub(released_at) <= self.window_ms {
             self.adaptive_pages = (self.adaptive_pages + pages.0).min(MAX_ADAPTIVE_PAGES);
             self.last_reuse_ms = now;
         }

@@ -553,7 +553,7 @@ impl ThreadCache {
         unsafe {
             let n = free_list::count(head);
             if n > 0 {
-                central_free_list::flush(class, 0, head, n);
+                central_free_list::flush(class, 0, head, n, usize::MAX);
             }
         }
     }
@@ -648,8 +648,9 @@ impl ThreadCache {
             // SAFETY: the list holds at least `n >= chunk` objects (callers pass at most
             // `len`); they are dead objects of `class`.
             unsafe {
-                let objects = free_list::split_front(&mut self.hot[i].head, chunk);
-                central_free_list::flush(class, self.shard, objects, chunk);
+                let (objects, spread) =
+                    free_list::split_front_with_spread(&mut self.hot[i].head, chunk);
+                central_free_list::flush(class, self.shard, objects, chunk, spread);
             }
             self.hot[i].room += chunk as i32;
             n -= chunk;

@@ -1,6 +1,6 @@
-//! `chart.png`: each program's median time under each allocator, relative to glibc (1.0),
-//! as grouped bars on a logarithmic axis. Text is drawn with DejaVu Sans, read from Debian's
-//! `fonts-dejavu-core` package.
+//! The charts: `chart.png`, each program's median time under each allocator relative to glibc
+//! (1.0) as grouped bars on a logarithmic axis; `memory.png`, resident memory over time. Text
+//! is drawn with DejaVu Sans, read from Debian's `fonts-dejavu-core` package.
 
 use crate::report::Results;
 use plotters::prelude::*;
@@ -91,6 +91,54 @@ pub fn draw(results: &Results, path: &Path) -> Result<(), String> {
         .border_style(BLACK)
         .label_font(("sans-serif", 15))
         .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
+/// `memory.png`: resident memory over time, one line per allocator.
+pub fn draw_timelines(timelines: &[crate::report::Timeline], path: &Path) -> Result<(), String> {
+    load_font()?;
+    let colors = [
+        RGBColor(200, 40, 40),
+        RGBColor(90, 90, 90),
+        RGBColor(40, 110, 200),
+        RGBColor(230, 150, 30),
+    ];
+    let t_max = timelines.iter().flat_map(|(_, s)| s.iter().map(|p| p.0)).fold(1.0, f64::max);
+    let m_max = timelines.iter().flat_map(|(_, s)| s.iter().map(|p| p.1)).fold(1.0, f64::max);
+    let root = BitMapBackend::new(path, (1000, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("resident memory through phases of growth and shrinkage", ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d(0f64..t_max * 1.02, 0f64..m_max * 1.1)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("resident MiB")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (k, (a, samples)) in timelines.iter().enumerate() {
+        let color = colors[k % colors.len()];
+        chart
+            .draw_series(LineSeries::new(samples.iter().map(|s| (s.0, s.1)), color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(*a)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .position(SeriesLabelPosition::UpperRight)
         .draw()
         .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())

@@ -7,8 +7,11 @@
 //! - the `tcalloc-bench` binary runs every program under every allocator in its own process,
 //!   interleaved, and reports time and peak RSS (`cargo run --release -p tcalloc-bench`);
 //! - `benches/alloc.rs`: the same workloads as criterion benchmarks, the four allocators side
-//!   by side in one process (`cargo bench -p tcalloc-bench --bench alloc`).
+//!   by side in one process (`cargo bench -p tcalloc-bench --bench alloc`);
+//! - [`memory`]: resident memory over time through phases of growth and shrinkage, and the
+//!   fragmentation case (`cargo run --release -p tcalloc-bench -- memory`).
 
+pub mod memory;
 pub mod programs;
 pub mod workloads;
 

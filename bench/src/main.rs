@@ -9,13 +9,15 @@
 //! the output directory.
 //!
 //! `tcalloc-bench instructions` counts instructions per 64-byte alloc+free pair under
-//! valgrind's callgrind instead.
+//! valgrind's callgrind instead; `tcalloc-bench memory` records resident memory over time and
+//! the fragmentation case.
 //!
 //! ```text
 //! cargo run --release -p tcalloc-bench                  # quick: 3 runs each, about two minutes
 //! cargo run --release -p tcalloc-bench -- --full        # 7 runs each
 //! cargo run --release -p tcalloc-bench -- --only pairs  # programs whose name contains "pairs"
 //! cargo run --release -p tcalloc-bench -- instructions
+//! cargo run --release -p tcalloc-bench -- memory
 //! ```
 
 mod chart;
@@ -51,6 +53,9 @@ struct Args {
 enum Cmd {
     /// Instructions per 64-byte alloc+free pair, counted by valgrind's callgrind.
     Instructions,
+    /// Resident memory over time through phases of growth and shrinkage (memory.png), and the
+    /// fragmentation case (memory.md).
+    Memory,
 }
 
 /// One measured run.
@@ -79,6 +84,7 @@ fn main() {
     std::fs::create_dir_all(&args.out).expect("create the output directory");
     match args.command {
         Some(Cmd::Instructions) => instructions(&dir, &args.out),
+        Some(Cmd::Memory) => memory(&dir, &args.out),
         None => compare(&dir, &args),
     }
 }
@@ -178,4 +184,54 @@ fn instructions(dir: &Path, out: &Path) {
     let text = report::instructions_markdown(&rows);
     println!("{text}");
     std::fs::write(out.join("instructions.md"), text).expect("write instructions.md");
+}
+
+/// Runs a worker with arguments and returns its standard output.
+fn worker_output(worker: &Path, args: &[&str]) -> String {
+    let out = Command::new(worker).args(args).output().expect("run a worker");
+    assert!(out.status.success(), "{} {args:?} failed", worker.display());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The memory comparison: timelines of `memory-phases` and the fragmentation case.
+fn memory(dir: &Path, out: &Path) {
+    let mut timelines = Vec::new();
+    for a in ALLOCATORS {
+        eprintln!("memory-phases under {a}");
+        let text = worker_output(&worker_path(dir, a), &["memory-phases"]);
+        let samples: Vec<(f64, f64, usize)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(',');
+                let t = f.next()?.parse::<f64>().ok()?;
+                let rss = f.next()?.parse::<f64>().ok()?;
+                let phase = f.next()?.parse::<usize>().ok()?;
+                Some((t / 1000.0, rss / 1024.0, phase))
+            })
+            .collect();
+        timelines.push((a, samples));
+    }
+    let mut fragmentation = Vec::new();
+    for size in [48usize, 128] {
+        for a in ALLOCATORS {
+            eprintln!("fragmentation {size} under {a}");
+            let text = worker_output(&worker_path(dir, a), &["fragmentation", &size.to_string()]);
+            let steps: Vec<(String, f64)> = text
+                .lines()
+                .filter_map(|l| {
+                    let mut f = l.strip_prefix("result,")?.rsplitn(2, ',');
+                    let rss = f.next()?.parse::<f64>().ok()? / 1024.0;
+                    Some((f.next()?.to_string(), rss))
+                })
+                .collect();
+            fragmentation.push((size, a, steps));
+        }
+    }
+    let text = report::memory_markdown(&timelines, &fragmentation);
+    println!("{text}");
+    std::fs::write(out.join("memory.md"), text).expect("write memory.md");
+    match chart::draw_timelines(&timelines, &out.join("memory.png")) {
+        Ok(()) => eprintln!("wrote {}/{{memory.md,memory.png}}", out.display()),
+        Err(e) => eprintln!("chart not drawn: {e}"),
+    }
 }

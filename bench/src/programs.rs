@@ -2,7 +2,8 @@
 //! process by a worker binary whose `#[global_allocator]` is the allocator under test.
 //!
 //! A worker is called as `worker_<allocator> <program>`; it runs the program and prints a
-//! checksum (so that nothing can be optimised away). `worker_<allocator> fastpath <n>` runs
+//! checksum (so that nothing can be optimised away). `memory-phases` and `fragmentation <size>`
+//! run the memory workloads of `crate::memory`. `worker_<allocator> fastpath <n>` runs
 //! `n` 64-byte alloc+free pairs, for the instruction count under callgrind; `fastpath-empty
 //! <n>` runs the same loop without allocating, to subtract the loop's own instructions.
 
@@ -102,6 +103,8 @@ pub fn worker_main<A: GlobalAlloc + Sync>(a: &'static A) {
     let name = args.get(1).map(String::as_str).unwrap_or("");
     let count = || args.get(2).and_then(|n| n.parse::<usize>().ok()).unwrap_or(1_000_000);
     let sum = match name {
+        "memory-phases" => crate::memory::phases(),
+        "fragmentation" => crate::memory::fragmentation(count()),
         "fastpath" => fastpath(a, count(), true),
         "fastpath-empty" => fastpath(a, count(), false),
         _ => match run(a, name, 1) {

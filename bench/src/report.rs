@@ -251,6 +251,56 @@ pub fn instructions_markdown(rows: &[(&str, f64, f64)]) -> String {
     out
 }
 
+/// A timeline: (seconds, resident MiB, phase) samples of one allocator.
+pub type Timeline = (&'static str, Vec<(f64, f64, usize)>);
+
+/// The fragmentation case of one allocator: (second size, allocator, (step, resident MiB)).
+pub type Fragmentation = (usize, &'static str, Vec<(String, f64)>);
+
+/// `memory.md`: resident memory at the end of each phase, and the fragmentation case.
+pub fn memory_markdown(timelines: &[Timeline], fragmentation: &[Fragmentation]) -> String {
+    let mut out = String::from(
+        "Resident memory (MiB) of `memory-phases` at the end of each phase (sampled every 20 \
+         ms; phases: 1 grow to 256 MiB of small blocks, 2 shrink to 32 MiB, 3 grow to 512 MiB, \
+         4 free everything and idle 1.5 s, 5 grow to 128 MiB, 6 free everything and idle \
+         1.5 s):\n\n| allocator | peak | end of 1 | 2 | 3 | 4 | 5 | 6 |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for (a, samples) in timelines {
+        let peak = samples.iter().map(|s| s.1).fold(0.0, f64::max);
+        let _ = write!(out, "| {a} | {peak:.0} |");
+        for phase in 1..=6 {
+            let last = samples.iter().rfind(|s| s.2 == phase).map(|s| s.1);
+            let _ = write!(out, " {} |", last.map(|v| format!("{v:.0}")).unwrap_or_default());
+        }
+        out.push('\n');
+    }
+    out.push_str(
+        "\nFragmentation: 512 MiB of 64-byte objects, 90% freed at random, then 256 MiB of \
+         objects of another size. Resident MiB after each step:\n\n\
+         | second size | allocator | filled | freed 90% | after second size | vs mimalloc |\n\
+         | ---: | --- | ---: | ---: | ---: | ---: |\n",
+    );
+    for (size, a, steps) in fragmentation {
+        let last = steps.last().map(|s| s.1).unwrap_or(f64::NAN);
+        let mi = fragmentation
+            .iter()
+            .find(|(s, b, _)| s == size && *b == "mimalloc")
+            .and_then(|(_, _, st)| st.last().map(|s| s.1))
+            .unwrap_or(f64::NAN);
+        let cell = |i: usize| steps.get(i).map(|s| format!("{:.0}", s.1)).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "| {size} | {a} | {} | {} | {} | {:.2} |",
+            cell(0),
+            cell(1),
+            cell(2),
+            last / mi
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
