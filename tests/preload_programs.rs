@@ -1,0 +1,279 @@
+//! Real programs under `LD_PRELOAD=libtcalloc.so` produce the same output and exit status as
+//! without it: Python running part of its own regression suite, sqlite3 on 300 000 rows, git
+//! on a repository of 3 000 files, perl, gcc compiling and running a program, and sort.
+//!
+//! A program that is not installed is skipped with a message (`.ci/run` installs them all).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The preloadable library, built once per test binary in its own target directory.
+fn library() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("override");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--lib", "--features", "override", "--target-dir"])
+            .arg(&target)
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "building libtcalloc.so with --features override failed");
+        target.join("debug/libtcalloc.so")
+    })
+}
+
+fn available(program: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        eprintln!("SKIPPED: {program} is not installed");
+    }
+    found
+}
+
+/// A fresh scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("preload").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `build()` twice, with and without the library preloaded.
+fn both(build: impl Fn() -> Command) -> (Output, Output) {
+    let plain = build().output().expect("run the program");
+    let preloaded = build().env("LD_PRELOAD", library()).output().expect("run the program");
+    (plain, preloaded)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts the two runs agree on status and standard output.
+fn assert_same(what: &str, plain: &Output, preloaded: &Output) {
+    assert_eq!(
+        plain.status.code(),
+        preloaded.status.code(),
+        "{what}: exit status differs\nstderr with tcalloc:\n{}",
+        text(&preloaded.stderr)
+    );
+    assert_eq!(text(&plain.stdout), text(&preloaded.stdout), "{what}: output differs");
+    assert!(!text(&preloaded.stderr).contains("tcalloc:"), "{}", text(&preloaded.stderr));
+}
+
+#[test]
+fn python_regression_tests() {
+    // A Python whose regression suite is installed (pyenv's, or Debian's with the
+    // libpython3-testsuite package).
+    let candidates = ["python3", "/usr/bin/python3", "/usr/local/bin/python3"];
+    let python = candidates.iter().find(|p| {
+        Command::new(p)
+            .args(["-c", "import test.test_dict, test.libregrtest"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    });
+    let Some(python) = python else {
+        eprintln!("SKIPPED: no python3 with its regression test suite");
+        return;
+    };
+    let tests = [
+        "test_dict",
+        "test_list",
+        "test_set",
+        "test_json",
+        "test_re",
+        "test_unicode",
+        "test_collections",
+        "test_heapq",
+        "test_bisect",
+        "test_string",
+        "test_bytes",
+        "test_itertools",
+        "test_functools",
+        "test_weakref",
+        "test_gc",
+        "test_pickle",
+        "test_deque",
+        "test_array",
+        "test_queue",
+        "test_memoryview",
+    ];
+    let (plain, preloaded) = both(|| {
+        let mut c = Command::new(python);
+        c.args(["-m", "test", "-j2"]).args(tests);
+        c
+    });
+    let summary = |o: &Output| -> Vec<String> {
+        text(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with("Total tests:") || l.starts_with("Result:"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(plain.status.code(), preloaded.status.code(), "{}", text(&preloaded.stdout));
+    assert_eq!(summary(&plain), summary(&preloaded), "{}", text(&preloaded.stdout));
+    assert!(!summary(&preloaded).is_empty(), "no summary in {}", text(&preloaded.stdout));
+    assert!(text(&preloaded.stdout).contains("Result: SUCCESS"), "{}", text(&preloaded.stdout));
+}
+
+#[test]
+fn sqlite_on_300k_rows() {
+    if !available("sqlite3") {
+        return;
+    }
+    let dir = scratch("sqlite");
+    let script = "
+        CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, grp INTEGER, value REAL);
+        WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300000)
+            INSERT INTO t SELECT x, printf('name-%08d-%s', x, hex(x * 7919)),
+                x % 97, x * 0.5 FROM c;
+        CREATE INDEX t_grp ON t(grp, value);
+        CREATE INDEX t_name ON t(name);
+        SELECT count(*), sum(value), max(length(name)) FROM t;
+        SELECT grp, count(*), round(avg(value), 2) FROM t GROUP BY grp ORDER BY grp LIMIT 10;
+        SELECT name FROM t WHERE name > 'name-00150000' ORDER BY name LIMIT 3;
+        UPDATE t SET name = upper(name) WHERE id % 3 = 0;
+        DELETE FROM t WHERE id % 5 = 0;
+        SELECT count(*), count(DISTINCT grp) FROM t;
+        SELECT group_concat(id, ',') FROM (SELECT id FROM t ORDER BY value DESC LIMIT 20);
+    ";
+    let (plain, preloaded) = both(|| {
+        let db = dir.join(format!("db-{}.sqlite", std::time::Instant::now().elapsed().as_nanos()));
+        let _ = std::fs::remove_file(&db);
+        let mut c = Command::new("sqlite3");
+        c.arg(&db).arg(script);
+        c
+    });
+    assert!(plain.status.success(), "{}", text(&plain.stderr));
+    assert!(text(&plain.stdout).contains("300000|"), "{}", text(&plain.stdout));
+    assert_same("sqlite3", &plain, &preloaded);
+}
+
+#[test]
+fn git_on_3000_files() {
+    if !available("git") {
+        return;
+    }
+    let run_git = |preload: bool| -> String {
+        let dir = scratch(if preload { "git-tcalloc" } else { "git-glibc" });
+        for i in 0..3000 {
+            let sub = dir.join(format!("d{}", i % 30));
+            std::fs::create_dir_all(&sub).unwrap();
+            let body = format!("file {i}\n{}\n", "some text ".repeat(i % 50));
+            std::fs::write(sub.join(format!("f{i}.txt")), body).unwrap();
+        }
+        let script = "set -e
+            git init -q -b main .
+            git add .
+            git commit -q -m 'first'
+            for i in $(seq 0 7 2999); do echo changed >> d$((i % 30))/f$i.txt; done
+            git diff --stat | tail -1
+            git commit -qam 'second'
+            git log --format='%H %s'
+            git gc -q
+            git count-objects -v | grep -v size
+            git ls-files | wc -l
+            git grep -c 'changed' | wc -l";
+        let mut c = Command::new("sh");
+        c.current_dir(&dir).args(["-c", script]);
+        for (k, v) in [
+            ("GIT_AUTHOR_NAME", "t"),
+            ("GIT_AUTHOR_EMAIL", "t@example.com"),
+            ("GIT_COMMITTER_NAME", "t"),
+            ("GIT_COMMITTER_EMAIL", "t@example.com"),
+            ("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z"),
+            ("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z"),
+            ("GIT_CONFIG_GLOBAL", "/dev/null"),
+            ("GIT_CONFIG_NOSYSTEM", "1"),
+        ] {
+            c.env(k, v);
+        }
+        if preload {
+            c.env("LD_PRELOAD", library());
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "git failed: {}", text(&out.stderr));
+        assert!(!text(&out.stderr).contains("tcalloc:"), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let plain = run_git(false);
+    assert!(plain.contains("3000"), "{plain}");
+    assert_eq!(plain, run_git(true));
+}
+
+#[test]
+fn perl_hashes_and_strings() {
+    if !available("perl") {
+        return;
+    }
+    let script = r#"
+        my %h; my @a;
+        for my $i (1 .. 200000) { $h{"key$i"} = "v" x ($i % 40); push @a, [$i, "x$i"]; }
+        my $sum = 0; $sum += length($h{$_}) for keys %h;
+        my @sorted = sort { $b->[0] <=> $a->[0] } @a;
+        my $s = join(",", map { $_->[1] } @sorted[0 .. 9]);
+        $s =~ s/x(\d+)/<$1>/g;
+        print "$sum ", scalar(keys %h), " $s\n";
+    "#;
+    let (plain, preloaded) = both(|| {
+        let mut c = Command::new("perl");
+        c.args(["-e", script]);
+        c
+    });
+    assert!(plain.status.success());
+    assert_same("perl", &plain, &preloaded);
+}
+
+#[test]
+fn gcc_compiles_and_the_program_runs() {
+    if !available("cc") {
+        return;
+    }
+    let dir = scratch("gcc");
+    let src = dir.join("prog.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n\
+         static int cmp(const void *a, const void *b) { return strcmp(*(char **)a, *(char **)b); }\n\
+         int main(void) { enum { N = 100000 }; char **v = malloc(N * sizeof *v);\n\
+         for (int i = 0; i < N; i++) { v[i] = malloc(16); snprintf(v[i], 16, \"%d\", i * 7919 % N); }\n\
+         qsort(v, N, sizeof *v, cmp); printf(\"%s %s %s\\n\", v[0], v[N / 2], v[N - 1]);\n\
+         for (int i = 0; i < N; i++) free(v[i]); free(v); return 0; }\n",
+    )
+    .unwrap();
+    let (plain, preloaded) = both(|| {
+        let mut c = Command::new("sh");
+        c.current_dir(&dir).args(["-c", "cc -O2 -o prog prog.c && ./prog"]);
+        c
+    });
+    assert!(plain.status.success(), "{}", text(&plain.stderr));
+    assert_same("gcc and its program", &plain, &preloaded);
+}
+
+#[test]
+fn sort_a_large_file() {
+    if !available("sort") {
+        return;
+    }
+    let dir = scratch("sort");
+    let input = dir.join("input.txt");
+    let lines: String = (0..300_000u64)
+        .map(|i| format!("{:x} line {}\n", i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40, i))
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let (plain, preloaded) = both(|| {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(format!("sort -S 16M {} | md5sum", input.display()));
+        c
+    });
+    assert!(plain.status.success());
+    assert_same("sort", &plain, &preloaded);
+}
