@@ -18,9 +18,11 @@
 //! cargo run --release -p tcalloc-bench -- --only pairs  # programs whose name contains "pairs"
 //! cargo run --release -p tcalloc-bench -- instructions
 //! cargo run --release -p tcalloc-bench -- memory
+//! cargo run --release -p tcalloc-bench -- preload
 //! ```
 
 mod chart;
+mod preload;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -56,6 +58,9 @@ enum Cmd {
     /// Resident memory over time through phases of growth and shrinkage (memory.png), and the
     /// fragmentation case (memory.md).
     Memory,
+    /// Real programs (python3, sqlite3, gcc, git, perl, sort) with each allocator preloaded
+    /// (preload.md).
+    Preload,
 }
 
 /// One measured run.
@@ -85,6 +90,7 @@ fn main() {
     match args.command {
         Some(Cmd::Instructions) => instructions(&dir, &args.out),
         Some(Cmd::Memory) => memory(&dir, &args.out),
+        Some(Cmd::Preload) => preload_comparison(&args),
         None => compare(&dir, &args),
     }
 }
@@ -234,4 +240,73 @@ fn memory(dir: &Path, out: &Path) {
         Ok(()) => eprintln!("wrote {}/{{memory.md,memory.png}}", out.display()),
         Err(e) => eprintln!("chart not drawn: {e}"),
     }
+}
+
+/// The preload comparison of real programs.
+fn preload_comparison(args: &Args) {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let tcalloc = preload::build_tcalloc(&workspace);
+    let allocators = preload::allocators(tcalloc);
+    let dir = workspace.join("target/preload-jobs");
+    let jobs = preload::jobs(&dir, &workspace);
+    let reps = args.reps.unwrap_or(if args.full { 5 } else { 3 }).max(1);
+    let mut samples: Vec<Vec<Vec<(f64, u64)>>> =
+        vec![vec![Vec::new(); allocators.len()]; jobs.len()];
+    for (j, job) in jobs.iter().enumerate() {
+        eprint!("{:<8}", job.name);
+        for rep in 0..reps {
+            for k in 0..allocators.len() {
+                let a = (k + rep) % allocators.len();
+                samples[j][a].push(preload::run(job, &allocators[a], &dir));
+            }
+            eprint!(".");
+        }
+        eprintln!();
+    }
+    let median = |v: &[(f64, u64)]| -> (f64, u64) {
+        let mut t: Vec<f64> = v.iter().map(|s| s.0).collect();
+        let mut m: Vec<u64> = v.iter().map(|s| s.1).collect();
+        t.sort_by(f64::total_cmp);
+        m.sort_unstable();
+        (t[t.len() / 2], m[m.len() / 2])
+    };
+    let mut out = format!(
+        "Real programs with each allocator preloaded (glibc: none), median of {reps} runs, \
+         interleaved. Time in seconds (ratio to glibc), peak RSS in MiB (ratio to glibc).\n\n| program |"
+    );
+    for a in &allocators {
+        out.push_str(&format!(" {} time | {} RSS |", a.name, a.name));
+    }
+    out.push_str("\n| --- |");
+    for _ in &allocators {
+        out.push_str(" ---: | ---: |");
+    }
+    out.push('\n');
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); allocators.len()];
+    for (j, job) in jobs.iter().enumerate() {
+        let (base_t, base_m) = median(&samples[j][0]);
+        out.push_str(&format!("| {} |", job.name));
+        for (a, _) in allocators.iter().enumerate() {
+            let (t, m) = median(&samples[j][a]);
+            ratios[a].push(t / base_t);
+            out.push_str(&format!(
+                " {t:.2} ({:.2}) | {:.0} ({:.2}) |",
+                t / base_t,
+                m as f64 / 1024.0,
+                m as f64 / base_m as f64
+            ));
+        }
+        out.push('\n');
+    }
+    out.push_str("| geometric mean of time ratios |");
+    for r in &ratios {
+        let g = (r.iter().map(|x| x.ln()).sum::<f64>() / r.len() as f64).exp();
+        out.push_str(&format!(" {g:.2} | |"));
+    }
+    out.push_str("\n\nThe programs:\n\n");
+    for job in &jobs {
+        out.push_str(&format!("- `{}`: {}\n", job.name, job.what));
+    }
+    println!("{out}");
+    std::fs::write(args.out.join("preload.md"), out).expect("write preload.md");
 }
