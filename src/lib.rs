@@ -18,6 +18,7 @@
 //!
 //! ```text
 //! global.rs  ffi.rs   TcAlloc: GlobalAlloc; the C malloc family      entry points
+//! pool/                per-connection memory pools (Rust and the C mp_* API), on TcAlloc
 //! stats.rs             snapshot of every layer (reads them all)
 //! router.rs            size & alignment -> class / page run / large; C free validation
 //! thread_cache.rs      per-thread free list per class, no locks on the fast path
@@ -55,6 +56,7 @@ mod metadata;
 mod os;
 mod page_heap;
 mod page_map;
+pub mod pool;
 mod release;
 mod router;
 mod size_class;
@@ -65,6 +67,7 @@ mod thread_cache;
 mod transfer_cache;
 
 pub use global::TcAlloc;
+pub use pool::{AllocError, Pool, PoolStats};
 pub use stats::{stats, ClassStats, Stats};
 
 /// Checks the invariants of the allocator's shared structures and of the calling thread's

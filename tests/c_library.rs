@@ -1,6 +1,7 @@
-//! The preloadable C library: builds `libtcalloc.so` with the `override` feature (in its own
-//! target directory, so that the nested cargo does not wait for the lock of the one running
-//! this test), compiles the C programs in `tests/c/` and runs them with `LD_PRELOAD`.
+//! The C library: builds `libtcalloc.so` with the `override` feature (in its own target
+//! directory, so that the nested cargo does not wait for the lock of the one running this
+//! test), compiles the C programs in `tests/c/` and runs them with `LD_PRELOAD`, or linked
+//! against the library for the memory-pool API.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -25,19 +26,26 @@ fn library() -> &'static Path {
     })
 }
 
-/// Compiles `tests/c/<name>.c` into the temporary directory.
-fn compile(name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c").join(format!("{name}.c"));
+/// Compiles `tests/c/<name>.c` into the temporary directory, with `extra` arguments.
+fn compile_with(name: &str, extra: &[String]) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("tests/c").join(format!("{name}.c"));
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let status = Command::new("cc")
         .args(["-O2", "-pthread", "-Wno-alloc-size-larger-than", "-o"])
         .arg(&out)
         .arg(&src)
+        .arg(format!("-I{}", root.join("include").display()))
+        .args(extra)
         .arg("-ldl")
         .status()
         .expect("run cc (install gcc)");
     assert!(status.success(), "compiling {} failed", src.display());
     out
+}
+
+fn compile(name: &str) -> PathBuf {
+    compile_with(name, &[])
 }
 
 fn run(program: &Path, args: &[&str], preload: bool) -> Output {
@@ -143,4 +151,18 @@ fn the_header_declares_every_exported_tcalloc_symbol() {
             assert!(header.contains(&format!("{symbol}(")), "{symbol} is not in tcalloc.h");
         }
     }
+}
+
+#[test]
+fn memory_pool_c_api() {
+    let dir = library().parent().unwrap().display().to_string();
+    let program = compile_with(
+        "pool_test",
+        &[format!("-L{dir}"), "-ltcalloc".into(), format!("-Wl,-rpath,{dir}")],
+    );
+    let out = run(&program, &[], false);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "pool_test failed:\n{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("0 failure(s)") && !stdout.contains("FAIL"), "{stdout}");
+    assert!(stdout.contains("none overlapping"), "{stdout}");
 }
