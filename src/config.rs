@@ -37,11 +37,15 @@ pub const HEAP_GROWTH_BYTES: usize = 4 << 20;
 /// Most objects one thread-cache list may hold.
 pub const MAX_LIST_LENGTH: u32 = 32768;
 
+/// Most bytes one thread-cache list may hold (but always at least a batch): big objects are
+/// few, and a cache of them pins a lot of memory.
+pub const MAX_LIST_BYTES: usize = 2 << 20;
+
 /// A list whose length overruns its limit this many times shrinks by a batch.
 pub const MAX_LIST_OVERAGES: u32 = 3;
 
 /// Default byte budget of one thread's cache.
-pub const THREAD_CACHE_BYTES: usize = 16 << 20;
+pub const THREAD_CACHE_BYTES: usize = 8 << 20;
 
 /// Smallest budget a thread's cache is cut down to when many threads share the total.
 pub const MIN_THREAD_CACHE_BYTES: usize = 512 << 10;
@@ -51,7 +55,7 @@ pub const TOTAL_THREAD_CACHE_BYTES: usize = 64 << 20;
 
 /// All transfer caches together (whole batches waiting in the central lists) hold at most this
 /// many bytes.
-pub const TRANSFER_CACHE_TOTAL_BYTES: usize = 32 << 20;
+pub const TRANSFER_CACHE_TOTAL_BYTES: usize = 16 << 20;
 
 /// Most transfer-cache shards per class (one per CPU, up to this).
 pub const MAX_SHARDS: usize = 8;

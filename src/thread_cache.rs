@@ -9,7 +9,8 @@
 //!
 //! Limits, as in tcmalloc:
 //! - **slow start**: a list's `max_len` starts at 0 and grows by one per miss up to the class's
-//!   batch size, then by a batch at a time up to [`MAX_LIST_LENGTH`];
+//!   batch size, then by a batch at a time up to [`MAX_LIST_LENGTH`] objects and
+//!   [`MAX_LIST_BYTES`] bytes (but at least a batch);
 //! - **overages**: a list that keeps overflowing at a `max_len` above the batch size shrinks by
 //!   a batch after [`MAX_LIST_OVERAGES`] overflows;
 //! - **budget**: `Σ max_len × size` over a thread's lists stays within its budget, a share of
@@ -38,8 +39,8 @@
 
 use crate::central_free_list;
 use crate::config::{
-    C_MALLOC_ALIGN, MAX_LIST_LENGTH, MAX_LIST_OVERAGES, MIN_ALIGN, MIN_THREAD_CACHE_BYTES,
-    THREAD_CACHE_BYTES, TOTAL_THREAD_CACHE_BYTES,
+    C_MALLOC_ALIGN, MAX_LIST_BYTES, MAX_LIST_LENGTH, MAX_LIST_OVERAGES, MIN_ALIGN,
+    MIN_THREAD_CACHE_BYTES, THREAD_CACHE_BYTES, TOTAL_THREAD_CACHE_BYTES,
 };
 use crate::diag::{invariant, invariant_eq};
 use crate::free_list::{self, FreeObject};
@@ -91,7 +92,8 @@ enum State {
 ///
 /// Invariants (checked by [`ThreadCache::check_invariants`], for an `Active` cache):
 /// - `len(c) = count(hot[c].head)` and `hot[c].room == limits[c].max_len - len(c) >= 0`;
-/// - `limits[c].max_len <= MAX_LIST_LENGTH`;
+/// - `limits[c].max_len <= list_limit(c)` (at most `MAX_LIST_LENGTH` objects and
+///   `MAX_LIST_BYTES` bytes, or a batch);
 /// - `capacity == Σ_c limits[c].max_len × size(c)` and `capacity <= budget` except that a
 ///   list never shrinks below its batch size to meet the budget;
 /// - the cache is on the registry iff `state == Active`.
@@ -401,6 +403,13 @@ fn dealloc_slow(class_index: usize) {
     }
 }
 
+/// The most objects the list of `class` may hold: [`MAX_LIST_LENGTH`], and at most
+/// [`MAX_LIST_BYTES`] of them, but never fewer than a batch.
+fn list_limit(class: SizeClass) -> u32 {
+    let by_bytes = (MAX_LIST_BYTES / class.size()).max(class.batch());
+    (by_bytes as u32).min(MAX_LIST_LENGTH)
+}
+
 /// The registry of active caches, for statistics and the thread count.
 struct Registry {
     head: *mut ThreadCache,
@@ -661,6 +670,7 @@ impl ThreadCache {
     /// (by halving the other lists first if needed). Returns whether it was set.
     fn try_set_max_len(&mut self, class: SizeClass, new: u32) -> bool {
         let i = class.index();
+        let new = new.min(list_limit(class));
         let old = self.limits[i].max_len;
         if new > old {
             let extra = (new - old) as usize * class.size();
@@ -803,7 +813,11 @@ impl ThreadCache {
                 limits.max_len,
                 self.hot[i].room
             );
-            invariant!(limits.max_len <= MAX_LIST_LENGTH, "limits.max_len <= MAX_LIST_LENGTH");
+            invariant!(
+                limits.max_len <= list_limit(class),
+                "class {i}: max_len {}",
+                limits.max_len
+            );
             invariant_eq!(self.active >> i & 1 == 1, limits.max_len > 0, "active bit of class {i}");
             capacity += limits.max_len as usize * class.size();
         }
