@@ -135,7 +135,7 @@ pub fn check_class(class: SizeClass, mut f: impl FnMut(*mut FreeObject)) {
 }
 
 /// A refill takes from another shard only if that shard holds more batches than this.
-pub const STEAL_MIN: usize = 64;
+pub const STEAL_MIN: usize = 8;
 
 /// Batch heads per chunk.
 pub const SLOTS_PER_CHUNK: usize = (BLOCK_BYTES - 2 * size_of::<usize>()) / size_of::<usize>();
