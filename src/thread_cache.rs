@@ -15,7 +15,7 @@
 //!   a batch after [`MAX_LIST_OVERAGES`] overflows;
 //! - **budget**: `Σ max_len × size` over a thread's lists stays within its budget, a share of
 //!   the total cap for all threads ([`TOTAL_THREAD_CACHE_BYTES`]); a list that wants to grow
-//!   past it first halves the other lists;
+//!   past it first shrinks the other lists, a quarter at a time, in turn;
 //! - **idle lists shrink**: every [`SCAVENGE_INTERVAL`] slow-path events, each list that had no
 //!   slow-path event since the last scavenge gives back half its objects and limit;
 //! - **total cap**: the caches publish their sizes (at slow-path events) to a process-wide
@@ -113,6 +113,8 @@ pub struct ThreadCache {
     trim_seen: u64,
     /// Bit `c` is set iff class `c`'s list has a non-zero limit.
     active: u128,
+    /// Where `make_room` starts shrinking next.
+    room_cursor: u32,
     /// Registry links.
     next: *mut ThreadCache,
     prev: *mut ThreadCache,
@@ -456,6 +458,7 @@ impl ThreadCache {
             shard: 0,
             trim_seen: 0,
             active: 0,
+            room_cursor: 0,
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
             published_bytes: AtomicUsize::new(0),
@@ -667,7 +670,7 @@ impl ThreadCache {
     }
 
     /// Raises or lowers `max_len` of `class` to `new`, keeping `capacity` within the budget
-    /// (by halving the other lists first if needed). Returns whether it was set.
+    /// (by shrinking other lists first if needed). Returns whether it was set.
     fn try_set_max_len(&mut self, class: SizeClass, new: u32) -> bool {
         let i = class.index();
         let new = new.min(list_limit(class));
@@ -675,7 +678,7 @@ impl ThreadCache {
         if new > old {
             let extra = (new - old) as usize * class.size();
             if self.capacity + extra > self.budget {
-                self.shrink_all_except(class);
+                self.make_room(class, self.capacity + extra - self.budget);
                 if self.capacity + extra > self.budget {
                     return false;
                 }
@@ -717,13 +720,27 @@ impl ThreadCache {
         })
     }
 
-    /// Halves every list but `keep` (limit and contents), to make room in the budget.
+    /// Frees at least `needed` bytes of the budget for `keep` by shrinking the other lists,
+    /// a quarter of each (at least a batch) in turn, starting where the last call stopped so
+    /// that the cost is spread over the lists.
     #[cold]
-    fn shrink_all_except(&mut self, keep: SizeClass) {
-        for class in self.active_classes() {
-            if class != keep && self.limits[class.index()].max_len > 0 {
-                self.set_max_len_and_trim(class, self.limits[class.index()].max_len / 2);
+    fn make_room(&mut self, keep: SizeClass, needed: usize) {
+        let mut freed = 0;
+        let mask = self.active & !(1 << keep.index());
+        // Rotate the starting point: classes from the cursor up first, then the rest.
+        let above = mask & (u128::MAX << self.room_cursor.min(127));
+        let order = [above, mask & !above];
+        for mut part in order {
+            while part != 0 && freed < needed {
+                let i = part.trailing_zeros() as usize;
+                part &= part - 1;
+                let Some(class) = SizeClass::new(i) else { continue };
+                let old = self.limits[i].max_len;
+                let cut = (old / 4).max(class.batch() as u32).min(old);
+                self.set_max_len_and_trim(class, old - cut);
                 self.publish(class);
+                freed += cut as usize * class.size();
+                self.room_cursor = i as u32 + 1;
             }
         }
     }
