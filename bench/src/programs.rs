@@ -52,6 +52,8 @@ programs! {
     "larson-1t", Small, "random replacement in a live set of 2 000 small blocks, 1 thread";
     "larson-2t", Threads, "random replacement in a live set of 2 000 small blocks, 2 threads";
     "std-collections", Small, "HashMap of words, BTreeMap index, sorting strings, nested Vecs";
+    "binary-trees", Small, "binary trees of boxed nodes, depth 4 to 20 (the classic benchmark)";
+    "json-tree", Small, "nested maps, arrays and strings built, serialised and dropped";
     "pairs-4k", Large, "alloc+free pairs of 4 KiB";
     "pairs-32k", Large, "alloc+free pairs of 32 KiB";
     "pairs-256k", Large, "alloc+free pairs of 256 KiB";
@@ -85,6 +87,8 @@ pub fn run<A: GlobalAlloc + Sync>(a: &'static A, name: &str, divisor: usize) -> 
         "larson-1t" => workloads::larson(a, 1, 2_000, n(10_000_000)),
         "larson-2t" => workloads::larson(a, 2, 2_000, n(10_000_000)),
         "std-collections" => workloads::std_collections(n(8)),
+        "binary-trees" => workloads::binary_trees(if divisor > 1 { 8 } else { 18 }),
+        "json-tree" => workloads::json_tree(n(25)),
         "producer-consumer" => workloads::producer_consumer(a, n(10_000_000)),
         "churn-1t" => workloads::churn(a, 1, n(30_000_000)),
         "churn-2t" => workloads::churn(a, 2, n(30_000_000)),

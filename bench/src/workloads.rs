@@ -260,6 +260,98 @@ pub fn std_collections(scale: usize) -> usize {
     sum
 }
 
+/// Binary trees (the classic allocator benchmark): build and walk trees of boxed nodes of
+/// depth 4..=`max_depth`, many small trees and a few large ones, on the global allocator.
+pub fn binary_trees(max_depth: u32) -> usize {
+    struct Node {
+        left: Option<Box<Node>>,
+        right: Option<Box<Node>>,
+    }
+    fn make(depth: u32) -> Box<Node> {
+        if depth == 0 {
+            Box::new(Node { left: None, right: None })
+        } else {
+            Box::new(Node { left: Some(make(depth - 1)), right: Some(make(depth - 1)) })
+        }
+    }
+    fn check(n: &Node) -> usize {
+        1 + n.left.as_deref().map_or(0, check) + n.right.as_deref().map_or(0, check)
+    }
+    let long_lived = make(max_depth);
+    let mut sum = 0;
+    let mut depth = 4;
+    while depth <= max_depth {
+        let iterations = 1 << (max_depth - depth + 4);
+        for _ in 0..iterations {
+            sum += check(&make(depth));
+        }
+        depth += 2;
+    }
+    sum + check(black_box(&long_lived))
+}
+
+/// A JSON-like document tree: build nested maps, arrays and strings, serialise it to text,
+/// walk it, drop it; on the global allocator.
+pub fn json_tree(rounds: usize) -> usize {
+    use std::collections::BTreeMap;
+    enum Value {
+        Num(f64),
+        Str(String),
+        List(Vec<Value>),
+        Map(BTreeMap<String, Value>),
+    }
+    fn build(i: usize, depth: u32) -> Value {
+        if depth == 0 {
+            return if i % 2 == 0 {
+                Value::Num(i as f64 * 0.5)
+            } else {
+                Value::Str(format!("s{i}"))
+            };
+        }
+        if i % 3 == 0 {
+            Value::List((0..6).map(|k| build(i * 7 + k, depth - 1)).collect())
+        } else {
+            Value::Map((0..5).map(|k| (format!("key{k}"), build(i * 5 + k, depth - 1))).collect())
+        }
+    }
+    fn write(v: &Value, out: &mut String) {
+        match v {
+            Value::Num(n) => out.push_str(&n.to_string()),
+            Value::Str(s) => {
+                out.push('"');
+                out.push_str(s);
+                out.push('"');
+            }
+            Value::List(items) => {
+                out.push('[');
+                for item in items {
+                    write(item, out);
+                    out.push(',');
+                }
+                out.push(']');
+            }
+            Value::Map(map) => {
+                out.push('{');
+                for (k, item) in map {
+                    out.push_str(k);
+                    out.push(':');
+                    write(item, out);
+                    out.push(',');
+                }
+                out.push('}');
+            }
+        }
+    }
+    let mut sum = 0;
+    for round in 0..rounds {
+        let doc = build(round, 7);
+        let mut text = String::new();
+        write(&doc, &mut text);
+        sum += text.len();
+    }
+    sum
+}
+
 /// Runs `f(thread index)` on `threads` threads and sums the results.
 fn run_threads(threads: usize, f: impl Fn(usize) -> usize + Send + Sync + 'static) -> usize {
     let f = Arc::new(f);
@@ -297,5 +389,7 @@ mod tests {
         assert!(realloc_growth(&SYSTEM, Growth::Doubling, 1) > 0);
         assert!(realloc_growth(&SYSTEM, Growth::Steps, 1) > 0);
         assert!(std_collections(1) > 0);
+        assert_eq!(binary_trees(6), (1 << 7) - 1 + (1 << 6) * 31 + (1 << 4) * 127);
+        assert!(json_tree(1) > 0);
     }
 }

@@ -29,7 +29,7 @@
 //!    Small classes get one 8 KiB page; mid-sized ones a few pages, so that one span serves
 //!    several requests.
 //! 5. The batch — how many objects move between a thread cache and the central free list at
-//!    once — is `64 KiB / size`, clamped to `[2, 32]`.
+//!    once — is `64 KiB / size`, clamped to `[2, 64]`.
 
 use std::fmt::Write as _;
 
@@ -55,7 +55,7 @@ pub const MIN_SPAN_BYTES: usize = 64 * 1024;
 pub const BATCH_TARGET_BYTES: usize = 64 * 1024;
 /// Bounds of the batch size.
 pub const MIN_BATCH: usize = 2;
-pub const MAX_BATCH: usize = 32;
+pub const MAX_BATCH: usize = 64;
 /// Upper bound on rounding and tail waste, as a fraction `1 / WASTE_DENOMINATOR`.
 pub const WASTE_DENOMINATOR: usize = 8;
 

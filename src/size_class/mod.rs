@@ -249,7 +249,7 @@ mod tests {
             assert_eq!(info.objects as usize, span / size);
             let tail = span - info.objects as usize * size;
             assert!(tail * 8 <= span, "class {size}: tail {tail} of {span}");
-            assert!(info.batch >= 2 && info.batch <= 32);
+            assert!(info.batch >= 2 && info.batch <= 64);
         }
     }
 
