@@ -302,13 +302,13 @@ pub fn json_tree(rounds: usize) -> usize {
     }
     fn build(i: usize, depth: u32) -> Value {
         if depth == 0 {
-            return if i % 2 == 0 {
+            return if i.is_multiple_of(2) {
                 Value::Num(i as f64 * 0.5)
             } else {
                 Value::Str(format!("s{i}"))
             };
         }
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             Value::List((0..6).map(|k| build(i * 7 + k, depth - 1)).collect())
         } else {
             Value::Map((0..5).map(|k| (format!("key{k}"), build(i * 5 + k, depth - 1))).collect())
