@@ -24,6 +24,7 @@ fn load_font() -> Result<(), String> {
 pub fn draw(results: &Results, path: &Path) -> Result<(), String> {
     load_font()?;
     let programs = results.program_names();
+    let n = programs.len();
     let colors = [
         RGBColor(200, 40, 40),
         RGBColor(90, 90, 90),
@@ -37,31 +38,31 @@ pub fn draw(results: &Results, path: &Path) -> Result<(), String> {
         programs.iter().flat_map(|p| ALLOCATORS.iter().filter_map(move |a| ratio(p, a))).collect();
     let low = values.iter().cloned().fold(1.0f64, f64::min).max(1e-3) / 1.5;
     let high = values.iter().cloned().fold(1.0f64, f64::max) * 1.5;
-    let width = (120 + programs.len() as u32 * 70).max(800);
-    let root = BitMapBackend::new(path, (width, 620)).into_drawing_area();
+    // Horizontal bars, one group per program, so that the names read left to right.
+    let height = 110 + n as u32 * 34;
+    let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("time relative to glibc malloc (lower is faster)", ("sans-serif", 24))
+        .caption("time relative to glibc malloc (shorter is faster)", ("sans-serif", 24))
         .margin(15)
-        .x_label_area_size(130)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..programs.len() as f64, (low..high).log_scale())
+        .x_label_area_size(40)
+        .y_label_area_size(150)
+        .build_cartesian_2d((low..high).log_scale(), 0f64..n as f64)
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(programs.len() * 2 + 1)
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            if (x - i as f64 - 0.5).abs() < 1e-6 && i < programs.len() {
-                programs[i].to_string()
+        .disable_y_mesh()
+        .y_labels(n * 2 + 1)
+        .y_label_formatter(&|y| {
+            let i = y.floor() as usize;
+            if (y - i as f64 - 0.5).abs() < 1e-6 && i < n {
+                programs[n - 1 - i].to_string()
             } else {
                 String::new()
             }
         })
-        .x_label_style(("sans-serif", 13).into_font().transform(FontTransform::Rotate90))
-        .y_desc("time / glibc time")
-        .y_label_formatter(&|y| format!("{y:.2}"))
+        .x_desc("time / glibc time (log scale)")
+        .x_label_formatter(&|x| format!("{x:.2}"))
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| e.to_string())?;
@@ -70,8 +71,9 @@ pub fn draw(results: &Results, path: &Path) -> Result<(), String> {
         let color = colors[k];
         let rects = programs.iter().enumerate().filter_map(|(i, p)| {
             let v = ratio(p, a)?;
-            let x0 = i as f64 + 0.1 + k as f64 * bar;
-            Some(Rectangle::new([(x0, low), (x0 + bar * 0.9, v)], color.filled()))
+            // Top to bottom in report order, tcalloc first within a group.
+            let y1 = (n - 1 - i) as f64 + 0.9 - k as f64 * bar;
+            Some(Rectangle::new([(low, y1 - bar * 0.9), (v, y1)], color.filled()))
         });
         chart
             .draw_series(rects)
@@ -81,7 +83,7 @@ pub fn draw(results: &Results, path: &Path) -> Result<(), String> {
     }
     chart
         .draw_series(std::iter::once(PathElement::new(
-            vec![(0.0, 1.0), (programs.len() as f64, 1.0)],
+            vec![(1.0, 0.0), (1.0, n as f64)],
             BLACK.stroke_width(1),
         )))
         .map_err(|e| e.to_string())?;
@@ -90,7 +92,7 @@ pub fn draw(results: &Results, path: &Path) -> Result<(), String> {
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .label_font(("sans-serif", 15))
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::UpperRight)
         .draw()
         .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())

@@ -24,6 +24,20 @@
 //!
 //! A pool is neither `Send` nor `Sync`: it hands out `&mut` references through `&self` (so
 //! allocation needs no `&mut`) and may hold values of any type.
+//!
+//! ```
+//! let mut pool = tcalloc::Pool::new(); // or Pool::with_block_size(4096)
+//! let name: &mut str = pool.alloc_str("connection 42");
+//! name.make_ascii_uppercase();
+//! let headers = pool.alloc(Vec::<(String, String)>::new()); // dropped at reset or drop
+//! headers.push(("host".into(), "example.com".into()));
+//! let raw = pool.alloc_layout(std::alloc::Layout::from_size_align(64, 16).unwrap());
+//! assert_eq!(raw.as_ptr() as usize % 16, 0);
+//! let big = pool.alloc_slice_copy(&[0u8; 100_000]); // a large block
+//! assert!(pool.free_large(big.as_ptr())); // freed early; small blocks never are
+//! assert_eq!(pool.stats().large_blocks, 0);
+//! pool.reset(); // drops the values, frees the large blocks, rewinds the small ones
+//! ```
 
 mod ffi;
 
