@@ -78,18 +78,22 @@ struct MappingCache {
     wanted_until_ms: u64,
 }
 
-static CACHE: Lock<MappingCache> = Lock::new(MappingCache {
-    entries: [NO_MAPPING; CACHE_ENTRIES],
-    count: 0,
-    bytes: 0,
-    history: [NO_MAPPING; HISTORY],
-    history_next: 0,
-    wanted_until_ms: 0,
-});
+static CACHE: Lock<MappingCache> = Lock::new(MappingCache::new());
 
 static CACHED_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 impl MappingCache {
+    const fn new() -> MappingCache {
+        MappingCache {
+            entries: [NO_MAPPING; CACHE_ENTRIES],
+            count: 0,
+            bytes: 0,
+            history: [NO_MAPPING; HISTORY],
+            history_next: 0,
+            wanted_until_ms: 0,
+        }
+    }
+
     /// Takes a cached mapping for `len` bytes: the smallest that holds it, split if the rest
     /// is worth keeping. A miss that a recently unmapped mapping could have served turns
     /// caching on.
@@ -482,14 +486,7 @@ mod tests {
 
     #[test]
     fn cache_turns_on_for_reuse_splits_merges_and_decays() {
-        let mut cache = MappingCache {
-            entries: [NO_MAPPING; CACHE_ENTRIES],
-            count: 0,
-            bytes: 0,
-            history: [NO_MAPPING; HISTORY],
-            history_next: 0,
-            wanted_until_ms: 0,
-        };
+        let mut cache = MappingCache::new();
         let mut evicted = [NO_MAPPING; CACHE_ENTRIES];
         let m = Mapping { base: 0x1000_0000, len: 8 << 20, at_ms: 0 };
         // First free: no sign of reuse, so it is unmapped (and remembered).

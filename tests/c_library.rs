@@ -3,28 +3,11 @@
 //! test), compiles the C programs in `tests/c/` and runs them with `LD_PRELOAD`, or linked
 //! against the library for the memory-pool API.
 
+mod common;
+
+use common::{library, text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
-
-/// The preloadable library, built once per test binary.
-fn library() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("override");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--lib", "--features", "override", "--target-dir"])
-            .arg(&target)
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "building libtcalloc.so with --features override failed");
-        let lib = target.join("debug/libtcalloc.so");
-        assert!(lib.exists(), "{} is missing", lib.display());
-        lib
-    })
-}
 
 /// Compiles `tests/c/<name>.c` into the temporary directory, with `extra` arguments.
 fn compile_with(name: &str, extra: &[String]) -> PathBuf {
@@ -55,10 +38,6 @@ fn run(program: &Path, args: &[&str], preload: bool) -> Output {
         cmd.env("LD_PRELOAD", library());
     }
     cmd.output().expect("run a test program")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]

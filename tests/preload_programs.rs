@@ -4,26 +4,11 @@
 //!
 //! A program that is not installed is skipped with a message (`.ci/run` installs them all).
 
+mod common;
+
+use common::{library, text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
-
-/// The preloadable library, built once per test binary in its own target directory.
-fn library() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("override");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--lib", "--features", "override", "--target-dir"])
-            .arg(&target)
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "building libtcalloc.so with --features override failed");
-        target.join("debug/libtcalloc.so")
-    })
-}
 
 fn available(program: &str) -> bool {
     let found = Command::new("sh")
@@ -50,10 +35,6 @@ fn both(build: impl Fn() -> Command) -> (Output, Output) {
     let plain = build().output().expect("run the program");
     let preloaded = build().env("LD_PRELOAD", library()).output().expect("run the program");
     (plain, preloaded)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Asserts the two runs agree on status and standard output.

@@ -8,6 +8,10 @@ use plotters::style::{register_font, FontStyle};
 use std::path::Path;
 use tcalloc_bench::ALLOCATORS;
 
+/// One colour per allocator, in the order of `ALLOCATORS`.
+const COLORS: [RGBColor; 4] =
+    [RGBColor(200, 40, 40), RGBColor(90, 90, 90), RGBColor(40, 110, 200), RGBColor(230, 150, 30)];
+
 const FONT_PATHS: [&str; 2] =
     ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf"];
 
@@ -25,12 +29,7 @@ pub fn draw(results: &Results, path: &Path) -> Result<(), String> {
     load_font()?;
     let programs = results.program_names();
     let n = programs.len();
-    let colors = [
-        RGBColor(200, 40, 40),
-        RGBColor(90, 90, 90),
-        RGBColor(40, 110, 200),
-        RGBColor(230, 150, 30),
-    ];
+    let colors = COLORS;
     let ratio = |p: &str, a: &str| -> Option<f64> {
         Some(results.median(p, a)?.seconds / results.median(p, "glibc")?.seconds)
     };
@@ -101,12 +100,7 @@ pub fn draw(results: &Results, path: &Path) -> Result<(), String> {
 /// `memory.png`: resident memory over time, one line per allocator.
 pub fn draw_timelines(timelines: &[crate::report::Timeline], path: &Path) -> Result<(), String> {
     load_font()?;
-    let colors = [
-        RGBColor(200, 40, 40),
-        RGBColor(90, 90, 90),
-        RGBColor(40, 110, 200),
-        RGBColor(230, 150, 30),
-    ];
+    let colors = COLORS;
     let t_max = timelines.iter().flat_map(|(_, s)| s.iter().map(|p| p.0)).fold(1.0, f64::max);
     let m_max = timelines.iter().flat_map(|(_, s)| s.iter().map(|p| p.1)).fold(1.0, f64::max);
     let root = BitMapBackend::new(path, (1000, 520)).into_drawing_area();
