@@ -8,8 +8,8 @@
 //! list is empty. Both slow paths move whole batches to or from the central free list.
 //!
 //! Limits, as in tcmalloc:
-//! - **slow start**: a list's `max_len` starts at 0 and grows by one per miss up to the class's
-//!   batch size, then by a batch at a time up to [`MAX_LIST_LENGTH`] objects and
+//! - **slow start**: a list's `max_len` starts at 0 and doubles per miss (from 1) up to the
+//!   class's batch size, then grows by a batch at a time up to [`MAX_LIST_LENGTH`] objects and
 //!   [`MAX_LIST_BYTES`] bytes (but at least a batch);
 //! - **overages**: a list that keeps overflowing at a `max_len` above the batch size shrinks by
 //!   a batch after [`MAX_LIST_OVERAGES`] overflows;
@@ -591,8 +591,13 @@ impl ThreadCache {
         self.hot[i].head = unsafe { (*head).next };
         let len = n as u32 - 1;
         let max_len = self.limits[i].max_len;
-        let grown =
-            if max_len < batch { max_len + 1 } else { (max_len + batch).min(MAX_LIST_LENGTH) };
+        // Slow start: double up to the batch size (a new thread reaches full batches after a
+        // handful of misses), then a batch at a time.
+        let grown = if max_len < batch {
+            (max_len * 2).clamp(1, batch)
+        } else {
+            (max_len + batch).min(MAX_LIST_LENGTH)
+        };
         self.try_set_max_len(class, grown);
         self.hot[i].room = (self.limits[i].max_len - len) as i32;
         self.publish(class);
@@ -609,7 +614,7 @@ impl ThreadCache {
         self.release(class, len.min(batch));
         let max_len = self.limits[i].max_len;
         if max_len < batch as u32 {
-            self.try_set_max_len(class, max_len + 1);
+            self.try_set_max_len(class, (max_len * 2).clamp(1, batch as u32));
         } else if max_len > batch as u32 {
             self.limits[i].overages += 1;
             if self.limits[i].overages > MAX_LIST_OVERAGES {
