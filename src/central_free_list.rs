@@ -215,6 +215,35 @@ pub fn alloc_growable(class: SizeClass, shard: usize, room: Length) -> *mut u8 {
     }
 }
 
+/// Moves up to `n` objects from the free list of small span `s` onto `head`; returns how many
+/// (the caller updates the span's counts). When the whole list fits, it is spliced on in one
+/// step through `free_tail`: its objects were freed a while ago and are likely out of the
+/// cache, and walking them here would take one miss after another, while the thread cache
+/// that receives them prefetches each object before it is handed out.
+///
+/// # Safety
+/// - `s` is a `Small` span whose list's lock is held; its `free_list`/`free_tail` are
+///   well formed and its `allocated`/`carved` counts are current.
+unsafe fn take_listed(s: &mut Span, n: usize, head: &mut *mut FreeObject) -> usize {
+    if s.free_list.is_null() || n == 0 {
+        return 0;
+    }
+    // Invariant of a small span: the returned objects are those carved and not allocated.
+    let listed = (s.carved - s.allocated) as usize;
+    if listed <= n {
+        // SAFETY: `free_tail` is the last object of the non-empty list.
+        unsafe { (*s.free_tail).next = *head };
+        *head = s.free_list;
+        s.free_list = ptr::null_mut();
+        return listed;
+    }
+    for _ in 0..n {
+        // SAFETY: the list holds more than `n` objects.
+        unsafe { free_list::push(head, free_list::pop(&mut s.free_list)) };
+    }
+    n
+}
+
 /// A class borrows from a larger class only if that class has this much free space in its
 /// spans: borrowing is for memory left behind by a phase of the program, not for normal churn.
 pub const BORROW_MIN_BYTES: usize = 1 << 20;
@@ -371,6 +400,9 @@ impl CentralFreeList {
             );
             let s = &mut *span;
             let had_free = !s.free_list.is_null() || s.carved < class.info().objects;
+            if s.free_list.is_null() {
+                s.free_tail = object;
+            }
             free_list::push(&mut s.free_list, object);
             s.allocated -= 1;
             self.span_free += 1;
@@ -408,12 +440,8 @@ impl CentralFreeList {
         // SAFETY: per the caller.
         let s = unsafe { &mut *span };
         let objects = class.info().objects as usize;
-        let mut taken = 0;
-        while taken < n && !s.free_list.is_null() {
-            // SAFETY: the span's free list is well formed and non-empty; the object is free.
-            unsafe { free_list::push(head, free_list::pop(&mut s.free_list)) };
-            taken += 1;
-        }
+        // SAFETY: per the caller, a span of this list.
+        let mut taken = unsafe { take_listed(s, n, head) };
         let carve = (n - taken).min(objects - s.carved as usize);
         if carve > 0 {
             let first = s.start_address() + s.carved as usize * class.size();
@@ -469,12 +497,8 @@ impl CentralFreeList {
             // SAFETY: members of `nonempty` are valid spans of this list.
             let s = unsafe { &mut *span };
             let next = s.next;
-            let mut from_span = 0;
-            while taken + from_span < n && !s.free_list.is_null() {
-                // SAFETY: the span's free list is well formed and non-empty.
-                unsafe { free_list::push(head, free_list::pop(&mut s.free_list)) };
-                from_span += 1;
-            }
+            // SAFETY: a span of this list.
+            let from_span = unsafe { take_listed(s, n - taken, head) };
             s.allocated += from_span as u32;
             self.span_free -= from_span;
             taken += from_span;
@@ -525,6 +549,11 @@ impl CentralFreeList {
             invariant_eq!(s.shard as usize, shard, "span on another shard's list");
             // SAFETY: the span's free list is well formed.
             let listed = unsafe { free_list::count(s.free_list) };
+            if listed > 0 {
+                // SAFETY: as above.
+                let last = unsafe { free_list::last(s.free_list) };
+                invariant!(last == s.free_tail, "span free list tail");
+            }
             let untouched = (class.info().objects - s.carved) as usize;
             invariant!(listed + untouched > 0, "span without free objects on nonempty");
             invariant_eq!(

@@ -97,6 +97,21 @@ pub unsafe fn count(mut head: *mut FreeObject) -> usize {
     n
 }
 
+/// The last object of a non-empty list.
+///
+/// # Safety
+/// - `head` is the non-null head of a well-formed list.
+pub unsafe fn last(mut head: *mut FreeObject) -> *mut FreeObject {
+    loop {
+        // SAFETY: every object of a well-formed list is readable.
+        let next = unsafe { (*head).next };
+        if next.is_null() {
+            return head;
+        }
+        head = next;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +128,7 @@ mod tests {
         // SAFETY: the list was built just above from live objects.
         unsafe {
             assert_eq!(count(head), 10);
+            assert_eq!(last(head), &mut objects[0] as *mut _, "the first pushed is last");
             let front = split_front(&mut head, 4);
             assert_eq!(count(front), 4);
             assert_eq!(count(head), 6);

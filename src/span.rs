@@ -112,6 +112,9 @@ pub struct Span {
     pub prev: *mut Span,
     /// `Small`: free objects returned to this span.
     pub free_list: *mut FreeObject,
+    /// `Small`: the last object of `free_list` (meaningless while the list is empty), so that
+    /// the whole list can be handed on without walking it.
+    pub free_tail: *mut FreeObject,
     /// `Small`: objects handed out and not yet returned to the span.
     pub allocated: u32,
     /// `Small`: objects carved so far (the rest of the span is untouched).
@@ -136,6 +139,7 @@ impl Span {
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
             free_list: ptr::null_mut(),
+            free_tail: ptr::null_mut(),
             allocated: 0,
             carved: 0,
             shard: 0,
