@@ -17,7 +17,8 @@
 //!   the total cap for all threads ([`TOTAL_THREAD_CACHE_BYTES`]); a list that wants to grow
 //!   past it first shrinks the other lists, a quarter at a time, in turn;
 //! - **idle lists shrink**: every [`SCAVENGE_INTERVAL`] slow-path events, each list that had no
-//!   slow-path event since the last scavenge gives back half its objects and limit;
+//!   slow-path event since the last scavenge and has the same length as then (so it was most
+//!   likely not used on the fast path either) gives back half its objects and limit;
 //! - **total cap**: the caches publish their sizes (at slow-path events) to a process-wide
 //!   total; when it exceeds the cap, a trim generation starts and each thread halves its lists
 //!   at its next slow-path check. A thread that never calls the allocator again keeps its cache
@@ -77,6 +78,13 @@ struct ListLimits {
     events: u32,
     /// The length last published to `published_bytes`.
     published_len: u32,
+    /// The length at the last scavenge.
+    scavenged_len: u32,
+}
+
+impl ListLimits {
+    const EMPTY: ListLimits =
+        ListLimits { max_len: 0, overages: 0, events: 0, published_len: 0, scavenged_len: 0 };
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -449,8 +457,7 @@ impl ThreadCache {
     const fn new() -> ThreadCache {
         ThreadCache {
             hot: [const { HotList { head: ptr::null_mut(), room: 0 } }; NUM_CLASSES],
-            limits: [ListLimits { max_len: 0, overages: 0, events: 0, published_len: 0 };
-                NUM_CLASSES],
+            limits: [ListLimits::EMPTY; NUM_CLASSES],
             state: State::Uninit,
             capacity: 0,
             budget: 0,
@@ -528,8 +535,7 @@ impl ThreadCache {
                 let len = c.len(class);
                 c.release(class, len);
                 c.hot[class.index()].room = 0;
-                c.limits[class.index()] =
-                    ListLimits { max_len: 0, overages: 0, events: 0, published_len: 0 };
+                c.limits[class.index()] = ListLimits::EMPTY;
             }
             (*cache).capacity = 0;
             TOTAL_CACHED.fetch_sub((*cache).published_bytes.swap(0, Relaxed), Relaxed);
@@ -767,12 +773,15 @@ impl ThreadCache {
         self.budget = thread_budget();
         for class in self.active_classes() {
             let i = class.index();
-            if self.limits[i].events == 0 {
-                let len = self.len(class) as u32;
+            let len = self.len(class) as u32;
+            // Idle: no refill or overflow, and (as far as one can tell without counting on
+            // the fast path) no pops or pushes either, since the last scavenge.
+            if self.limits[i].events == 0 && len == self.limits[i].scavenged_len {
                 self.set_max_len_and_trim(class, self.limits[i].max_len.min(len) / 2);
                 self.publish(class);
             }
             self.limits[i].events = 0;
+            self.limits[i].scavenged_len = self.len(class) as u32;
         }
         if self.capacity > self.budget {
             for class in self.active_classes() {
