@@ -86,8 +86,8 @@ pub fn refill(class: SizeClass, shard: usize, want: usize) -> (*mut FreeObject, 
 /// Gives back `count` objects of `class` from a thread whose shard is `shard`; `spread` is
 /// how far apart in memory the objects are (highest address minus lowest).
 ///
-/// A whole batch of objects that lie close together goes to the transfer cache (unless each
-/// object is a span of its own, see below). A scattered
+/// A whole batch of objects that lie close together goes to the transfer cache (which keeps
+/// no whole spans: one-object classes go back to the page heap). A scattered
 /// batch (the program frees in random order) goes straight back to its spans instead: kept
 /// whole, its objects would pin one span each, and after a program frees a big peak in random
 /// order the transfer caches would keep most of the peak's pages resident.
@@ -103,13 +103,7 @@ pub unsafe fn flush(
     spread: usize,
 ) {
     let compact = spread <= compact_spread(class);
-    // An object of a one-object class is a whole span: back in the page heap it coalesces
-    // with its neighbours and can serve any size (a block that `realloc` grows in place
-    // lands in a different class from the one it started in, so parked here it might never
-    // be asked for again).
-    let whole_spans = class.info().objects == 1;
-    if count == class.batch() && compact && !whole_spans && transfer_cache::push(class, shard, head)
-    {
+    if count == class.batch() && compact && transfer_cache::push(class, shard, head) {
         return;
     }
     // SAFETY: forwarded from the caller.

@@ -18,6 +18,12 @@
 //! that a stack oscillating around a chunk boundary does not allocate. All stacks together hold
 //! at most [`TRANSFER_CACHE_TOTAL_BYTES`]; the count is one atomic, changed once per batch.
 //!
+//! **Whole spans are not kept.** An object of a class with one object per span is a whole span:
+//! back in the page heap it coalesces with its neighbours and can serve any size (a block that
+//! `realloc` grows in place ends in a different class from the one it started in, so parked
+//! here it might never be asked for again). [`push`] refuses such classes and [`pop`] has
+//! nothing for them.
+//!
 //! Entry points: [`pop`], [`push`], [`pop_idle`], [`assign_shard`], [`set_shards`],
 //! [`batches`], [`advance_epoch`]. Layer below: `metadata`.
 
@@ -74,6 +80,9 @@ fn bytes(class: SizeClass) -> usize {
 /// Takes a batch of `class`: from `shard`, else from another shard that holds more than
 /// [`STEAL_MIN`] batches (a shard with only a few is likely to need them itself soon).
 pub fn pop(class: SizeClass, shard: usize) -> Option<*mut FreeObject> {
+    if !holds(class) {
+        return None;
+    }
     let stacks = &STACKS[class.index()];
     let n = SHARDS.load(Relaxed);
     let shard = shard % n;
@@ -94,8 +103,16 @@ pub fn pop(class: SizeClass, shard: usize) -> Option<*mut FreeObject> {
     None
 }
 
+/// Whether batches of `class` are kept here: not when each object is a whole span.
+fn holds(class: SizeClass) -> bool {
+    class.info().objects > 1
+}
+
 /// Offers a batch of `class` to `shard`; false when the cap is reached (the caller keeps it).
 pub fn push(class: SizeClass, shard: usize, batch: *mut FreeObject) -> bool {
+    if !holds(class) {
+        return false;
+    }
     let mut stack = STACKS[class.index()][shard % SHARDS.load(Relaxed)].lock();
     stack.used_epoch = EPOCH.load(Relaxed);
     stack.push(batch, bytes(class))
