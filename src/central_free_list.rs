@@ -17,8 +17,8 @@
 //! New spans come from the page heap (lock order: central list, then page heap). Objects are
 //! carved lazily, a batch at a time in address order, so a fresh span's untouched tail costs no
 //! memory. Before carving a new span, a class may **borrow** free objects from the partly used
-//! spans of a slightly larger class (at most a third larger, and only when that class holds at
-//! least [`BORROW_MIN_BYTES`] free): after a phase of the program frees most objects of one
+//! spans of a slightly larger class (at most a third larger, at least as aligned, and only when
+//! that class holds at least [`BORROW_MIN_BYTES`] free): after a phase of the program frees most objects of one
 //! size, the holes are reused for the next size instead of growing the heap. A borrowed object
 //! goes back to the span (and list) it came from; statistics count it in its span's class.
 //!
@@ -249,12 +249,17 @@ unsafe fn take_listed(s: &mut Span, n: usize, head: &mut *mut FreeObject) -> usi
 /// spans: borrowing is for memory left behind by a phase of the program, not for normal churn.
 pub const BORROW_MIN_BYTES: usize = 1 << 20;
 
-/// The classes `class` may borrow objects from: the larger ones at most a third bigger.
+/// The classes `class` may borrow objects from: the larger ones at most a third bigger whose
+/// objects are at least as aligned as `class`'s ([`SizeClass::alignment`]). A request aligned
+/// to 64 is served by the 64-byte class and relies on every object it hands out being
+/// 64-aligned, so that class never borrows a 72-byte object (8-aligned), while the 48-byte
+/// class (16-aligned) may borrow from the 64-byte one.
 fn donors(class: SizeClass) -> impl Iterator<Item = SizeClass> {
     let limit = class.size() + class.size() / 3;
     (class.index() + 1..NUM_CLASSES)
         .filter_map(SizeClass::new)
         .take_while(move |d| d.size() <= limit)
+        .filter(move |d| d.alignment() >= class.alignment())
 }
 
 /// Returns batches idle in the transfer caches since epoch `before` (all of them with
@@ -577,6 +582,28 @@ mod tests {
 
     fn class_of(size: usize) -> SizeClass {
         crate::size_class::class_for(size, 8).unwrap()
+    }
+
+    #[test]
+    fn donors_are_at_least_as_aligned_as_the_borrower() {
+        let mut borrowing = 0;
+        for class in SizeClass::all() {
+            for donor in donors(class) {
+                assert!(donor > class && donor.size() * 3 <= class.size() * 4);
+                assert!(
+                    donor.size() % class.alignment() == 0,
+                    "class {} (aligned to {}) borrows {}-byte objects",
+                    class.size(),
+                    class.alignment(),
+                    donor.size()
+                );
+                borrowing += 1;
+            }
+        }
+        // Borrowing still happens for most classes: 48 from 64, 72 from 80, ...
+        assert!(borrowing > NUM_CLASSES, "only {borrowing} donor pairs");
+        assert!(donors(class_of(48)).any(|d| d.size() == 64));
+        assert!(!donors(class_of(64)).any(|d| d.size() == 72));
     }
 
     #[test]

@@ -177,6 +177,19 @@ const _: () = {
 };
 
 impl SizeClass {
+    /// The alignment every object of this class has, and so the most that a request served
+    /// by it may rely on: objects sit at multiples of `size()` from a page boundary, so this is
+    /// the largest power of two dividing the size, at most a page.
+    #[inline]
+    pub const fn alignment(self) -> usize {
+        let natural = 1 << self.size().trailing_zeros();
+        if natural < PAGE_SIZE {
+            natural
+        } else {
+            PAGE_SIZE
+        }
+    }
+
     /// `offset / self.size()` for an offset inside one of this class's spans.
     #[inline(always)]
     pub fn object_index(self, offset: usize) -> usize {
@@ -277,6 +290,7 @@ mod tests {
                     Some(class) => {
                         assert!(class.size() >= size);
                         assert_eq!(class.size() % align, 0, "size {size} align {align}");
+                        assert!(class.alignment() >= align, "size {size} align {align}");
                     }
                     None => assert!(size.next_multiple_of(align) > MAX_SIZE),
                 }
