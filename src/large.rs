@@ -391,21 +391,32 @@ pub unsafe fn realloc(span: *mut Span, new_size: usize, align: usize) -> *mut u8
     if new_len <= s.map_len && new_len * 2 >= s.map_len {
         return s.block as *mut u8;
     }
-    let old_page = PageId::containing(s.block);
-    page_map::clear(old_page);
-    // SAFETY: the mapping is this block's alone; on success the old range is gone.
-    let moved = unsafe { os::remap(s.map_base as *mut u8, s.map_len, new_len) };
-    let Some(new_base) = moved.map(|p| p.as_ptr() as usize) else {
-        // SAFETY: the leaf exists (it held the entry just cleared).
-        unsafe { page_map::set(old_page, span) };
+    // SAFETY: the mapping is this block's alone, owned by the caller.
+    if unsafe { os::resize_in_place(s.map_base as *mut u8, s.map_len, new_len) } {
+        MAPPED_BYTES.fetch_add(new_len, Relaxed);
+        MAPPED_BYTES.fetch_sub(s.map_len, Relaxed);
+        s.map_len = new_len;
+        s.set_pages(Length::for_bytes(new_len));
+        return s.block as *mut u8;
+    }
+    // The block must move. Map its new place first and make sure the page map can record it
+    // there, so that nothing can fail once the block has moved: out of memory then leaves the
+    // block where it was and returns null.
+    let Some(target) = os::map(new_len) else {
         return ptr::null_mut();
     };
+    let new_base = target.as_ptr() as usize;
     let new_page = PageId::containing(new_base);
-    if !page_map::ensure(new_page, Length(1)) {
-        // The moved block cannot be recorded, so `free` could never find it again; running on
-        // would leak it silently or abort later with a misleading message.
-        crate::diag::fatal(format_args!("realloc(): out of memory for the page map"));
+    let moved = page_map::ensure(new_page, Length(1))
+        // SAFETY: `target` is the mapping just made and nothing else knows it; the block's
+        // mapping is its alone.
+        && unsafe { os::remap_onto(s.map_base as *mut u8, s.map_len, new_len, target.as_ptr()) };
+    if !moved {
+        // SAFETY: as above; the target is still unused.
+        unsafe { os::unmap(target.as_ptr(), new_len) };
+        return ptr::null_mut();
     }
+    page_map::clear(PageId::containing(s.block));
     MAPPED_BYTES.fetch_add(new_len, Relaxed);
     MAPPED_BYTES.fetch_sub(s.map_len, Relaxed);
     s.map_base = new_base;
@@ -413,7 +424,7 @@ pub unsafe fn realloc(span: *mut Span, new_size: usize, align: usize) -> *mut u8
     s.block = new_base;
     s.set_start(new_page);
     s.set_pages(Length::for_bytes(new_len));
-    // SAFETY: the leaf exists.
+    // SAFETY: the leaf exists (ensured above).
     unsafe { page_map::set(new_page, span) };
     new_base as *mut u8
 }
@@ -436,6 +447,50 @@ mod tests {
             free(span);
         }
         assert!(page_map::lookup(p as usize).is_null(), "entry cleared on free");
+    }
+
+    #[test]
+    fn realloc_out_of_memory_leaves_the_block_where_it_was() {
+        let size = 2 * LARGE_THRESHOLD;
+        let p = alloc(size, 8, false);
+        assert!(!p.is_null());
+        // SAFETY: a live block of `size` bytes.
+        unsafe { p.write_bytes(0xA5, size) };
+        // Take the address space right after the block, so that it cannot grow in place.
+        // SAFETY: a fresh mapping; MAP_FIXED_NOREPLACE never replaces an existing one (if the
+        // address is taken already, the block cannot grow in place either).
+        let guard = unsafe {
+            libc::mmap(
+                p.add(size).cast(),
+                OS_PAGE_SIZE,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        let span = page_map::lookup(p as usize);
+        page_map::test_hooks::ENSURE_FAILS.set(true);
+        // SAFETY: `span` is the live block's record, owned here.
+        let moved = unsafe { realloc(span, 8 * LARGE_THRESHOLD, 8) };
+        page_map::test_hooks::ENSURE_FAILS.set(false);
+        assert!(moved.is_null(), "no page-map leaf for the new place: null, no abort");
+        assert_eq!(page_map::lookup(p as usize), span, "the block is still recorded");
+        // SAFETY: the block is still live and unchanged.
+        unsafe {
+            assert!(usable_size(span) >= size);
+            assert!(core::slice::from_raw_parts(p, size).iter().all(|&b| b == 0xA5));
+            let moved = realloc(span, 8 * LARGE_THRESHOLD, 8);
+            assert!(!moved.is_null() && moved != p, "with memory it moves");
+            assert!(core::slice::from_raw_parts(moved, size).iter().all(|&b| b == 0xA5));
+            assert_eq!(page_map::lookup(moved as usize), span);
+            assert!(page_map::lookup(p as usize).is_null());
+            free(span);
+        }
+        if guard != libc::MAP_FAILED {
+            // SAFETY: the guard page mapped above.
+            unsafe { libc::munmap(guard, OS_PAGE_SIZE) };
+        }
     }
 
     #[test]

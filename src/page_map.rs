@@ -66,6 +66,10 @@ pub fn lookup(address: usize) -> *mut Span {
 /// Makes sure leaves exist for `pages` pages from `start`; false when out of memory or the
 /// range lies beyond the map.
 pub fn ensure(start: PageId, pages: Length) -> bool {
+    #[cfg(test)]
+    if test_hooks::ENSURE_FAILS.get() {
+        return false;
+    }
     if pages.0 == 0 {
         return true;
     }
@@ -94,6 +98,16 @@ pub fn ensure(start: PageId, pages: Length) -> bool {
         }
     }
     true
+}
+
+/// Fault injection for unit tests: out of memory for page-map leaves, on one thread.
+#[cfg(test)]
+pub mod test_hooks {
+    std::thread_local! {
+        /// While true, [`ensure`](super::ensure) fails on this thread as if no leaf could be
+        /// mapped.
+        pub static ENSURE_FAILS: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+    }
 }
 
 /// Records `span` for `page`.
