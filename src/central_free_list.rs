@@ -166,6 +166,20 @@ unsafe fn release_objects(mut head: *mut FreeObject) {
     }
 }
 
+/// Makes the in-use span `span` a span of `class`: its record and the page-map tags of its
+/// pages, which C `free` reads.
+///
+/// # Safety
+/// - `span` is an in-use span from the page heap, recorded in the page map, that holds no
+///   object of another class.
+unsafe fn own_span(span: *mut Span, class: SizeClass) {
+    // SAFETY: per the caller.
+    unsafe {
+        (*span).set_class_index(class.index());
+        page_map::set_tags((*span).start(), (*span).pages(), class.index());
+    }
+}
+
 /// Moves the one-object span of a live block from class `from` to the larger class `to`,
 /// growing the span in place into free pages that follow it: the block keeps its address and
 /// contents (`realloc` without a copy). Both classes must hold one object per span. Returns
@@ -185,7 +199,7 @@ pub unsafe fn regrow_span(span: *mut Span, from: SizeClass, to: SizeClass) -> bo
         return false;
     }
     // SAFETY: as above; the span is full (its one object is live), so it is on no list.
-    unsafe { (*span).set_class_index(to.index()) };
+    unsafe { own_span(span, to) };
     old_list.spans -= 1;
     new_list.spans += 1;
     true
@@ -196,6 +210,7 @@ pub unsafe fn regrow_span(span: *mut Span, from: SizeClass, to: SizeClass) -> bo
 /// grow in place ([`regrow_span`]) into the rest of the run. Null when out of memory.
 pub fn alloc_growable(class: SizeClass, shard: usize, room: Length) -> *mut u8 {
     debug_assert!(class.info().objects == 1);
+    free_list::init_secret();
     let shard = transfer_cache::shard_index(shard);
     let mut list = central(class, shard).lock();
     let pages = Length(class.info().pages as usize);
@@ -206,13 +221,17 @@ pub fn alloc_growable(class: SizeClass, shard: usize, room: Length) -> *mut u8 {
     // SAFETY: a fresh in-use span from the page heap; its only object is handed out at once,
     // so it is full and on no list.
     unsafe {
-        (*span).set_class_index(class.index());
+        own_span(span, class);
         (*span).free_list = ptr::null_mut();
         (*span).allocated = 1;
         (*span).carved = 1;
         (*span).shard = shard as u32;
         list.spans += 1;
-        (*span).start_address() as *mut u8
+        let block = (*span).start_address() as *mut FreeObject;
+        // The pages may have held a free object before: clear its link, so that the block
+        // does not look free.
+        free_list::take_object(block);
+        block.cast()
     }
 }
 
@@ -233,7 +252,7 @@ unsafe fn take_listed(s: &mut Span, n: usize, head: &mut *mut FreeObject) -> usi
     let listed = (s.carved - s.allocated) as usize;
     if listed <= n {
         // SAFETY: `free_tail` is the last object of the non-empty list.
-        unsafe { (*s.free_tail).next = *head };
+        unsafe { free_list::set_next(s.free_tail, *head) };
         *head = s.free_list;
         s.free_list = ptr::null_mut();
         return listed;
@@ -260,6 +279,12 @@ fn donors(class: SizeClass) -> impl Iterator<Item = SizeClass> {
         .filter_map(SizeClass::new)
         .take_while(move |d| d.size() <= limit)
         .filter(move |d| d.alignment() >= class.alignment())
+}
+
+/// Whether an object of class `class` may live in a span of class `span_class`: the same class,
+/// or one it borrows from.
+pub fn may_hold(class: SizeClass, span_class: SizeClass) -> bool {
+    class == span_class || donors(class).any(|d| d == span_class)
 }
 
 /// Returns batches idle in the transfer caches since epoch `before` (all of them with
@@ -420,6 +445,7 @@ impl CentralFreeList {
                 self.spans -= 1;
                 self.span_free -= class.info().objects as usize;
                 s.carved = 0;
+                page_map::clear_tags(s.start(), s.pages());
                 heap.lock().deallocate(span);
                 return true;
             }
@@ -520,13 +546,15 @@ impl CentralFreeList {
 
     /// Takes a new span from the page heap for shard `shard`; false when out of memory.
     fn populate(&mut self, class: SizeClass, shard: usize, heap: &Lock<PageHeap>) -> bool {
+        // Objects are about to exist: the list encoding must be fixed first.
+        free_list::init_secret();
         let span = heap.lock().allocate(Length(class.info().pages as usize), SpanKind::Small);
         if span.is_null() {
             return false;
         }
         // SAFETY: a fresh in-use span from the page heap; nobody else knows it yet.
         unsafe {
-            (*span).set_class_index(class.index());
+            own_span(span, class);
             (*span).free_list = ptr::null_mut();
             (*span).allocated = 0;
             (*span).carved = 0;
@@ -645,7 +673,7 @@ mod tests {
                 unsafe {
                     assert_eq!((*span).class_index(), class.index());
                     assert_eq!((p as usize - (*span).start_address()) % class.size(), 0);
-                    p = (*p).next;
+                    p = free_list::next(p);
                 }
             }
             lists.push((head, n));

@@ -272,9 +272,10 @@ fn pop(offset: usize) -> *mut u8 {
         if head.is_null() {
             return alloc_slow(offset / size_of::<HotList>());
         }
-        let next = (*head).next;
+        let next = free_list::next(head);
         (*list).head = next;
         (*list).room += 1;
+        free_list::take_object(head);
         // The next pop will read `next`'s link; start fetching its cache line now, so that a
         // list of cold objects costs one miss in flight instead of one per allocation.
         prefetch(next);
@@ -305,7 +306,7 @@ unsafe fn push(ptr: *mut u8, offset: usize) {
     unsafe {
         let list = (*cache).hot.as_mut_ptr().byte_add(offset);
         let object = ptr.cast::<FreeObject>();
-        (*object).next = (*list).head;
+        free_list::set_next(object, (*list).head);
         (*list).head = object;
         (*list).room -= 1;
         if (*list).room < 0 {
@@ -389,7 +390,11 @@ fn alloc_slow(class_index: usize) -> *mut u8 {
     // which may re-enter the allocator.
     unsafe {
         if !ThreadCache::ensure_active(cache) {
-            let (object, _) = central_free_list::refill(class, 0, 1);
+            let (object, n) = central_free_list::refill(class, 0, 1);
+            if n > 0 {
+                // SAFETY: a list of one object, which leaves it for the program.
+                free_list::take_object(object);
+            }
             return object.cast();
         }
         (*cache).refill(class)
@@ -411,6 +416,15 @@ fn dealloc_slow(class_index: usize) {
         }
         (*cache).list_too_long(class);
     }
+}
+
+/// Whether the calling thread's cache holds `object` on its list of `class`: the object was
+/// freed already (a double free), unless it is on another list. Walks the list (cold).
+#[cold]
+pub fn holds(object: *mut u8, class: SizeClass) -> bool {
+    let cache = cache();
+    // SAFETY: the cache is this thread's; no other reference into it is live here.
+    unsafe { (*cache).list_holds(class, object) }
 }
 
 /// The most objects the list of `class` may hold: [`MAX_LIST_LENGTH`], and at most
@@ -556,6 +570,19 @@ impl ThreadCache {
 
     /// Number of objects on the list of `class`.
     #[inline]
+    /// Whether the list of `class` holds `object` (a walk of the list: for double-free checks).
+    fn list_holds(&self, class: SizeClass, object: *mut u8) -> bool {
+        let mut p = self.hot[class.index()].head;
+        while !p.is_null() {
+            if p.cast() == object {
+                return true;
+            }
+            // SAFETY: the list is this thread's and well formed.
+            p = unsafe { free_list::next(p) };
+        }
+        false
+    }
+
     fn len(&self, class: SizeClass) -> usize {
         let i = class.index();
         (self.limits[i].max_len as i64 - self.hot[i].room as i64) as usize
@@ -593,8 +620,10 @@ impl ThreadCache {
         if n == 0 {
             return ptr::null_mut();
         }
-        // SAFETY: `head` is a fresh list of `n` objects.
-        self.hot[i].head = unsafe { (*head).next };
+        // SAFETY: `head` is a fresh list of `n` objects; the first leaves it for the program.
+        self.hot[i].head = unsafe { free_list::next(head) };
+        // SAFETY: as above.
+        unsafe { free_list::take_object(head) };
         let len = n as u32 - 1;
         let max_len = self.limits[i].max_len;
         // Slow start: double up to the batch size (a new thread reaches full batches after a

@@ -190,10 +190,31 @@ impl SizeClass {
         }
     }
 
-    /// `offset / self.size()` for an offset inside one of this class's spans.
+    /// `offset / self.size()` for an offset inside one of this class's spans (below 2^21).
     #[inline(always)]
     pub fn object_index(self, offset: usize) -> usize {
-        ((offset as u64 * DIVIDE_MAGIC[self.index()]) >> DIVIDE_SHIFT) as usize
+        // Wrapping: an offset from an invalid pointer may be anything, and this must not
+        // panic (debug builds check overflow); the callers bound the offset first.
+        ((offset as u64).wrapping_mul(DIVIDE_MAGIC[self.index()]) >> DIVIDE_SHIFT) as usize
+    }
+
+    /// Whether `offset` bytes from the start of one of this class's spans is the start of an
+    /// object: a multiple of the size, below the last object's end. Any `offset` may be asked.
+    #[inline(always)]
+    pub fn is_object_start(self, offset: usize) -> bool {
+        let info = self.info();
+        offset < (info.objects * info.size) as usize
+            && self.object_index(offset).wrapping_mul(info.size as usize) == offset
+    }
+
+    /// The class of a page-map tag's class byte, which is never 0 when called.
+    ///
+    /// # Safety
+    /// - `index` is in `1..NUM_CLASSES` (a tag written by the central free lists).
+    #[inline(always)]
+    pub unsafe fn from_tag(index: usize) -> SizeClass {
+        debug_assert!(index != 0 && index < NUM_CLASSES);
+        SizeClass(index as u8)
     }
 }
 
@@ -298,6 +319,22 @@ mod tests {
             align *= 2;
         }
         assert_eq!(class_for(8, PAGE_SIZE * 2), None);
+    }
+
+    #[test]
+    fn object_starts_are_exactly_the_objects() {
+        for class in SizeClass::all() {
+            let span = class.info().pages as usize * PAGE_SIZE;
+            let size = class.size();
+            let objects = class.info().objects as usize;
+            for offset in (0..span + 2 * size).step_by(if size < 1024 { 1 } else { 8 }) {
+                let expected = offset % size == 0 && offset / size < objects;
+                assert_eq!(class.is_object_start(offset), expected, "{offset} in {size}");
+            }
+            for offset in [usize::MAX, usize::MAX - size + 1, 1 << 40, (1 << 63) + size] {
+                assert!(!class.is_object_start(offset), "{offset:#x} in {size}");
+            }
+        }
     }
 
     #[test]
