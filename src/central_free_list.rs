@@ -283,6 +283,7 @@ fn donors(class: SizeClass) -> impl Iterator<Item = SizeClass> {
 
 /// Whether an object of class `class` may live in a span of class `span_class`: the same class,
 /// or one it borrows from.
+#[cfg(any(feature = "hardened", debug_assertions))]
 pub fn may_hold(class: SizeClass, span_class: SizeClass) -> bool {
     class == span_class || donors(class).any(|d| d == span_class)
 }

@@ -14,7 +14,13 @@
 //! - a live object whose first word decodes to a plausible link is almost certainly on a free
 //!   list ([`looks_free`]): the check behind double-free detection. Random data passes with a
 //!   probability of 2^-19; objects leaving the allocator have that word cleared
-//!   ([`take_object`]), so that an untouched block does not look free.
+//!   ([`take_object`]), so that an untouched block does not look free. (The thread cache's
+//!   fast pop clears it only in builds whose `free` checks: `override` and `hardened`.
+//!   Elsewhere a block freed through the prefixed C `tcalloc_free` without having been
+//!   written may look free, which costs a search of the thread's list, not a false alarm.)
+//!
+//! The thread caches keep a copy of the key (0 until a cache is set up) and check a popped
+//! link with one compare, against [`LINK_LIMIT`]; every other reader checks [`LINK_MASK`].
 //!
 //! Entry points: [`push`], [`pop`], [`next`], [`set_next`], [`split_front`], [`count`],
 //! [`looks_free`], [`take_object`]. No layer below.
@@ -30,6 +36,9 @@ pub struct FreeObject {
 
 /// Bits that are zero in every object address (user space below 2^48, 8-aligned).
 pub const LINK_MASK: usize = 0xFFFF_0000_0000_0007;
+
+/// Every object address is below this (the fast path's shorter check, without alignment).
+pub const LINK_LIMIT: usize = 1 << 48;
 
 /// The per-process key of the link encoding; 0 until [`init_secret`].
 static SECRET: AtomicUsize = AtomicUsize::new(0);
@@ -64,16 +73,10 @@ pub fn init_secret() {
     let _ = SECRET.compare_exchange(0, secret, Relaxed, Relaxed);
 }
 
-/// The link key (the fast paths read it on every push and pop).
+/// The process's link key (0 before [`init_secret`]).
 #[inline(always)]
-fn secret() -> usize {
+pub fn secret() -> usize {
     SECRET.load(Relaxed)
-}
-
-/// The word that links to `next`.
-#[inline(always)]
-fn encode(next: *mut FreeObject) -> usize {
-    next as usize ^ secret()
 }
 
 /// Whether `word`, the first word of an object, decodes to a plausible link: whether the
@@ -90,8 +93,19 @@ pub fn looks_free(word: usize) -> bool {
 #[inline(always)]
 pub unsafe fn next(object: *mut FreeObject) -> *mut FreeObject {
     // SAFETY: per the caller.
+    unsafe { next_keyed(object, secret()) }
+}
+
+/// [`next`] for a list linked with `key` (a thread cache's copy of the process's key, or 0
+/// before the cache is set up).
+///
+/// # Safety
+/// - `object` is a readable free object on a list linked with `key`.
+#[inline(always)]
+pub unsafe fn next_keyed(object: *mut FreeObject, key: usize) -> *mut FreeObject {
+    // SAFETY: per the caller.
     let word = unsafe { (*object).link };
-    let next = word ^ secret();
+    let next = word ^ key;
     if next & LINK_MASK != 0 {
         corrupted(object, word);
     }
@@ -105,7 +119,17 @@ pub unsafe fn next(object: *mut FreeObject) -> *mut FreeObject {
 #[inline(always)]
 pub unsafe fn set_next(object: *mut FreeObject, next: *mut FreeObject) {
     // SAFETY: per the caller.
-    unsafe { (*object).link = encode(next) };
+    unsafe { set_next_keyed(object, next, secret()) };
+}
+
+/// [`set_next`] for a list linked with `key`.
+///
+/// # Safety
+/// - `object` is a writable free object.
+#[inline(always)]
+pub unsafe fn set_next_keyed(object: *mut FreeObject, next: *mut FreeObject, key: usize) {
+    // SAFETY: per the caller.
+    unsafe { (*object).link = next as usize ^ key };
 }
 
 /// Clears the link word of an object that leaves the allocator, so that it does not look free
@@ -119,10 +143,18 @@ pub unsafe fn take_object(object: *mut FreeObject) {
     unsafe { (*object).link = 0 };
 }
 
+impl FreeObject {
+    /// The raw (encoded) link word.
+    #[inline(always)]
+    pub fn link_word(&self) -> usize {
+        self.link
+    }
+}
+
 /// Aborts: the link of a free object was overwritten.
 #[cold]
 #[inline(never)]
-fn corrupted(object: *mut FreeObject, word: usize) -> ! {
+pub fn corrupted(object: *mut FreeObject, word: usize) -> ! {
     crate::diag::fatal(format_args!(
         "heap corruption: the free block at {object:p} was written after it was freed \
          (its free-list link reads {word:#x})"

@@ -128,6 +128,12 @@ pub struct ThreadCache {
     prev: *mut ThreadCache,
     /// Bytes cached, as of each list's last slow-path event; read by other threads.
     published_bytes: AtomicUsize,
+    /// The key the lists' links are encoded with (`free_list`): 0 until the cache activates,
+    /// then the process's key, read here on the fast path instead of from a static (which a
+    /// program linking tcalloc reaches through its GOT: two loads instead of one).
+    key: usize,
+    /// [`free_list::LINK_LIMIT`], kept here for the fast path's check (never changes).
+    link_limit: usize,
 }
 
 thread_local! {
@@ -272,9 +278,20 @@ fn pop(offset: usize) -> *mut u8 {
         if head.is_null() {
             return alloc_slow(offset / size_of::<HotList>());
         }
-        let next = free_list::next(head);
+        // Decode and check the link (see `free_list`): the range check against a field of
+        // the cache is one compare with a memory operand, where the full mask would need its
+        // constant loaded first; the slow paths check the full mask.
+        let next = (*head).link_word() ^ (*cache).key;
+        if next >= (*cache).link_limit {
+            free_list::corrupted(head, (*head).link_word());
+        }
+        let next = next as *mut FreeObject;
         (*list).head = next;
         (*list).room += 1;
+        // Builds with C `free` checks clear the link of a block leaving the cache, so that a
+        // block the program never writes does not look free when it is freed (see
+        // `free_list::looks_free`); elsewhere that costs an instruction for nothing.
+        #[cfg(any(feature = "override", feature = "hardened"))]
         free_list::take_object(head);
         // The next pop will read `next`'s link; start fetching its cache line now, so that a
         // list of cold objects costs one miss in flight instead of one per allocation.
@@ -306,7 +323,7 @@ unsafe fn push(ptr: *mut u8, offset: usize) {
     unsafe {
         let list = (*cache).hot.as_mut_ptr().byte_add(offset);
         let object = ptr.cast::<FreeObject>();
-        free_list::set_next(object, (*list).head);
+        free_list::set_next_keyed(object, (*list).head, (*cache).key);
         (*list).head = object;
         (*list).room -= 1;
         if (*list).room < 0 {
@@ -483,6 +500,8 @@ impl ThreadCache {
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
             published_bytes: AtomicUsize::new(0),
+            key: 0,
+            link_limit: free_list::LINK_LIMIT,
         }
     }
 
@@ -510,6 +529,15 @@ impl ThreadCache {
         // `Initializing` and keep out of the cache's lists.
         unsafe {
             (*cache).state = State::Initializing;
+            // From now on the lists are linked with the process's key: first send on what was
+            // pushed with the old one (an `Uninit` cache's key is 0).
+            free_list::init_secret();
+            for class in SizeClass::all() {
+                if !(*cache).hot[class.index()].head.is_null() {
+                    (*cache).drain_inactive(class);
+                }
+            }
+            (*cache).key = free_list::secret();
             crate::lifecycle::ensure_initialized();
             if EXIT_GUARD.try_with(|_| ()).is_err() {
                 (*cache).state = State::Dead;
@@ -568,8 +596,6 @@ impl ThreadCache {
         }
     }
 
-    /// Number of objects on the list of `class`.
-    #[inline]
     /// Whether the list of `class` holds `object` (a walk of the list: for double-free checks).
     fn list_holds(&self, class: SizeClass, object: *mut u8) -> bool {
         let mut p = self.hot[class.index()].head;
@@ -577,26 +603,37 @@ impl ThreadCache {
             if p.cast() == object {
                 return true;
             }
-            // SAFETY: the list is this thread's and well formed.
-            p = unsafe { free_list::next(p) };
+            // SAFETY: the list is this thread's and well formed, encoded with `key`.
+            p = unsafe { free_list::next_keyed(p, self.key) };
         }
         false
     }
 
+    /// Number of objects on the list of `class`.
+    #[inline]
     fn len(&self, class: SizeClass) -> usize {
         let i = class.index();
         (self.limits[i].max_len as i64 - self.hot[i].room as i64) as usize
     }
 
     /// An inactive cache's list got an object (or more, from re-entrant frees): send them all
-    /// to the central list.
+    /// to the central list. They were linked with the cache's `key`, which may not be the
+    /// process's link key yet, so they are linked afresh.
     fn drain_inactive(&mut self, class: SizeClass) {
+        let key = self.key;
         let list = &mut self.hot[class.index()];
-        let head = core::mem::replace(&mut list.head, ptr::null_mut());
+        let mut old = core::mem::replace(&mut list.head, ptr::null_mut());
         list.room = 0;
-        // SAFETY: the list holds dead objects of `class` pushed by `dealloc`.
+        let mut head = ptr::null_mut();
+        let mut n = 0;
+        // SAFETY: the list holds dead objects of `class` pushed by `dealloc` with `key`.
         unsafe {
-            let n = free_list::count(head);
+            while !old.is_null() {
+                let object = old;
+                old = free_list::next_keyed(object, key);
+                free_list::push(&mut head, object);
+                n += 1;
+            }
             if n > 0 {
                 central_free_list::flush(class, 0, head, n, usize::MAX);
             }
