@@ -188,7 +188,7 @@ unsafe fn own_span(span: *mut Span, class: SizeClass) {
 /// # Safety
 /// - `span` is the `Small` span of class `from` holding a live block owned by the caller.
 pub unsafe fn regrow_span(span: *mut Span, from: SizeClass, to: SizeClass) -> bool {
-    debug_assert!(from.info().objects == 1 && to.info().objects == 1 && from < to);
+    crate::diag::debug_invariant!(from.info().objects == 1 && to.info().objects == 1 && from < to);
     // SAFETY: the span is in use (it holds the caller's block), so its shard is settled.
     let shard = unsafe { (*span).shard } as usize;
     // Lock order: central lists by increasing class, then the page heap.
@@ -209,7 +209,7 @@ pub unsafe fn regrow_span(span: *mut Span, from: SizeClass, to: SizeClass) -> bo
 /// of at least `room` pages, for a block that is likely to grow again (`realloc`): it can then
 /// grow in place ([`regrow_span`]) into the rest of the run. Null when out of memory.
 pub fn alloc_growable(class: SizeClass, shard: usize, room: Length) -> *mut u8 {
-    debug_assert!(class.info().objects == 1);
+    crate::diag::debug_invariant!(class.info().objects == 1);
     free_list::init_secret();
     let shard = transfer_cache::shard_index(shard);
     let mut list = central(class, shard).lock();
@@ -369,7 +369,7 @@ impl CentralFreeList {
         want: usize,
         heap: &Lock<PageHeap>,
     ) -> (*mut FreeObject, usize) {
-        debug_assert!(want >= 1 && want <= class.batch());
+        crate::diag::debug_invariant!(want >= 1 && want <= class.batch());
         let mut head = ptr::null_mut();
         let mut got = 0;
         while got < want {
@@ -423,7 +423,7 @@ impl CentralFreeList {
     ) -> bool {
         // SAFETY: the span outlives its objects; it belongs to this list (checked in debug).
         unsafe {
-            debug_assert!(
+            crate::diag::debug_invariant!(
                 !span.is_null()
                     && (*span).kind() == SpanKind::Small
                     && (*span).class_index() == class.index(),
@@ -435,6 +435,9 @@ impl CentralFreeList {
             if s.free_list.is_null() {
                 s.free_tail = object;
             }
+            // A span with no object handed out cannot take one back: that would be an object
+            // freed twice, and the counts (unsigned) would wrap.
+            invariant!(s.allocated > 0, "object {object:?} returned to a span with none out");
             free_list::push(&mut s.free_list, object);
             s.allocated -= 1;
             self.span_free += 1;

@@ -197,7 +197,7 @@ pub unsafe fn pop(head: &mut *mut FreeObject) -> *mut FreeObject {
 /// # Safety
 /// - `*head` is a well-formed list with at least `n >= 1` objects.
 pub unsafe fn split_front(head: &mut *mut FreeObject, n: usize) -> *mut FreeObject {
-    debug_assert!(n >= 1);
+    crate::diag::debug_invariant!(n >= 1);
     let first = *head;
     let mut last = first;
     for _ in 1..n {
@@ -221,7 +221,7 @@ pub unsafe fn split_front_with_spread(
     head: &mut *mut FreeObject,
     n: usize,
 ) -> (*mut FreeObject, usize) {
-    debug_assert!(n >= 1);
+    crate::diag::debug_invariant!(n >= 1);
     let first = *head;
     let mut last = first;
     let (mut low, mut high) = (first as usize, first as usize);

@@ -397,7 +397,7 @@ pub unsafe fn usable_size(span: *const Span) -> usize {
 /// # Safety
 /// - `span` is the `Large` record of a live block owned by the caller.
 pub unsafe fn realloc(span: *mut Span, new_size: usize, align: usize) -> *mut u8 {
-    debug_assert!(new_size > LARGE_THRESHOLD);
+    crate::diag::debug_invariant!(new_size > LARGE_THRESHOLD);
     // SAFETY: per the caller.
     let s = unsafe { &mut *span };
     if align > OS_PAGE_SIZE || s.block() != s.map_base {

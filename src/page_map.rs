@@ -143,7 +143,7 @@ pub fn tag(address: usize) -> Tag {
 /// # Safety
 /// - [`ensure`] succeeded for the range (the span's pages are recorded already).
 pub unsafe fn set_tags(start: PageId, pages: Length, class_index: usize) {
-    debug_assert!(class_index != 0 && class_index < 256 && pages.0 <= 256);
+    crate::diag::debug_invariant!(class_index != 0 && class_index < 256 && pages.0 <= 256);
     for k in 0..pages.0 {
         let (i, j) = split(PageId(start.0 + k));
         let leaf = ROOT[i].load(Ordering::Acquire);
@@ -175,7 +175,7 @@ pub unsafe fn clear_tags(start: PageId, pages: Length) {
 pub unsafe fn set(page: PageId, span: *mut Span) {
     let (i, j) = split(page);
     let leaf = ROOT[i].load(Ordering::Acquire);
-    debug_assert!(!leaf.is_null(), "page map leaf missing for page {:#x}", page.0);
+    crate::diag::debug_invariant!(!leaf.is_null(), "page map leaf missing for page {:#x}", page.0);
     // SAFETY: the caller ensured the leaf exists; `j < LEAF_LEN`.
     unsafe { (*leaf).spans.get_unchecked(j).store(span, Ordering::Release) };
 }

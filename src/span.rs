@@ -282,7 +282,7 @@ impl SpanList {
         unsafe {
             let (prev, next) = ((*span).prev, (*span).next);
             if prev.is_null() {
-                debug_assert!(self.head == span);
+                crate::diag::debug_invariant!(self.head == span);
                 self.head = next;
             } else {
                 (*prev).next = next;

@@ -351,7 +351,7 @@ pub unsafe fn dealloc(ptr: *mut u8, class: SizeClass) {
 /// Allocates `size < FAST_LIMIT` bytes at the minimum alignment: one table load, then a pop.
 #[inline(always)]
 pub fn alloc_small(size: usize) -> *mut u8 {
-    debug_assert!(size < FAST_LIMIT);
+    crate::diag::debug_invariant!(size < FAST_LIMIT);
     // SAFETY: `size < FAST_LIMIT`, the table's length.
     pop(unsafe { *FAST_OFFSET.get_unchecked(size) } as usize)
 }
@@ -362,7 +362,7 @@ pub fn alloc_small(size: usize) -> *mut u8 {
 /// - `ptr` came from `alloc_small(size)` (or any block of the same class) and is dead.
 #[inline(always)]
 pub unsafe fn dealloc_small(ptr: *mut u8, size: usize) {
-    debug_assert!(size < FAST_LIMIT);
+    crate::diag::debug_invariant!(size < FAST_LIMIT);
     // SAFETY: `size < FAST_LIMIT`; `ptr` is a dead block of the class per the caller.
     unsafe { push(ptr, *FAST_OFFSET.get_unchecked(size) as usize) }
 }
@@ -370,7 +370,7 @@ pub unsafe fn dealloc_small(ptr: *mut u8, size: usize) {
 /// Allocates `FAST_LIMIT <= size <= MAX_SIZE` bytes at the minimum alignment.
 #[inline(always)]
 pub fn alloc_medium(size: usize) -> *mut u8 {
-    debug_assert!((FAST_LIMIT..=size_class::MAX_SIZE).contains(&size));
+    crate::diag::debug_invariant!((FAST_LIMIT..=size_class::MAX_SIZE).contains(&size));
     let index = (size + (1 << size_class::MEDIUM_SHIFT) - 1) >> size_class::MEDIUM_SHIFT;
     // SAFETY: `size <= MAX_SIZE`, so `index` is within the table.
     pop(unsafe { *MEDIUM_OFFSET.get_unchecked(index) } as usize)
@@ -382,7 +382,7 @@ pub fn alloc_medium(size: usize) -> *mut u8 {
 /// - `ptr` came from `alloc_medium(size)` (or any block of the same class) and is dead.
 #[inline(always)]
 pub unsafe fn dealloc_medium(ptr: *mut u8, size: usize) {
-    debug_assert!((FAST_LIMIT..=size_class::MAX_SIZE).contains(&size));
+    crate::diag::debug_invariant!((FAST_LIMIT..=size_class::MAX_SIZE).contains(&size));
     let index = (size + (1 << size_class::MEDIUM_SHIFT) - 1) >> size_class::MEDIUM_SHIFT;
     // SAFETY: `index` is within the table; `ptr` is a dead block of the class per the caller.
     unsafe { push(ptr, *MEDIUM_OFFSET.get_unchecked(index) as usize) }
@@ -391,7 +391,7 @@ pub unsafe fn dealloc_medium(ptr: *mut u8, size: usize) {
 /// Allocates `size < FAST_LIMIT` bytes with C `malloc`'s alignment.
 #[inline(always)]
 pub fn alloc_small_c(size: usize) -> *mut u8 {
-    debug_assert!(size < FAST_LIMIT);
+    crate::diag::debug_invariant!(size < FAST_LIMIT);
     // SAFETY: `size < FAST_LIMIT`, the table's length.
     pop(unsafe { *FAST_OFFSET_C.get_unchecked(size) } as usize)
 }

@@ -213,7 +213,7 @@ impl SizeClass {
     /// - `index` is in `1..NUM_CLASSES` (a tag written by the central free lists).
     #[inline(always)]
     pub unsafe fn from_tag(index: usize) -> SizeClass {
-        debug_assert!(index != 0 && index < NUM_CLASSES);
+        crate::diag::debug_invariant!(index != 0 && index < NUM_CLASSES);
         SizeClass(index as u8)
     }
 }
@@ -222,7 +222,7 @@ impl SizeClass {
 /// request must go elsewhere (larger than [`MAX_SIZE`] once rounded, or aligned beyond a page).
 #[inline(always)]
 pub fn class_for(size: usize, align: usize) -> Option<SizeClass> {
-    debug_assert!(align.is_power_of_two());
+    crate::diag::debug_invariant!(align.is_power_of_two());
     if size > MAX_SIZE || align > PAGE_SIZE {
         return None;
     }
