@@ -125,7 +125,7 @@ pub mod test_hooks {
 /// The tag of the page holding `address` (0 where none is recorded, or beyond the map).
 #[inline(always)]
 pub fn tag(address: usize) -> Tag {
-    let (i, j) = split(PageId::containing(address));
+    let (i, j) = (address >> (PAGE_SHIFT + LEAF_BITS), (address >> PAGE_SHIFT) & (LEAF_LEN - 1));
     if i >= ROOT_LEN {
         return 0;
     }

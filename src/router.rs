@@ -150,8 +150,10 @@ unsafe fn dealloc_other(ptr: *mut u8, size: usize, align: usize) {
 ///
 /// # Safety
 /// - If `ptr` is a live page run or large block, it is unused.
+// Called from Rust only: the `&str` crosses no language boundary.
+#[allow(improper_ctypes_definitions)]
 #[cold]
-unsafe fn free_span_block(ptr: *mut u8, caller: &str) {
+unsafe extern "C" fn free_span_block(ptr: *mut u8, caller: &'static str) {
     let span = page_map::lookup(ptr as usize);
     // SAFETY: `resolve` vouched for the record: it is the live block's own.
     unsafe {
@@ -230,7 +232,7 @@ pub fn resolve(ptr: *mut u8) -> Block {
 /// cache can tell), else `tcalloc: <caller>(): invalid pointer 0x…`.
 #[cold]
 #[inline(never)]
-pub fn bad_pointer(caller: &str, ptr: *mut u8) -> ! {
+pub fn bad_pointer(caller: &'static str, ptr: *mut u8) -> ! {
     if was_freed(ptr) {
         double_free(caller, ptr)
     }
@@ -283,14 +285,14 @@ unsafe fn check_sized_free(ptr: *mut u8, size: usize, align: usize) {
 /// Aborts with `tcalloc: <caller>(): double free 0x...`.
 #[cold]
 #[inline(never)]
-pub fn double_free(caller: &str, ptr: *mut u8) -> ! {
+pub fn double_free(caller: &'static str, ptr: *mut u8) -> ! {
     crate::diag::fatal(format_args!("{caller}(): double free {ptr:p}"))
 }
 
 /// Aborts with `tcalloc: <caller>(): invalid pointer 0x...`.
 #[cold]
 #[inline(never)]
-pub fn invalid_pointer(caller: &str, ptr: *mut u8) -> ! {
+pub fn invalid_pointer(caller: &'static str, ptr: *mut u8) -> ! {
     crate::diag::fatal(format_args!("{caller}(): invalid pointer {ptr:p}"))
 }
 
@@ -304,7 +306,7 @@ pub fn invalid_pointer(caller: &str, ptr: *mut u8) -> ! {
 /// - `ptr` is the start of an object of `class` (validated through the page map, or given
 ///   by a Rust `Layout`).
 #[inline(always)]
-unsafe fn check_not_free(ptr: *mut u8, class: SizeClass, caller: &str) {
+unsafe fn check_not_free(ptr: *mut u8, class: SizeClass, caller: &'static str) {
     // SAFETY: objects of every class are at least 8 bytes and 8-aligned.
     let word = unsafe { ptr.cast::<usize>().read() };
     if free_list::looks_free(word) {
@@ -314,7 +316,7 @@ unsafe fn check_not_free(ptr: *mut u8, class: SizeClass, caller: &str) {
 
 #[cold]
 #[inline(never)]
-fn search_for_double_free(ptr: *mut u8, class: SizeClass, caller: &str) {
+fn search_for_double_free(ptr: *mut u8, class: SizeClass, caller: &'static str) {
     if thread_cache::holds(ptr, class) {
         double_free(caller, ptr);
     }
@@ -434,13 +436,10 @@ unsafe fn grow_in_place(ptr: *mut u8, old: SizeClass, new: SizeClass) -> Growth 
 /// # Safety
 /// - If `ptr` is a block of this allocator, it is unused.
 #[inline(always)]
-pub unsafe fn free_unsized(ptr: *mut u8, caller: &str) {
+pub unsafe fn free_unsized(ptr: *mut u8, caller: &'static str) {
     match small_object(ptr) {
-        // SAFETY: a validated object of `class`, dead per the caller.
-        Some(class) => unsafe {
-            check_not_free(ptr, class, caller);
-            thread_cache::dealloc(ptr, class)
-        },
+        // SAFETY: a validated object of `class`, dead per the caller (or caught as free).
+        Some(class) => unsafe { thread_cache::dealloc_checked(ptr, class, caller) },
         // SAFETY: as above, for the other kinds.
         None => unsafe { free_span_block(ptr, caller) },
     }
@@ -451,7 +450,7 @@ pub unsafe fn free_unsized(ptr: *mut u8, caller: &str) {
 ///
 /// # Safety
 /// - If `ptr` is a block of this allocator, it is live.
-unsafe fn live_block(ptr: *mut u8, caller: &str) -> (Block, usize) {
+unsafe fn live_block(ptr: *mut u8, caller: &'static str) -> (Block, usize) {
     let block = resolve(ptr);
     let span = page_map::lookup(ptr as usize);
     // SAFETY: `resolve` vouched for the record of a page run or large block.
@@ -474,7 +473,7 @@ unsafe fn live_block(ptr: *mut u8, caller: &str) -> (Block, usize) {
 ///
 /// # Safety
 /// - `ptr` is live (freed blocks may be reported or rejected).
-pub unsafe fn usable_size(ptr: *mut u8, caller: &str) -> usize {
+pub unsafe fn usable_size(ptr: *mut u8, caller: &'static str) -> usize {
     // SAFETY: per the caller.
     unsafe { live_block(ptr, caller).1 }
 }
@@ -487,7 +486,7 @@ pub unsafe fn realloc_unsized(
     ptr: *mut u8,
     new_size: usize,
     align: usize,
-    caller: &str,
+    caller: &'static str,
 ) -> *mut u8 {
     // SAFETY: per the caller.
     let (block, old_size) = unsafe { live_block(ptr, caller) };

@@ -156,12 +156,42 @@ impl Drop for ExitGuard {
 /// The calling thread's cache.
 #[inline(always)]
 fn cache() -> *mut ThreadCache {
+    let cache = cache_fast();
+    if cache.is_null() {
+        return cache_slow();
+    }
+    cache
+}
+
+/// The calling thread's cache where it is reachable without a call, else null (only in the
+/// preloadable library, until it has learnt where its thread-locals are). The fast paths take
+/// their slow path on null, as a tail call: a call in the middle of a fast path would make it
+/// save and restore registers on every call.
+#[inline(always)]
+fn cache_fast() -> *mut ThreadCache {
     #[cfg(all(feature = "override", target_arch = "x86_64", target_os = "linux"))]
     {
         let offset = static_tls::OFFSET.load(Relaxed);
-        if offset != 0 {
-            return static_tls::thread_pointer().wrapping_add_signed(offset) as *mut ThreadCache;
+        if offset == 0 {
+            return ptr::null_mut();
         }
+        let cache = static_tls::thread_pointer().wrapping_add_signed(offset) as *mut ThreadCache;
+        // SAFETY: a thread's static TLS block is never at address 0. Telling the compiler lets
+        // it drop the callers' second null test.
+        unsafe { core::hint::assert_unchecked(!cache.is_null()) };
+        cache
+    }
+    #[cfg(not(all(feature = "override", target_arch = "x86_64", target_os = "linux")))]
+    {
+        CACHE.with(|c| c.get())
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn cache_slow() -> *mut ThreadCache {
+    #[cfg(all(feature = "override", target_arch = "x86_64", target_os = "linux"))]
+    {
         static_tls::learn_offset()
     }
     #[cfg(not(all(feature = "override", target_arch = "x86_64", target_os = "linux")))]
@@ -169,6 +199,10 @@ fn cache() -> *mut ThreadCache {
         CACHE.with(|c| c.get())
     }
 }
+
+// The slow paths are `extern "C"`: such a function cannot unwind, so a fast path can end in a
+// tail call to it (a call that might unwind needs a landing pad in the exported C functions,
+// which then save registers and keep a frame on every call).
 
 /// Reaching the cache without `__tls_get_addr` in the preloadable library.
 ///
@@ -268,7 +302,10 @@ const _: () = assert!(FAST_LIMIT <= crate::config::SMALL_LOOKUP_MAX + 1);
 /// Pops from the list at byte offset `offset` of the calling thread's cache.
 #[inline(always)]
 fn pop(offset: usize) -> *mut u8 {
-    let cache = cache();
+    let cache = cache_fast();
+    if cache.is_null() {
+        return alloc_slow(offset / size_of::<HotList>());
+    }
     // SAFETY: the cache is this thread's; `offset` is the offset of one of its lists (a class
     // index times the list size); the list's objects are free objects of the class, whose
     // first word links the list.
@@ -318,7 +355,32 @@ fn prefetch(p: *const FreeObject) {
 /// - `ptr` is a dead block of the class of that list.
 #[inline(always)]
 unsafe fn push(ptr: *mut u8, offset: usize) {
-    let cache = cache();
+    let cache = cache_fast();
+    if cache.is_null() {
+        // SAFETY: per the caller.
+        return unsafe { push_slow(ptr, offset) };
+    }
+    // SAFETY: per the caller.
+    unsafe { push_to(cache, ptr, offset) }
+}
+
+/// [`push`] when the cache is not reachable without a call.
+///
+/// # Safety
+/// - as for [`push`].
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn push_slow(ptr: *mut u8, offset: usize) {
+    // SAFETY: per the caller.
+    unsafe { push_to(cache(), ptr, offset) }
+}
+
+/// Pushes `ptr` on the list at byte offset `offset` of `cache`.
+///
+/// # Safety
+/// - `cache` is the calling thread's cache; `ptr` is a dead block of the list's class.
+#[inline(always)]
+unsafe fn push_to(cache: *mut ThreadCache, ptr: *mut u8, offset: usize) {
     // SAFETY: as in `pop`; `ptr` is a dead block of the list's class per the caller.
     unsafe {
         let list = (*cache).hot.as_mut_ptr().byte_add(offset);
@@ -330,6 +392,44 @@ unsafe fn push(ptr: *mut u8, offset: usize) {
             dealloc_slow(offset / size_of::<HotList>());
         }
     }
+}
+
+/// C `free`'s push: pushes `ptr`, a validated object of `class`, onto the calling thread's
+/// cache, unless its first word says it may be free already ([`free_list::looks_free`], read
+/// here with the cache's copy of the key): then the cold path searches the cache's list and
+/// aborts on a double free. Every call it makes is a tail call, so the fast path saves no
+/// registers.
+///
+/// # Safety
+/// - `ptr` is the start of an object of `class` (validated through the page map); if it is
+///   live, the caller is done with it.
+#[inline(always)]
+pub unsafe fn dealloc_checked(ptr: *mut u8, class: SizeClass, caller: &'static str) {
+    let cache = cache_fast();
+    // SAFETY: as in `push`; every object is at least 8 bytes, 8-aligned.
+    unsafe {
+        if cache.is_null() || ptr.cast::<usize>().read() ^ (*cache).key < (*cache).link_limit {
+            return dealloc_suspect(ptr, class, caller);
+        }
+        push_to(cache, ptr, list_offset(class.index() as u8) as usize)
+    }
+}
+
+/// [`dealloc_checked`]'s cold path: aborts if this thread's cache holds `ptr` already, else
+/// pushes it.
+///
+/// # Safety
+/// - as for [`dealloc_checked`].
+// Called from Rust only: the `&str` crosses no language boundary.
+#[allow(improper_ctypes_definitions)]
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn dealloc_suspect(ptr: *mut u8, class: SizeClass, caller: &'static str) {
+    if holds(ptr, class) {
+        crate::diag::fatal(format_args!("{caller}(): double free {ptr:p}"));
+    }
+    // SAFETY: per the caller.
+    unsafe { push(ptr, list_offset(class.index() as u8) as usize) }
 }
 
 /// Pops an object of `class` from the calling thread's cache; null only when out of memory.
@@ -396,9 +496,20 @@ pub fn alloc_small_c(size: usize) -> *mut u8 {
     pop(unsafe { *FAST_OFFSET_C.get_unchecked(size) } as usize)
 }
 
+/// The pop's slow path: a refill from the central lists. Out of memory is null with `errno`
+/// set to `ENOMEM` (as C `malloc` must; harmless for Rust).
 #[cold]
 #[inline(never)]
-fn alloc_slow(class_index: usize) -> *mut u8 {
+extern "C" fn alloc_slow(class_index: usize) -> *mut u8 {
+    let p = refill_slow(class_index);
+    if p.is_null() {
+        // SAFETY: `__errno_location` returns the calling thread's errno slot.
+        unsafe { *libc::__errno_location() = libc::ENOMEM };
+    }
+    p
+}
+
+fn refill_slow(class_index: usize) -> *mut u8 {
     let Some(class) = SizeClass::new(class_index) else {
         return ptr::null_mut();
     };
@@ -420,7 +531,7 @@ fn alloc_slow(class_index: usize) -> *mut u8 {
 
 #[cold]
 #[inline(never)]
-fn dealloc_slow(class_index: usize) {
+extern "C" fn dealloc_slow(class_index: usize) {
     let Some(class) = SizeClass::new(class_index) else {
         return;
     };

@@ -56,6 +56,7 @@ pub const CLASSES: [ClassInfo; NUM_CLASSES] = table::CLASSES;
 
 /// A size class: an index into [`CLASSES`] in `1..NUM_CLASSES`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
 pub struct SizeClass(u8);
 
 impl SizeClass {
@@ -154,7 +155,7 @@ const _: () = {
 /// `DIVIDE_MAGIC[c] = ceil(2^DIVIDE_SHIFT / size(c))`: `(offset * magic) >> DIVIDE_SHIFT`
 /// equals `offset / size(c)` for every offset inside a span (below 2^21 bytes), which lets
 /// `free` check that a pointer is an object boundary without a division.
-static DIVIDE_MAGIC: [u64; NUM_CLASSES] = {
+const DIVIDE_MAGIC: [u64; NUM_CLASSES] = {
     let mut t = [0u64; NUM_CLASSES];
     let mut i = 1;
     while i < NUM_CLASSES {
@@ -164,6 +165,30 @@ static DIVIDE_MAGIC: [u64; NUM_CLASSES] = {
     t
 };
 const DIVIDE_SHIFT: u32 = 42;
+
+/// What [`SizeClass::is_object_start`] reads, for one class, in 16 bytes: C `free` validates
+/// a pointer with one line of this table.
+#[repr(C, align(16))]
+struct ObjectCheck {
+    magic: u64,
+    size: u32,
+    /// The end of the span's last object (`objects * size`).
+    end: u32,
+}
+
+static OBJECT_CHECK: [ObjectCheck; NUM_CLASSES] = {
+    let mut t = [const { ObjectCheck { magic: 0, size: 0, end: 0 } }; NUM_CLASSES];
+    let mut i = 1;
+    while i < NUM_CLASSES {
+        t[i] = ObjectCheck {
+            magic: DIVIDE_MAGIC[i],
+            size: CLASSES[i].size,
+            end: CLASSES[i].objects * CLASSES[i].size,
+        };
+        i += 1;
+    }
+    t
+};
 const _: () = {
     // Exactness needs offset * (magic * size - 2^shift) < 2^shift for every offset in a span;
     // the error term is below `size`, so spans and sizes below 2^21 bytes suffice
@@ -191,20 +216,23 @@ impl SizeClass {
     }
 
     /// `offset / self.size()` for an offset inside one of this class's spans (below 2^21).
-    #[inline(always)]
+    #[cfg(test)]
     pub fn object_index(self, offset: usize) -> usize {
         // Wrapping: an offset from an invalid pointer may be anything, and this must not
         // panic (debug builds check overflow); the callers bound the offset first.
-        ((offset as u64).wrapping_mul(DIVIDE_MAGIC[self.index()]) >> DIVIDE_SHIFT) as usize
+        // SAFETY: a `SizeClass` is always below `NUM_CLASSES`.
+        let magic = unsafe { OBJECT_CHECK.get_unchecked(self.index()) }.magic;
+        ((offset as u64).wrapping_mul(magic) >> DIVIDE_SHIFT) as usize
     }
 
     /// Whether `offset` bytes from the start of one of this class's spans is the start of an
     /// object: a multiple of the size, below the last object's end. Any `offset` may be asked.
     #[inline(always)]
     pub fn is_object_start(self, offset: usize) -> bool {
-        let info = self.info();
-        offset < (info.objects * info.size) as usize
-            && self.object_index(offset).wrapping_mul(info.size as usize) == offset
+        // SAFETY: a `SizeClass` is always below `NUM_CLASSES`.
+        let check = unsafe { OBJECT_CHECK.get_unchecked(self.index()) };
+        let index = (offset as u64).wrapping_mul(check.magic) >> DIVIDE_SHIFT;
+        offset < check.end as usize && (index as usize).wrapping_mul(check.size as usize) == offset
     }
 
     /// The class of a page-map tag's class byte, which is never 0 when called.
