@@ -228,7 +228,7 @@ impl SizeClass {
     /// Whether `offset` bytes from the start of one of this class's spans is the start of an
     /// object: a multiple of the size, below the last object's end. Any `offset` may be asked.
     #[inline(always)]
-    pub fn is_object_start(self, offset: usize) -> bool {
+    pub(crate) fn is_object_start(self, offset: usize) -> bool {
         // SAFETY: a `SizeClass` is always below `NUM_CLASSES`.
         let check = unsafe { OBJECT_CHECK.get_unchecked(self.index()) };
         let index = (offset as u64).wrapping_mul(check.magic) >> DIVIDE_SHIFT;
