@@ -20,7 +20,8 @@
 //!   written may look free, which costs a search of the thread's list, not a false alarm.)
 //!
 //! The thread caches keep a copy of the key (0 until a cache is set up) and check a popped
-//! link with one compare, against [`LINK_LIMIT`]; every other reader checks [`LINK_MASK`].
+//! link with a rotate and one compare (rotated right by 3, a valid link is below
+//! `LINK_LIMIT >> 3`); every other reader checks [`LINK_MASK`]. Both test the same thing.
 //!
 //! Entry points: [`push`], [`pop`], [`next`], [`set_next`], [`split_front`], [`count`],
 //! [`looks_free`], [`take_object`]. No layer below.
@@ -52,15 +53,17 @@ pub fn init_secret() {
         return;
     }
     let mut random: usize = 0;
+    // The system call, not glibc's wrapper: no dependency on a glibc version.
     // SAFETY: writes at most `size_of::<usize>()` bytes into `random`.
     let got = unsafe {
-        libc::getrandom(
-            (&mut random as *mut usize).cast(),
+        libc::syscall(
+            libc::SYS_getrandom,
+            &mut random as *mut usize,
             core::mem::size_of::<usize>(),
             libc::GRND_NONBLOCK,
         )
     };
-    if got != core::mem::size_of::<usize>() as isize {
+    if got != core::mem::size_of::<usize>() as libc::c_long {
         let stack = &random as *const usize as usize;
         random = stack.rotate_left(29)
             ^ (init_secret as fn() as usize)

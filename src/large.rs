@@ -255,9 +255,10 @@ pub fn flush() {
     unmap_all(&evicted[..n]);
 }
 
-/// The cache's lock, for the fork handlers.
-pub fn lock_for_fork() -> &'static crate::sync::RawLock {
-    CACHE.raw()
+/// The locks of this module, in the order the fork handlers take them (a move holds no other
+/// allocator lock; the cache's lock is taken alone or after the page heap's).
+pub fn locks_for_fork() -> [&'static crate::sync::RawLock; 2] {
+    [MOVE_LOCK.raw(), CACHE.raw()]
 }
 
 /// Figures of the large blocks.
@@ -337,7 +338,7 @@ pub fn alloc(size: usize, align: usize, zeroed: bool) -> *mut u8 {
     }
     // SAFETY: a fresh record; the leaf for `page` exists.
     unsafe {
-        (*record).init(page, Length::for_bytes(map_len), SpanKind::Large);
+        Span::init(record, page, Length::for_bytes(map_len), SpanKind::Large);
         (*record).map_base = base;
         (*record).map_len = map_len;
         (*record).set_block(block);
@@ -355,8 +356,12 @@ pub unsafe fn free(span: *mut Span) {
     // SAFETY: per the caller. The page-map entry is cleared before the mapping can be reused
     // or unmapped, so that a block mapped at the same address right after keeps its entry.
     let (mapping, block) = unsafe {
-        let m = Mapping { base: (*span).map_base, len: (*span).map_len, at_ms: 0 };
         let block = (*span).block();
+        // Two threads freeing the same block at once both get here; one claims it.
+        if (*span).claim_block(block).is_err() {
+            crate::router::double_free("free", block as *mut u8);
+        }
+        let m = Mapping { base: (*span).map_base, len: (*span).map_len, at_ms: 0 };
         page_map::clear(PageId::containing(block));
         metadata::delete_span(span);
         (m, block)
@@ -421,23 +426,23 @@ pub unsafe fn realloc(span: *mut Span, new_size: usize, align: usize) -> *mut u8
         s.set_pages(Length::for_bytes(new_len));
         return s.block() as *mut u8;
     }
-    // The block must move. Map its new place first and make sure the page map can record it
-    // there, so that nothing can fail once the block has moved: out of memory then leaves the
-    // block where it was and returns null.
-    let Some(target) = os::map(new_len) else {
-        return ptr::null_mut();
-    };
-    let new_base = target.as_ptr() as usize;
-    let new_page = PageId::containing(new_base);
-    let moved = page_map::ensure(new_page, Length(1))
-        // SAFETY: `target` is the mapping just made and nothing else knows it; the block's
-        // mapping is its alone.
-        && unsafe { os::remap_onto(s.map_base as *mut u8, s.map_len, new_len, target.as_ptr()) };
-    if !moved {
-        // SAFETY: as above; the target is still unused.
-        unsafe { os::unmap(target.as_ptr(), new_len) };
+    // The block must move, to wherever the kernel puts it, and then be recorded in the page
+    // map there. Once moved it cannot be moved back safely (the old range may be taken), so a
+    // spare page-map leaf is reserved first: recording then cannot fail, and out of memory
+    // before the move returns null with the block where it was. One spare serves one move at
+    // a time.
+    let _moving = MOVE_LOCK.lock();
+    if !page_map::reserve_spare_leaf() {
         return ptr::null_mut();
     }
+    // SAFETY: the mapping is this block's alone, owned by the caller.
+    let Some(moved) = (unsafe { os::remap(s.map_base as *mut u8, s.map_len, new_len) }) else {
+        return ptr::null_mut();
+    };
+    let new_base = moved.as_ptr() as usize;
+    let new_page = PageId::containing(new_base);
+    let recorded = page_map::ensure_with_spare(new_page);
+    crate::diag::invariant!(recorded, "the spare page-map leaf was taken");
     page_map::clear(PageId::containing(s.block()));
     MAPPED_BYTES.fetch_add(new_len, Relaxed);
     MAPPED_BYTES.fetch_sub(s.map_len, Relaxed);
@@ -450,6 +455,9 @@ pub unsafe fn realloc(span: *mut Span, new_size: usize, align: usize) -> *mut u8
     unsafe { page_map::set(new_page, span) };
     new_base as *mut u8
 }
+
+/// Serialises the moves of large blocks, which share one spare page-map leaf.
+static MOVE_LOCK: Lock<()> = Lock::new(());
 
 #[cfg(test)]
 mod tests {

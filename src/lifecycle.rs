@@ -73,7 +73,9 @@ fn locks_in_order() -> impl DoubleEndedIterator<Item = &'static crate::sync::Raw
     core::iter::once(thread_cache::registry_lock())
         .chain(transfer_cache::locks())
         .chain(central_free_list::locks())
-        .chain([PAGE_HEAP.raw(), large::lock_for_fork(), metadata::lock_for_fork()])
+        .chain([PAGE_HEAP.raw()])
+        .chain(large::locks_for_fork())
+        .chain([metadata::lock_for_fork()])
 }
 
 extern "C" fn before_fork() {

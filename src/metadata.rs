@@ -83,7 +83,7 @@ pub fn new_span() -> *mut Span {
         // field, never overwritten whole.
         unsafe {
             arena.free_spans = (*span).next;
-            (*span).reset();
+            Span::reset(span);
         }
         span
     } else {

@@ -91,31 +91,23 @@ pub unsafe fn resize_in_place(p: *mut u8, old_len: usize, new_len: usize) -> boo
     q != libc::MAP_FAILED
 }
 
-/// Moves the mapping `[p, p + old_len)`, resized to `new_len` bytes, onto `[to, to + new_len)`,
-/// which replaces whatever was mapped there. The caller maps the target first (see [`map`]),
-/// so that it can prepare for the new address before the block moves.
+/// Moves or resizes the mapping `[p, p + old_len)` to `new_len` bytes, keeping its contents,
+/// possibly at a new address.
 ///
 /// # Safety
-/// - `[p, p + old_len)` is one mapping made by this module; on success it must not be used
-///   again.
-/// - `[to, to + new_len)` is a mapping made by this module that nothing uses, disjoint from
-///   the first; on success it holds the moved contents, on failure it is unchanged.
-pub unsafe fn remap_onto(p: *mut u8, old_len: usize, new_len: usize, to: *mut u8) -> bool {
+/// - `[p, p + old_len)` is one mapping made by this module; on success the old range must not
+///   be used again.
+pub unsafe fn remap(p: *mut u8, old_len: usize, new_len: usize) -> Option<NonNull<u8>> {
     crate::diag::debug_invariant!(
         old_len % OS_PAGE_SIZE == 0 && new_len % OS_PAGE_SIZE == 0 && new_len != 0
     );
-    crate::diag::debug_invariant!(to as usize % OS_PAGE_SIZE == 0);
-    // SAFETY: by the caller's contract both ranges are ours, and the target is unused.
-    let q = unsafe {
-        libc::mremap(
-            p.cast(),
-            old_len,
-            new_len,
-            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-            to.cast::<libc::c_void>(),
-        )
-    };
-    q != libc::MAP_FAILED
+    // SAFETY: by the caller's contract the range is one mapping of ours.
+    let q = unsafe { libc::mremap(p.cast(), old_len, new_len, libc::MREMAP_MAYMOVE) };
+    if q == libc::MAP_FAILED {
+        None
+    } else {
+        NonNull::new(q.cast())
+    }
 }
 
 /// Writes `bytes` to standard error, retrying short writes and ignoring failures.

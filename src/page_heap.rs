@@ -245,11 +245,11 @@ impl PageHeap {
             (*span).set_pages(pages);
             page_map::set_range(aligned, pages, span);
             if tail.0 > 0 {
-                (*tail_record).init(aligned.add(pages), tail, kind);
+                Span::init(tail_record, aligned.add(pages), tail, kind);
                 self.deallocate(tail_record);
             }
             if head.0 > 0 {
-                (*head_record).init(start, head, kind);
+                Span::init(head_record, start, head, kind);
                 self.deallocate(head_record);
             }
             span
@@ -312,7 +312,7 @@ impl PageHeap {
             // SAFETY: `rest` is a fresh record; its pages are the free tail of `span`, whose
             // page-map leaves exist (they were recorded when `span` became free).
             unsafe {
-                (*rest).init(start.add(pages), Length(len.0 - pages.0), was);
+                Span::init(rest, start.add(pages), Length(len.0 - pages.0), was);
                 (*rest).freed_at = (*span).freed_at;
                 self.record_free(rest);
                 self.link(rest);
@@ -496,7 +496,7 @@ impl PageHeap {
         self.system_pages += chunk.0;
         // SAFETY: fresh record for fresh, untouched (hence `Returned`) memory whose leaves exist.
         unsafe {
-            (*record).init(start, chunk, SpanKind::Returned);
+            Span::init(record, start, chunk, SpanKind::Returned);
             self.merge_and_link(record);
         }
         true

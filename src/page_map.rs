@@ -78,8 +78,42 @@ pub fn lookup(address: usize) -> *mut Span {
 /// Makes sure leaves exist for `pages` pages from `start`; false when out of memory or the
 /// range lies beyond the map.
 pub fn ensure(start: PageId, pages: Length) -> bool {
+    ensure_leaves(start, pages, false)
+}
+
+/// A leaf mapped ahead by [`reserve_spare_leaf`], for [`ensure_with_spare`].
+static SPARE: AtomicPtr<Leaf> = AtomicPtr::new(ptr::null_mut());
+
+/// Makes sure a spare leaf is mapped, so that a later [`ensure_with_spare`] cannot fail; false
+/// when out of memory. For a caller about to take a step it cannot undo (moving a mapping
+/// with `mremap`) after which it must record a page wherever the kernel put it. Callers
+/// serialise the reserve and the use (one spare serves one of them at a time).
+pub fn reserve_spare_leaf() -> bool {
     #[cfg(test)]
     if test_hooks::ENSURE_FAILS.get() {
+        return false;
+    }
+    if !SPARE.load(Ordering::Acquire).is_null() {
+        return true;
+    }
+    let bytes = core::mem::size_of::<Leaf>();
+    let Some(fresh) = os::map(bytes) else {
+        return false;
+    };
+    metadata::account_mapped(bytes);
+    SPARE.store(fresh.as_ptr().cast(), Ordering::Release);
+    true
+}
+
+/// [`ensure`] for one page, taking the spare leaf when no new one can be mapped; never fails
+/// after a [`reserve_spare_leaf`] that succeeded.
+pub fn ensure_with_spare(page: PageId) -> bool {
+    ensure_leaves(page, Length(1), true)
+}
+
+fn ensure_leaves(start: PageId, pages: Length, spare: bool) -> bool {
+    #[cfg(test)]
+    if test_hooks::ENSURE_FAILS.get() && !spare {
         return false;
     }
     if pages.0 == 0 {
@@ -98,15 +132,29 @@ pub fn ensure(start: PageId, pages: Length) -> bool {
             continue;
         }
         let bytes = core::mem::size_of::<Leaf>();
-        let Some(fresh) = os::map(bytes) else {
-            return false;
+        #[cfg(test)]
+        let mapped = if test_hooks::ENSURE_FAILS.get() { None } else { os::map(bytes) };
+        #[cfg(not(test))]
+        let mapped = os::map(bytes);
+        let fresh = match mapped {
+            Some(fresh) => {
+                metadata::account_mapped(bytes);
+                fresh.as_ptr().cast::<Leaf>()
+            }
+            None if spare => SPARE.swap(ptr::null_mut(), Ordering::AcqRel),
+            None => ptr::null_mut(),
         };
-        let fresh = fresh.as_ptr().cast::<Leaf>();
+        if fresh.is_null() {
+            return false;
+        }
         // Zeroed memory is a leaf of null pointers.
-        match slot.compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => metadata::account_mapped(bytes),
-            // SAFETY: our mapping lost the race and was never published.
-            Err(_) => unsafe { os::unmap(fresh.cast(), bytes) },
+        if slot
+            .compare_exchange(ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // SAFETY: our leaf lost the race and was never published.
+            unsafe { os::unmap(fresh.cast(), bytes) };
+            metadata::account_mapped(bytes.wrapping_neg());
         }
     }
     true

@@ -159,8 +159,15 @@ unsafe extern "C" fn free_span_block(ptr: *mut u8, caller: &'static str) {
     unsafe {
         match resolve(ptr) {
             Block::PageRun => {
+                let mut heap = PAGE_HEAP.lock();
+                // Checked again under the lock: of two threads freeing the same run at once,
+                // the second finds it free.
+                if (*span).kind() != SpanKind::PageRun || (*span).start_address() != ptr as usize {
+                    drop(heap);
+                    double_free(caller, ptr);
+                }
                 PAGE_RUN_BYTES.fetch_sub((*span).pages().bytes(), Relaxed);
-                PAGE_HEAP.lock().deallocate(span)
+                heap.deallocate(span)
             }
             Block::Large => large::free(span),
             _ => bad_pointer(caller, ptr),
@@ -276,9 +283,10 @@ unsafe fn check_sized_free(ptr: *mut u8, size: usize, align: usize) {
         ));
     }
     #[cfg(feature = "hardened")]
-    // SAFETY: a validated object of `found`.
+    // SAFETY: a validated object. Rust's `dealloc` pushes it on the list of its layout's class
+    // (not `found`, when it was borrowed from a larger class), so that is the list to search.
     unsafe {
-        check_not_free(ptr, found, "dealloc")
+        check_not_free(ptr, class, "dealloc")
     };
 }
 

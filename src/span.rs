@@ -151,36 +151,50 @@ impl Span {
         }
     }
 
-    /// Resets the record to describe `pages` pages from `start`, of `kind`.
+    /// Resets the record at `this` to describe `pages` pages from `start`, of `kind`.
     ///
     /// The record may be reused: a stale page-map entry can still lead a lock-free reader
     /// (C `free` validating a bad pointer) to it, so the fields such readers see are stored
-    /// one by one as atomics, never overwritten as a whole.
-    pub fn init(&mut self, start: PageId, pages: Length, kind: SpanKind) {
-        self.reset();
-        self.set_start(start);
-        self.set_pages(pages);
-        self.set_kind(kind);
+    /// one by one as atomics, never overwritten as a whole, and no `&mut Span` is made.
+    ///
+    /// # Safety
+    /// - `this` is a record owned by the caller (no other thread writes it meanwhile).
+    pub unsafe fn init(this: *mut Span, start: PageId, pages: Length, kind: SpanKind) {
+        // SAFETY: per the caller.
+        unsafe {
+            Span::reset(this);
+            (*this).set_start(start);
+            (*this).set_pages(pages);
+            (*this).set_kind(kind);
+        }
     }
 
-    /// Makes the record `Unused` with every field zero, as [`Span::empty`], field by field
-    /// (see [`Span::init`]).
-    pub fn reset(&mut self) {
-        self.set_kind(SpanKind::Unused);
-        self.set_class_index(0);
-        self.set_start(PageId(0));
-        self.set_pages(Length(0));
-        self.set_block(0);
-        self.next = ptr::null_mut();
-        self.prev = ptr::null_mut();
-        self.free_list = ptr::null_mut();
-        self.free_tail = ptr::null_mut();
-        self.allocated = 0;
-        self.carved = 0;
-        self.shard = 0;
-        self.map_base = 0;
-        self.map_len = 0;
-        self.freed_at = 0;
+    /// Makes the record at `this` `Unused` with every field zero, as [`Span::empty`], field by
+    /// field (see [`Span::init`]).
+    ///
+    /// # Safety
+    /// - as for [`Span::init`].
+    pub unsafe fn reset(this: *mut Span) {
+        // SAFETY: per the caller; the atomics through shared references, the fields that no
+        // lock-free reader reads through the raw pointer.
+        unsafe {
+            let shared = &*this;
+            shared.set_kind(SpanKind::Unused);
+            shared.set_class_index(0);
+            shared.set_start(PageId(0));
+            shared.set_pages(Length(0));
+            shared.set_block(0);
+            (*this).next = ptr::null_mut();
+            (*this).prev = ptr::null_mut();
+            (*this).free_list = ptr::null_mut();
+            (*this).free_tail = ptr::null_mut();
+            (*this).allocated = 0;
+            (*this).carved = 0;
+            (*this).shard = 0;
+            (*this).map_base = 0;
+            (*this).map_len = 0;
+            (*this).freed_at = 0;
+        }
     }
 
     /// `Large`: the address of the block handed to the program.
@@ -191,6 +205,11 @@ impl Span {
     #[inline(always)]
     pub fn set_block(&self, block: usize) {
         self.block.store(block, Relaxed)
+    }
+    /// `Large`: clears `block` if it still is `block`: of two threads freeing the same block
+    /// at once, exactly one succeeds.
+    pub fn claim_block(&self, block: usize) -> Result<usize, usize> {
+        self.block.compare_exchange(block, 0, core::sync::atomic::Ordering::AcqRel, Relaxed)
     }
 
     #[inline(always)]

@@ -109,6 +109,14 @@ enum State {
 /// When not `Active`, every list is empty with `room == 0` (between slow paths).
 #[repr(C)]
 pub struct ThreadCache {
+    /// The key the lists' links are encoded with (`free_list`): 0 until the cache activates,
+    /// then the process's key, read here on the fast path instead of from a static (which a
+    /// program linking tcalloc reaches through its GOT: two loads instead of one). First, so
+    /// that it shares a cache line with the lists of the smallest classes.
+    key: usize,
+    /// [`free_list::LINK_LIMIT`] rotated right by 3 (2^45): the fast path's check of a link
+    /// (never changes).
+    link_limit: usize,
     hot: [HotList; NUM_CLASSES],
     limits: [ListLimits; NUM_CLASSES],
     state: State,
@@ -128,12 +136,6 @@ pub struct ThreadCache {
     prev: *mut ThreadCache,
     /// Bytes cached, as of each list's last slow-path event; read by other threads.
     published_bytes: AtomicUsize,
-    /// The key the lists' links are encoded with (`free_list`): 0 until the cache activates,
-    /// then the process's key, read here on the fast path instead of from a static (which a
-    /// program linking tcalloc reaches through its GOT: two loads instead of one).
-    key: usize,
-    /// [`free_list::LINK_LIMIT`], kept here for the fast path's check (never changes).
-    link_limit: usize,
 }
 
 thread_local! {
@@ -315,11 +317,11 @@ fn pop(offset: usize) -> *mut u8 {
         if head.is_null() {
             return alloc_slow(offset / size_of::<HotList>());
         }
-        // Decode and check the link (see `free_list`): the range check against a field of
-        // the cache is one compare with a memory operand, where the full mask would need its
-        // constant loaded first; the slow paths check the full mask.
+        // Decode and check the link (see `free_list`): rotated right by 3, a valid link (below
+        // 2^48, 8-aligned) is below 2^45, so one compare with a field of the cache checks both
+        // (the mask would need its constant loaded first).
         let next = (*head).link_word() ^ (*cache).key;
-        if next >= (*cache).link_limit {
+        if next.rotate_right(3) >= (*cache).link_limit {
             free_list::corrupted(head, (*head).link_word());
         }
         let next = next as *mut FreeObject;
@@ -406,9 +408,33 @@ unsafe fn push_to(cache: *mut ThreadCache, ptr: *mut u8, offset: usize) {
 #[inline(always)]
 pub unsafe fn dealloc_checked(ptr: *mut u8, class: SizeClass, caller: &'static str) {
     let cache = cache_fast();
+    if cache.is_null() {
+        // SAFETY: per the caller.
+        return unsafe { dealloc_checked_slow(ptr, class, caller) };
+    }
     // SAFETY: as in `push`; every object is at least 8 bytes, 8-aligned.
     unsafe {
-        if cache.is_null() || ptr.cast::<usize>().read() ^ (*cache).key < (*cache).link_limit {
+        let word = ptr.cast::<usize>().read() ^ (*cache).key;
+        if word.rotate_right(3) < (*cache).link_limit {
+            return dealloc_suspect(ptr, class, caller);
+        }
+        push_to(cache, ptr, list_offset(class.index() as u8) as usize)
+    }
+}
+
+/// [`dealloc_checked`] when the cache is not reachable without a call.
+///
+/// # Safety
+/// - as for [`dealloc_checked`].
+// Called from Rust only: the `&str` crosses no language boundary.
+#[allow(improper_ctypes_definitions)]
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn dealloc_checked_slow(ptr: *mut u8, class: SizeClass, caller: &'static str) {
+    let cache = cache();
+    // SAFETY: as in `dealloc_checked`.
+    unsafe {
+        if free_list::looks_free(ptr.cast::<usize>().read()) {
             return dealloc_suspect(ptr, class, caller);
         }
         push_to(cache, ptr, list_offset(class.index() as u8) as usize)
@@ -612,7 +638,7 @@ impl ThreadCache {
             prev: ptr::null_mut(),
             published_bytes: AtomicUsize::new(0),
             key: 0,
-            link_limit: free_list::LINK_LIMIT,
+            link_limit: free_list::LINK_LIMIT >> 3,
         }
     }
 
@@ -791,6 +817,15 @@ impl ThreadCache {
     /// The list of `class` overflowed its `max_len`: give a batch back and adjust the limit.
     fn list_too_long(&mut self, class: SizeClass) {
         let i = class.index();
+        // The object just freed is the head. It stays in the cache (the batch goes from the
+        // objects after it), so that freeing it again right away is still caught: the
+        // double-free check searches this list.
+        // The list is empty only when activation just sent its objects on.
+        // SAFETY: the list is this thread's and well formed.
+        let kept = unsafe { free_list::pop(&mut self.hot[i].head) };
+        if !kept.is_null() {
+            self.hot[i].room += 1;
+        }
         self.note_event(class);
         let batch = class.batch();
         let len = self.len(class);
@@ -803,6 +838,22 @@ impl ThreadCache {
             if self.limits[i].overages > MAX_LIST_OVERAGES {
                 self.limits[i].overages = 0;
                 self.set_max_len_and_trim(class, max_len - batch as u32);
+            }
+        }
+        if self.hot[i].room == 0 && self.len(class) > 0 {
+            self.release(class, 1);
+        }
+        // SAFETY: `kept` is a dead object of `class`, on no list.
+        unsafe {
+            if kept.is_null() {
+                // Nothing was kept.
+            } else if self.hot[i].room > 0 {
+                free_list::push(&mut self.hot[i].head, kept);
+                self.hot[i].room -= 1;
+            } else {
+                // No room at all (the budget refused the list any): it goes on alone.
+                free_list::set_next(kept, ptr::null_mut());
+                central_free_list::flush(class, self.shard, kept, 1, 0);
             }
         }
         self.publish(class);

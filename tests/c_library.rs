@@ -103,7 +103,9 @@ fn double_frees_stop_the_program() {
         modes.push(format!("double-free-{size}"));
         modes.push(format!("double-free-{size}-3"));
     }
-    modes.extend(["double-free-page-run", "free-large-twice"].map(String::from));
+    modes.extend(
+        ["double-free-page-run", "free-large-twice", "double-free-in-new-thread"].map(String::from),
+    );
     for mode in &modes {
         assert_stops(&program, mode, "tcalloc: free(): double free 0x");
     }
@@ -113,7 +115,7 @@ fn double_frees_stop_the_program() {
 #[test]
 fn overwritten_free_list_links_stop_the_program() {
     let program = compile("invalid_free");
-    for mode in ["write-after-free", "zero-after-free"] {
+    for mode in ["write-after-free", "zero-after-free", "overrun-low-bits"] {
         assert_stops(&program, mode, "tcalloc: heap corruption: the free block at 0x");
     }
 }

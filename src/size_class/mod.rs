@@ -146,6 +146,8 @@ const _: () = {
         assert!(size <= SMALL_LOOKUP_MAX || size % (1 << MEDIUM_SHIFT) == 0);
         assert!(CLASSES[i].objects as usize * size <= CLASSES[i].pages as usize * PAGE_SIZE);
         assert!(CLASSES[i].objects >= 1 && CLASSES[i].batch >= 1);
+        // The page-map tag keeps a page's index in its span in one byte.
+        assert!(CLASSES[i].pages <= 256);
         i += 1;
     }
     assert!(CLASSES[NUM_CLASSES - 1].size as usize == MAX_SIZE);

@@ -6,6 +6,7 @@
  * allocator let the misuse pass.
  */
 #include <malloc.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,16 @@
 static void *opaque(void *p) {
     __asm__ volatile("" : "+r"(p) : : "memory");
     return p;
+}
+
+/* A thread that frees the block it is given twice, back to back: its first free of the class
+ * overflows its empty list. */
+static void *free_twice(void *p) {
+    /* The thread is set up (it allocated another size) but has never freed p's class. */
+    for (int i = 0; i < 100; i++) free(opaque(malloc(200)));
+    free(p);
+    free(opaque(p));
+    return NULL;
 }
 
 /* Frees a fresh block of `size` bytes twice, with `others` frees of other blocks between. */
@@ -69,6 +80,32 @@ int main(int argc, char **argv) {
         size_t size = strtoul(mode + 12, &end, 10);
         int others = *end == '-' ? atoi(end + 1) : 0;
         bad = double_free(size, others);
+    } else if (!strcmp(mode, "double-free-in-new-thread")) {
+        pthread_t t;
+        void *keep = opaque(malloc(64)); /* keeps the span in use */
+        bad = opaque(malloc(64));
+        memset(bad, 1, 64);
+        opaque(keep);
+        pthread_create(&t, NULL, free_twice, bad);
+        pthread_join(t, NULL);
+    } else if (!strcmp(mode, "overrun-low-bits")) {
+        /* An overrun from one block flips the lowest bit of the next (free) block's link. */
+        for (int round = 0; round < 4; round++) {
+            void *warm[16];
+            for (int i = 0; i < 16; i++) warm[i] = opaque(malloc(48));
+            for (int i = 0; i < 16; i++) free(warm[i]);
+        }
+        char *a = opaque(malloc(48));
+        char *b = opaque(malloc(48));
+        if (b != a + 48) {
+            fprintf(stderr, "blocks not adjacent: %p %p\n", (void *)a, (void *)b);
+            return 2;
+        }
+        free(b);
+        char *over = opaque(a);
+        over[48] ^= 1;
+        opaque(over);
+        bad = malloc(48);
     } else if (!strcmp(mode, "double-free-page-run")) {
         void *p = aligned_alloc(65536, 100000);
         free(p);
