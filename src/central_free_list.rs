@@ -17,8 +17,8 @@
 //! New spans come from the page heap (lock order: central list, then page heap). Objects are
 //! carved lazily, a batch at a time in address order, so a fresh span's untouched tail costs no
 //! memory. Before carving a new span, a class may **borrow** free objects from the partly used
-//! spans of a slightly larger class (at most a third larger, and only when that class holds at
-//! least [`BORROW_MIN_BYTES`] free): after a phase of the program frees most objects of one
+//! spans of a slightly larger class (at most a third larger, at least as aligned, and only when
+//! that class holds at least [`BORROW_MIN_BYTES`] free): after a phase of the program frees most objects of one
 //! size, the holes are reused for the next size instead of growing the heap. A borrowed object
 //! goes back to the span (and list) it came from; statistics count it in its span's class.
 //!
@@ -166,6 +166,20 @@ unsafe fn release_objects(mut head: *mut FreeObject) {
     }
 }
 
+/// Makes the in-use span `span` a span of `class`: its record and the page-map tags of its
+/// pages, which C `free` reads.
+///
+/// # Safety
+/// - `span` is an in-use span from the page heap, recorded in the page map, that holds no
+///   object of another class.
+unsafe fn own_span(span: *mut Span, class: SizeClass) {
+    // SAFETY: per the caller.
+    unsafe {
+        (*span).set_class_index(class.index());
+        page_map::set_tags((*span).start(), (*span).pages(), class.index());
+    }
+}
+
 /// Moves the one-object span of a live block from class `from` to the larger class `to`,
 /// growing the span in place into free pages that follow it: the block keeps its address and
 /// contents (`realloc` without a copy). Both classes must hold one object per span. Returns
@@ -174,7 +188,7 @@ unsafe fn release_objects(mut head: *mut FreeObject) {
 /// # Safety
 /// - `span` is the `Small` span of class `from` holding a live block owned by the caller.
 pub unsafe fn regrow_span(span: *mut Span, from: SizeClass, to: SizeClass) -> bool {
-    debug_assert!(from.info().objects == 1 && to.info().objects == 1 && from < to);
+    crate::diag::debug_invariant!(from.info().objects == 1 && to.info().objects == 1 && from < to);
     // SAFETY: the span is in use (it holds the caller's block), so its shard is settled.
     let shard = unsafe { (*span).shard } as usize;
     // Lock order: central lists by increasing class, then the page heap.
@@ -185,7 +199,7 @@ pub unsafe fn regrow_span(span: *mut Span, from: SizeClass, to: SizeClass) -> bo
         return false;
     }
     // SAFETY: as above; the span is full (its one object is live), so it is on no list.
-    unsafe { (*span).set_class_index(to.index()) };
+    unsafe { own_span(span, to) };
     old_list.spans -= 1;
     new_list.spans += 1;
     true
@@ -195,7 +209,8 @@ pub unsafe fn regrow_span(span: *mut Span, from: SizeClass, to: SizeClass) -> bo
 /// of at least `room` pages, for a block that is likely to grow again (`realloc`): it can then
 /// grow in place ([`regrow_span`]) into the rest of the run. Null when out of memory.
 pub fn alloc_growable(class: SizeClass, shard: usize, room: Length) -> *mut u8 {
-    debug_assert!(class.info().objects == 1);
+    crate::diag::debug_invariant!(class.info().objects == 1);
+    free_list::init_secret();
     let shard = transfer_cache::shard_index(shard);
     let mut list = central(class, shard).lock();
     let pages = Length(class.info().pages as usize);
@@ -206,13 +221,17 @@ pub fn alloc_growable(class: SizeClass, shard: usize, room: Length) -> *mut u8 {
     // SAFETY: a fresh in-use span from the page heap; its only object is handed out at once,
     // so it is full and on no list.
     unsafe {
-        (*span).set_class_index(class.index());
+        own_span(span, class);
         (*span).free_list = ptr::null_mut();
         (*span).allocated = 1;
         (*span).carved = 1;
         (*span).shard = shard as u32;
         list.spans += 1;
-        (*span).start_address() as *mut u8
+        let block = (*span).start_address() as *mut FreeObject;
+        // The pages may have held a free object before: clear its link, so that the block
+        // does not look free.
+        free_list::take_object(block);
+        block.cast()
     }
 }
 
@@ -233,7 +252,7 @@ unsafe fn take_listed(s: &mut Span, n: usize, head: &mut *mut FreeObject) -> usi
     let listed = (s.carved - s.allocated) as usize;
     if listed <= n {
         // SAFETY: `free_tail` is the last object of the non-empty list.
-        unsafe { (*s.free_tail).next = *head };
+        unsafe { free_list::set_next(s.free_tail, *head) };
         *head = s.free_list;
         s.free_list = ptr::null_mut();
         return listed;
@@ -249,12 +268,24 @@ unsafe fn take_listed(s: &mut Span, n: usize, head: &mut *mut FreeObject) -> usi
 /// spans: borrowing is for memory left behind by a phase of the program, not for normal churn.
 pub const BORROW_MIN_BYTES: usize = 1 << 20;
 
-/// The classes `class` may borrow objects from: the larger ones at most a third bigger.
+/// The classes `class` may borrow objects from: the larger ones at most a third bigger whose
+/// objects are at least as aligned as `class`'s ([`SizeClass::alignment`]). A request aligned
+/// to 64 is served by the 64-byte class and relies on every object it hands out being
+/// 64-aligned, so that class never borrows a 72-byte object (8-aligned), while the 48-byte
+/// class (16-aligned) may borrow from the 64-byte one.
 fn donors(class: SizeClass) -> impl Iterator<Item = SizeClass> {
     let limit = class.size() + class.size() / 3;
     (class.index() + 1..NUM_CLASSES)
         .filter_map(SizeClass::new)
         .take_while(move |d| d.size() <= limit)
+        .filter(move |d| d.alignment() >= class.alignment())
+}
+
+/// Whether an object of class `class` may live in a span of class `span_class`: the same class,
+/// or one it borrows from.
+#[cfg(any(feature = "hardened", debug_assertions))]
+pub fn may_hold(class: SizeClass, span_class: SizeClass) -> bool {
+    class == span_class || donors(class).any(|d| d == span_class)
 }
 
 /// Returns batches idle in the transfer caches since epoch `before` (all of them with
@@ -338,7 +369,7 @@ impl CentralFreeList {
         want: usize,
         heap: &Lock<PageHeap>,
     ) -> (*mut FreeObject, usize) {
-        debug_assert!(want >= 1 && want <= class.batch());
+        crate::diag::debug_invariant!(want >= 1 && want <= class.batch());
         let mut head = ptr::null_mut();
         let mut got = 0;
         while got < want {
@@ -392,7 +423,7 @@ impl CentralFreeList {
     ) -> bool {
         // SAFETY: the span outlives its objects; it belongs to this list (checked in debug).
         unsafe {
-            debug_assert!(
+            crate::diag::debug_invariant!(
                 !span.is_null()
                     && (*span).kind() == SpanKind::Small
                     && (*span).class_index() == class.index(),
@@ -404,6 +435,9 @@ impl CentralFreeList {
             if s.free_list.is_null() {
                 s.free_tail = object;
             }
+            // A span with no object handed out cannot take one back: that would be an object
+            // freed twice, and the counts (unsigned) would wrap.
+            invariant!(s.allocated > 0, "object {object:?} returned to a span with none out");
             free_list::push(&mut s.free_list, object);
             s.allocated -= 1;
             self.span_free += 1;
@@ -415,6 +449,7 @@ impl CentralFreeList {
                 self.spans -= 1;
                 self.span_free -= class.info().objects as usize;
                 s.carved = 0;
+                page_map::clear_tags(s.start(), s.pages());
                 heap.lock().deallocate(span);
                 return true;
             }
@@ -515,13 +550,15 @@ impl CentralFreeList {
 
     /// Takes a new span from the page heap for shard `shard`; false when out of memory.
     fn populate(&mut self, class: SizeClass, shard: usize, heap: &Lock<PageHeap>) -> bool {
+        // Objects are about to exist: the list encoding must be fixed first.
+        free_list::init_secret();
         let span = heap.lock().allocate(Length(class.info().pages as usize), SpanKind::Small);
         if span.is_null() {
             return false;
         }
         // SAFETY: a fresh in-use span from the page heap; nobody else knows it yet.
         unsafe {
-            (*span).set_class_index(class.index());
+            own_span(span, class);
             (*span).free_list = ptr::null_mut();
             (*span).allocated = 0;
             (*span).carved = 0;
@@ -580,6 +617,28 @@ mod tests {
     }
 
     #[test]
+    fn donors_are_at_least_as_aligned_as_the_borrower() {
+        let mut borrowing = 0;
+        for class in SizeClass::all() {
+            for donor in donors(class) {
+                assert!(donor > class && donor.size() * 3 <= class.size() * 4);
+                assert!(
+                    donor.size() % class.alignment() == 0,
+                    "class {} (aligned to {}) borrows {}-byte objects",
+                    class.size(),
+                    class.alignment(),
+                    donor.size()
+                );
+                borrowing += 1;
+            }
+        }
+        // Borrowing still happens for most classes: 48 from 64, 72 from 80, ...
+        assert!(borrowing > NUM_CLASSES, "only {borrowing} donor pairs");
+        assert!(donors(class_of(48)).any(|d| d.size() == 64));
+        assert!(!donors(class_of(64)).any(|d| d.size() == 72));
+    }
+
+    #[test]
     fn empty_spans_go_back_to_the_page_heap() {
         let heap = Lock::new(PageHeap::new());
         let mut list = CentralFreeList::new();
@@ -618,7 +677,7 @@ mod tests {
                 unsafe {
                     assert_eq!((*span).class_index(), class.index());
                     assert_eq!((p as usize - (*span).start_address()) % class.size(), 0);
-                    p = (*p).next;
+                    p = free_list::next(p);
                 }
             }
             lists.push((head, n));

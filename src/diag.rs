@@ -79,7 +79,20 @@ macro_rules! invariant_eq {
     }};
 }
 
-pub(crate) use {invariant, invariant_eq};
+/// [`invariant!`] in debug builds only: the allocator's `debug_assert!`. A plain
+/// `debug_assert!` would panic, and a panic allocates (and may unwind through a held lock).
+macro_rules! debug_invariant {
+    ($cond:expr $(,)?) => {
+        $crate::diag::debug_invariant!($cond, "{}", stringify!($cond))
+    };
+    ($cond:expr, $($arg:tt)+) => {
+        if cfg!(debug_assertions) {
+            $crate::diag::invariant!($cond, $($arg)+)
+        }
+    };
+}
+
+pub(crate) use {debug_invariant, invariant, invariant_eq};
 
 /// Writes `tcalloc: <message>` to standard error and aborts the process.
 #[cold]

@@ -25,6 +25,7 @@
 
 use crate::config::OS_PAGE_SIZE;
 use crate::router;
+use crate::thread_cache;
 use core::ffi::{c_int, c_void};
 use core::ptr;
 
@@ -58,6 +59,16 @@ fn too_big(size: usize) -> bool {
 
 #[inline(always)]
 fn malloc_impl(size: usize) -> *mut c_void {
+    // Small sizes first, with no other test: their path sets `errno` itself when out of
+    // memory, so the pop is the whole of `malloc`.
+    if size < thread_cache::FAST_LIMIT {
+        return thread_cache::alloc_small_c(size).cast();
+    }
+    malloc_other(size)
+}
+
+#[inline(never)]
+extern "C" fn malloc_other(size: usize) -> *mut c_void {
     if too_big(size) {
         return out_of_memory();
     }

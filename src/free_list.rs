@@ -1,13 +1,164 @@
-//! Intrusive singly linked lists of free objects: the first word of a free object points to
-//! the next one. Thread caches, central lists and spans all hold their free objects this way,
+//! Intrusive singly linked lists of free objects: the first word of a free object links to
+//! the next one. Thread caches, transfer caches and spans all hold their free objects this way,
 //! so a free object costs no metadata.
+//!
+//! **Protected links.** A link is never stored as a plain pointer: the word holds
+//! `next ^ SECRET`, where `SECRET` is a per-process random value whose top 16 bits are
+//! never all zero ([`init_secret`]). Every read decodes the word and checks that the result
+//! is a plausible object address: below 2^48 and 8-aligned ([`LINK_MASK`] bits clear). So:
+//!
+//! - a program that writes into a freed object (use after free, a buffer overrun) turns its
+//!   link into garbage, and the next pop aborts with `tcalloc: heap corruption …` instead of
+//!   handing out the written value as a block; a written pointer or zero never passes, since
+//!   its top bits decode to the secret's;
+//! - a live object whose first word decodes to a plausible link is almost certainly on a free
+//!   list ([`looks_free`]): the check behind double-free detection. Random data passes with a
+//!   probability of 2^-19; objects leaving the allocator have that word cleared
+//!   ([`take_object`]), so that an untouched block does not look free. (The thread cache's
+//!   fast pop clears it only in builds whose `free` checks: `override` and `hardened`.
+//!   Elsewhere a block freed through the prefixed C `tcalloc_free` without having been
+//!   written may look free, which costs a search of the thread's list, not a false alarm.)
+//!
+//! The thread caches keep a copy of the key (0 until a cache is set up) and check a popped
+//! link with one compare, against [`LINK_LIMIT`]; every other reader checks [`LINK_MASK`].
+//!
+//! Entry points: [`push`], [`pop`], [`next`], [`set_next`], [`split_front`], [`count`],
+//! [`looks_free`], [`take_object`]. No layer below.
 
 use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-/// A free object: only its first word is used, as the link.
+/// A free object: only its first word is used, as the encoded link.
 #[repr(C)]
 pub struct FreeObject {
-    pub next: *mut FreeObject,
+    link: usize,
+}
+
+/// Bits that are zero in every object address (user space below 2^48, 8-aligned).
+pub const LINK_MASK: usize = 0xFFFF_0000_0000_0007;
+
+/// Every object address is below this (the fast path's shorter check, without alignment).
+pub const LINK_LIMIT: usize = 1 << 48;
+
+/// The per-process key of the link encoding; 0 until [`init_secret`].
+static SECRET: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the link key once per process, from the kernel's random source (or, failing that,
+/// addresses and the clock). Must run before the first object is put on any list: the central
+/// free lists call it before they carve their first span.
+#[cold]
+pub fn init_secret() {
+    if SECRET.load(Relaxed) != 0 {
+        return;
+    }
+    let mut random: usize = 0;
+    // SAFETY: writes at most `size_of::<usize>()` bytes into `random`.
+    let got = unsafe {
+        libc::getrandom(
+            (&mut random as *mut usize).cast(),
+            core::mem::size_of::<usize>(),
+            libc::GRND_NONBLOCK,
+        )
+    };
+    if got != core::mem::size_of::<usize>() as isize {
+        let stack = &random as *const usize as usize;
+        random = stack.rotate_left(29)
+            ^ (init_secret as fn() as usize)
+            ^ crate::os::now_millis() as usize;
+        random = random.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    // The top bit set: a stored pointer or zero never decodes to a plausible link.
+    let secret = random | 1 << 63;
+    // A concurrent caller may have won; either value is fine, as long as it is one.
+    let _ = SECRET.compare_exchange(0, secret, Relaxed, Relaxed);
+}
+
+/// The process's link key (0 before [`init_secret`]).
+#[inline(always)]
+pub fn secret() -> usize {
+    SECRET.load(Relaxed)
+}
+
+/// Whether `word`, the first word of an object, decodes to a plausible link: whether the
+/// object is probably on a free list.
+#[inline(always)]
+pub fn looks_free(word: usize) -> bool {
+    (word ^ secret()) & LINK_MASK == 0
+}
+
+/// The object after `object` on its list.
+///
+/// # Safety
+/// - `object` is a readable free object (on a list).
+#[inline(always)]
+pub unsafe fn next(object: *mut FreeObject) -> *mut FreeObject {
+    // SAFETY: per the caller.
+    unsafe { next_keyed(object, secret()) }
+}
+
+/// [`next`] for a list linked with `key` (a thread cache's copy of the process's key, or 0
+/// before the cache is set up).
+///
+/// # Safety
+/// - `object` is a readable free object on a list linked with `key`.
+#[inline(always)]
+pub unsafe fn next_keyed(object: *mut FreeObject, key: usize) -> *mut FreeObject {
+    // SAFETY: per the caller.
+    let word = unsafe { (*object).link };
+    let next = word ^ key;
+    if next & LINK_MASK != 0 {
+        corrupted(object, word);
+    }
+    next as *mut FreeObject
+}
+
+/// Makes `next` follow `object`.
+///
+/// # Safety
+/// - `object` is a writable free object.
+#[inline(always)]
+pub unsafe fn set_next(object: *mut FreeObject, next: *mut FreeObject) {
+    // SAFETY: per the caller.
+    unsafe { set_next_keyed(object, next, secret()) };
+}
+
+/// [`set_next`] for a list linked with `key`.
+///
+/// # Safety
+/// - `object` is a writable free object.
+#[inline(always)]
+pub unsafe fn set_next_keyed(object: *mut FreeObject, next: *mut FreeObject, key: usize) {
+    // SAFETY: per the caller.
+    unsafe { (*object).link = next as usize ^ key };
+}
+
+/// Clears the link word of an object that leaves the allocator, so that it does not look free
+/// ([`looks_free`]) until it is freed again.
+///
+/// # Safety
+/// - `object` is a writable object that no list holds.
+#[inline(always)]
+pub unsafe fn take_object(object: *mut FreeObject) {
+    // SAFETY: per the caller.
+    unsafe { (*object).link = 0 };
+}
+
+impl FreeObject {
+    /// The raw (encoded) link word.
+    #[inline(always)]
+    pub fn link_word(&self) -> usize {
+        self.link
+    }
+}
+
+/// Aborts: the link of a free object was overwritten.
+#[cold]
+#[inline(never)]
+pub fn corrupted(object: *mut FreeObject, word: usize) -> ! {
+    crate::diag::fatal(format_args!(
+        "heap corruption: the free block at {object:p} was written after it was freed \
+         (its free-list link reads {word:#x})"
+    ))
 }
 
 /// Pushes `object` in front of `*head`.
@@ -17,11 +168,12 @@ pub struct FreeObject {
 #[inline(always)]
 pub unsafe fn push(head: &mut *mut FreeObject, object: *mut FreeObject) {
     // SAFETY: the caller guarantees `object` is writable.
-    unsafe { (*object).next = *head };
+    unsafe { set_next(object, *head) };
     *head = object;
 }
 
-/// Pops the first object of `*head`, or null if the list is empty.
+/// Pops the first object of `*head`, or null if the list is empty; the object's link word is
+/// cleared ([`take_object`]).
 ///
 /// # Safety
 /// - `*head` is null or the head of a well-formed, null-terminated list.
@@ -29,8 +181,12 @@ pub unsafe fn push(head: &mut *mut FreeObject, object: *mut FreeObject) {
 pub unsafe fn pop(head: &mut *mut FreeObject) -> *mut FreeObject {
     let object = *head;
     if !object.is_null() {
-        // SAFETY: a non-null head of a well-formed list is a readable free object.
-        *head = unsafe { (*object).next };
+        // SAFETY: a non-null head of a well-formed list is a readable, writable free object;
+        // it leaves the list.
+        unsafe {
+            *head = next(object);
+            take_object(object);
+        }
     }
     object
 }
@@ -41,17 +197,17 @@ pub unsafe fn pop(head: &mut *mut FreeObject) -> *mut FreeObject {
 /// # Safety
 /// - `*head` is a well-formed list with at least `n >= 1` objects.
 pub unsafe fn split_front(head: &mut *mut FreeObject, n: usize) -> *mut FreeObject {
-    debug_assert!(n >= 1);
+    crate::diag::debug_invariant!(n >= 1);
     let first = *head;
     let mut last = first;
     for _ in 1..n {
         // SAFETY: the list holds at least `n` objects, so the first `n - 1` have successors.
-        last = unsafe { (*last).next };
+        last = unsafe { next(last) };
     }
     // SAFETY: `last` is the `n`-th object of the list.
     unsafe {
-        *head = (*last).next;
-        (*last).next = ptr::null_mut();
+        *head = next(last);
+        set_next(last, ptr::null_mut());
     }
     first
 }
@@ -65,20 +221,20 @@ pub unsafe fn split_front_with_spread(
     head: &mut *mut FreeObject,
     n: usize,
 ) -> (*mut FreeObject, usize) {
-    debug_assert!(n >= 1);
+    crate::diag::debug_invariant!(n >= 1);
     let first = *head;
     let mut last = first;
     let (mut low, mut high) = (first as usize, first as usize);
     for _ in 1..n {
         // SAFETY: the list holds at least `n` objects, so the first `n - 1` have successors.
-        last = unsafe { (*last).next };
+        last = unsafe { next(last) };
         low = low.min(last as usize);
         high = high.max(last as usize);
     }
     // SAFETY: `last` is the `n`-th object of the list.
     unsafe {
-        *head = (*last).next;
-        (*last).next = ptr::null_mut();
+        *head = next(last);
+        set_next(last, ptr::null_mut());
     }
     (first, high - low)
 }
@@ -92,7 +248,7 @@ pub unsafe fn count(mut head: *mut FreeObject) -> usize {
     while !head.is_null() {
         n += 1;
         // SAFETY: every object of a well-formed list is readable.
-        head = unsafe { (*head).next };
+        head = unsafe { next(head) };
     }
     n
 }
@@ -104,11 +260,11 @@ pub unsafe fn count(mut head: *mut FreeObject) -> usize {
 pub unsafe fn last(mut head: *mut FreeObject) -> *mut FreeObject {
     loop {
         // SAFETY: every object of a well-formed list is readable.
-        let next = unsafe { (*head).next };
-        if next.is_null() {
+        let after = unsafe { next(head) };
+        if after.is_null() {
             return head;
         }
-        head = next;
+        head = after;
     }
 }
 
@@ -118,8 +274,8 @@ mod tests {
 
     #[test]
     fn push_pop_split_count() {
-        let mut objects: Vec<FreeObject> =
-            (0..10).map(|_| FreeObject { next: ptr::null_mut() }).collect();
+        init_secret();
+        let mut objects: Vec<FreeObject> = (0..10).map(|_| FreeObject { link: 0 }).collect();
         let mut head = ptr::null_mut();
         for o in objects.iter_mut() {
             // SAFETY: each object is a distinct live Vec element, on no list yet.
@@ -141,6 +297,30 @@ mod tests {
             let (a, b) = (&objects[0] as *const _ as usize, &objects[4] as *const _ as usize);
             assert_eq!(spread, b - a, "objects 0..5 were on the list");
             assert!(pop(&mut head).is_null());
+        }
+    }
+
+    #[test]
+    fn links_are_encoded_and_checked() {
+        init_secret();
+        let mut objects: Vec<FreeObject> = (0..2).map(|_| FreeObject { link: 0 }).collect();
+        let (a, b) = (&mut objects[0] as *mut FreeObject, &mut objects[1] as *mut FreeObject);
+        // SAFETY: two live objects.
+        unsafe {
+            assert!(!looks_free((*a).link), "a cleared word does not look free");
+            set_next(a, b);
+            assert_ne!((*a).link, b as usize, "the link is not stored in the clear");
+            assert!(looks_free((*a).link));
+            assert_eq!(next(a), b);
+            set_next(a, ptr::null_mut());
+            assert!(looks_free((*a).link));
+            assert!(next(a).is_null());
+            take_object(a);
+            assert!(!looks_free((*a).link));
+        }
+        // Pointers and small integers written over a link never look like one.
+        for word in [0usize, 1, 8, b as usize, 0x7fff_ffff_f000] {
+            assert!(!looks_free(word), "{word:#x}");
         }
     }
 }

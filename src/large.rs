@@ -76,7 +76,14 @@ struct MappingCache {
     history_next: usize,
     /// Caching is on until this time.
     wanted_until_ms: u64,
+    /// Addresses of the blocks freed last (a ring), to tell a double free from a pointer
+    /// that was never a block.
+    freed: [usize; FREED_RING],
+    freed_next: usize,
 }
+
+/// How many freed large-block addresses are remembered for double-free messages.
+const FREED_RING: usize = 64;
 
 static CACHE: Lock<MappingCache> = Lock::new(MappingCache::new());
 
@@ -91,6 +98,8 @@ impl MappingCache {
             history: [NO_MAPPING; HISTORY],
             history_next: 0,
             wanted_until_ms: 0,
+            freed: [0; FREED_RING],
+            freed_next: 0,
         }
     }
 
@@ -331,7 +340,7 @@ pub fn alloc(size: usize, align: usize, zeroed: bool) -> *mut u8 {
         (*record).init(page, Length::for_bytes(map_len), SpanKind::Large);
         (*record).map_base = base;
         (*record).map_len = map_len;
-        (*record).block = block;
+        (*record).set_block(block);
         page_map::set(page, record);
     }
     BLOCKS.fetch_add(1, Relaxed);
@@ -345,18 +354,31 @@ pub fn alloc(size: usize, align: usize, zeroed: bool) -> *mut u8 {
 pub unsafe fn free(span: *mut Span) {
     // SAFETY: per the caller. The page-map entry is cleared before the mapping can be reused
     // or unmapped, so that a block mapped at the same address right after keeps its entry.
-    let mapping = unsafe {
+    let (mapping, block) = unsafe {
         let m = Mapping { base: (*span).map_base, len: (*span).map_len, at_ms: 0 };
-        page_map::clear(PageId::containing((*span).block));
+        let block = (*span).block();
+        page_map::clear(PageId::containing(block));
         metadata::delete_span(span);
-        m
+        (m, block)
     };
     BLOCKS.fetch_sub(1, Relaxed);
     let now = os::now_millis();
     let mut evicted = [NO_MAPPING; CACHE_ENTRIES];
-    let n = CACHE.lock().put(mapping, now, &mut evicted);
+    let n = {
+        let mut cache = CACHE.lock();
+        let slot = cache.freed_next % FREED_RING;
+        cache.freed[slot] = block;
+        cache.freed_next = cache.freed_next.wrapping_add(1);
+        cache.put(mapping, now, &mut evicted)
+    };
     unmap_all(&evicted[..n]);
     decay(now);
+}
+
+/// Whether `address` is one of the large blocks freed last. Only meaningful for an address
+/// that is not a live block's (the caller checked the page map): then a hit is a double free.
+pub fn was_freed(address: usize) -> bool {
+    address != 0 && CACHE.lock().freed.contains(&address)
 }
 
 /// Bytes of the block the program may use.
@@ -365,7 +387,7 @@ pub unsafe fn free(span: *mut Span) {
 /// - `span` is the `Large` record of a live block.
 pub unsafe fn usable_size(span: *const Span) -> usize {
     // SAFETY: per the caller.
-    unsafe { (*span).map_base + (*span).map_len - (*span).block }
+    unsafe { (*span).map_base + (*span).map_len - (*span).block() }
 }
 
 /// Resizes a large block to `new_size` (above the large threshold) keeping alignment `align`,
@@ -375,10 +397,10 @@ pub unsafe fn usable_size(span: *const Span) -> usize {
 /// # Safety
 /// - `span` is the `Large` record of a live block owned by the caller.
 pub unsafe fn realloc(span: *mut Span, new_size: usize, align: usize) -> *mut u8 {
-    debug_assert!(new_size > LARGE_THRESHOLD);
+    crate::diag::debug_invariant!(new_size > LARGE_THRESHOLD);
     // SAFETY: per the caller.
     let s = unsafe { &mut *span };
-    if align > OS_PAGE_SIZE || s.block != s.map_base {
+    if align > OS_PAGE_SIZE || s.block() != s.map_base {
         // mremap only guarantees OS-page alignment.
         return ptr::null_mut();
     }
@@ -389,31 +411,42 @@ pub unsafe fn realloc(span: *mut Span, new_size: usize, align: usize) -> *mut u8
         return ptr::null_mut();
     }
     if new_len <= s.map_len && new_len * 2 >= s.map_len {
-        return s.block as *mut u8;
+        return s.block() as *mut u8;
     }
-    let old_page = PageId::containing(s.block);
-    page_map::clear(old_page);
-    // SAFETY: the mapping is this block's alone; on success the old range is gone.
-    let moved = unsafe { os::remap(s.map_base as *mut u8, s.map_len, new_len) };
-    let Some(new_base) = moved.map(|p| p.as_ptr() as usize) else {
-        // SAFETY: the leaf exists (it held the entry just cleared).
-        unsafe { page_map::set(old_page, span) };
+    // SAFETY: the mapping is this block's alone, owned by the caller.
+    if unsafe { os::resize_in_place(s.map_base as *mut u8, s.map_len, new_len) } {
+        MAPPED_BYTES.fetch_add(new_len, Relaxed);
+        MAPPED_BYTES.fetch_sub(s.map_len, Relaxed);
+        s.map_len = new_len;
+        s.set_pages(Length::for_bytes(new_len));
+        return s.block() as *mut u8;
+    }
+    // The block must move. Map its new place first and make sure the page map can record it
+    // there, so that nothing can fail once the block has moved: out of memory then leaves the
+    // block where it was and returns null.
+    let Some(target) = os::map(new_len) else {
         return ptr::null_mut();
     };
+    let new_base = target.as_ptr() as usize;
     let new_page = PageId::containing(new_base);
-    if !page_map::ensure(new_page, Length(1)) {
-        // The moved block cannot be recorded, so `free` could never find it again; running on
-        // would leak it silently or abort later with a misleading message.
-        crate::diag::fatal(format_args!("realloc(): out of memory for the page map"));
+    let moved = page_map::ensure(new_page, Length(1))
+        // SAFETY: `target` is the mapping just made and nothing else knows it; the block's
+        // mapping is its alone.
+        && unsafe { os::remap_onto(s.map_base as *mut u8, s.map_len, new_len, target.as_ptr()) };
+    if !moved {
+        // SAFETY: as above; the target is still unused.
+        unsafe { os::unmap(target.as_ptr(), new_len) };
+        return ptr::null_mut();
     }
+    page_map::clear(PageId::containing(s.block()));
     MAPPED_BYTES.fetch_add(new_len, Relaxed);
     MAPPED_BYTES.fetch_sub(s.map_len, Relaxed);
     s.map_base = new_base;
     s.map_len = new_len;
-    s.block = new_base;
+    s.set_block(new_base);
     s.set_start(new_page);
     s.set_pages(Length::for_bytes(new_len));
-    // SAFETY: the leaf exists.
+    // SAFETY: the leaf exists (ensured above).
     unsafe { page_map::set(new_page, span) };
     new_base as *mut u8
 }
@@ -436,6 +469,50 @@ mod tests {
             free(span);
         }
         assert!(page_map::lookup(p as usize).is_null(), "entry cleared on free");
+    }
+
+    #[test]
+    fn realloc_out_of_memory_leaves_the_block_where_it_was() {
+        let size = 2 * LARGE_THRESHOLD;
+        let p = alloc(size, 8, false);
+        assert!(!p.is_null());
+        // SAFETY: a live block of `size` bytes.
+        unsafe { p.write_bytes(0xA5, size) };
+        // Take the address space right after the block, so that it cannot grow in place.
+        // SAFETY: a fresh mapping; MAP_FIXED_NOREPLACE never replaces an existing one (if the
+        // address is taken already, the block cannot grow in place either).
+        let guard = unsafe {
+            libc::mmap(
+                p.add(size).cast(),
+                OS_PAGE_SIZE,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        let span = page_map::lookup(p as usize);
+        page_map::test_hooks::ENSURE_FAILS.set(true);
+        // SAFETY: `span` is the live block's record, owned here.
+        let moved = unsafe { realloc(span, 8 * LARGE_THRESHOLD, 8) };
+        page_map::test_hooks::ENSURE_FAILS.set(false);
+        assert!(moved.is_null(), "no page-map leaf for the new place: null, no abort");
+        assert_eq!(page_map::lookup(p as usize), span, "the block is still recorded");
+        // SAFETY: the block is still live and unchanged.
+        unsafe {
+            assert!(usable_size(span) >= size);
+            assert!(core::slice::from_raw_parts(p, size).iter().all(|&b| b == 0xA5));
+            let moved = realloc(span, 8 * LARGE_THRESHOLD, 8);
+            assert!(!moved.is_null() && moved != p, "with memory it moves");
+            assert!(core::slice::from_raw_parts(moved, size).iter().all(|&b| b == 0xA5));
+            assert_eq!(page_map::lookup(moved as usize), span);
+            assert!(page_map::lookup(p as usize).is_null());
+            free(span);
+        }
+        if guard != libc::MAP_FAILED {
+            // SAFETY: the guard page mapped above.
+            unsafe { libc::munmap(guard, OS_PAGE_SIZE) };
+        }
     }
 
     #[test]

@@ -78,19 +78,24 @@ pub fn new_span() -> *mut Span {
     let mut arena = ARENA.lock();
     let span = if !arena.free_spans.is_null() {
         let span = arena.free_spans;
-        // SAFETY: records on the free list are valid; `next` links the list.
-        arena.free_spans = unsafe { (*span).next };
+        // SAFETY: records on the free list are valid; `next` links the list. A stale
+        // page-map entry may lead a lock-free reader here, so the record is reset field by
+        // field, never overwritten whole.
+        unsafe {
+            arena.free_spans = (*span).next;
+            (*span).reset();
+        }
         span
     } else {
         let span = arena.carve(size_of::<Span>(), align_of::<Span>()).cast::<Span>();
         if span.is_null() {
             return span;
         }
+        // SAFETY: a fresh, aligned, writable slot of the arena that nothing knows yet.
+        unsafe { span.write(Span::empty()) };
         span
     };
     arena.live_spans += 1;
-    // SAFETY: `span` is an unused, aligned, writable record-sized slot of the arena.
-    unsafe { span.write(Span::empty()) };
     span
 }
 

@@ -12,7 +12,7 @@ use core::ptr::{self, NonNull};
 /// `MAP_NORESERVE`), so the kernel's overcommit check refuses requests no machine could back,
 /// as it does for glibc's `malloc`.
 pub fn map(len: usize) -> Option<NonNull<u8>> {
-    debug_assert!(len != 0 && len % OS_PAGE_SIZE == 0, "os::map({len})");
+    crate::diag::debug_invariant!(len != 0 && len % OS_PAGE_SIZE == 0, "os::map({len})");
     // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
     // existing memory.
     let p = unsafe {
@@ -35,7 +35,7 @@ pub fn map(len: usize) -> Option<NonNull<u8>> {
 /// Maps `len` bytes aligned to `align` (a power of two, at least the OS page): maps
 /// `len + align` bytes and unmaps the slack on both sides.
 pub fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
-    debug_assert!(align.is_power_of_two() && align >= OS_PAGE_SIZE);
+    crate::diag::debug_invariant!(align.is_power_of_two() && align >= OS_PAGE_SIZE);
     if align == OS_PAGE_SIZE {
         return map(len);
     }
@@ -59,10 +59,10 @@ pub fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
 /// # Safety
 /// - `[p, p + len)` was mapped by this module and nothing will touch it again.
 pub unsafe fn unmap(p: *mut u8, len: usize) {
-    debug_assert!(p as usize % OS_PAGE_SIZE == 0 && len % OS_PAGE_SIZE == 0);
+    crate::diag::debug_invariant!(p as usize % OS_PAGE_SIZE == 0 && len % OS_PAGE_SIZE == 0);
     // SAFETY: by the caller's contract the range is ours and dead.
     let rc = unsafe { libc::munmap(p.cast(), len) };
-    debug_assert!(rc == 0, "munmap({p:?}, {len}) failed");
+    crate::diag::debug_invariant!(rc == 0, "munmap({p:?}, {len}) failed");
 }
 
 /// Gives the physical memory behind `[p, p + len)` back to the OS. The range stays mapped and
@@ -71,26 +71,51 @@ pub unsafe fn unmap(p: *mut u8, len: usize) {
 /// # Safety
 /// - `[p, p + len)` was mapped by this module and holds no live data.
 pub unsafe fn release(p: *mut u8, len: usize) -> bool {
-    debug_assert!(p as usize % OS_PAGE_SIZE == 0 && len % OS_PAGE_SIZE == 0);
+    crate::diag::debug_invariant!(p as usize % OS_PAGE_SIZE == 0 && len % OS_PAGE_SIZE == 0);
     // SAFETY: by the caller's contract the range is ours and its contents are dead.
     unsafe { libc::madvise(p.cast(), len, libc::MADV_DONTNEED) == 0 }
 }
 
-/// Moves or resizes the mapping `[p, p + old_len)` to `new_len` bytes, keeping its contents,
-/// possibly at a new address.
+/// Resizes the mapping `[p, p + old_len)` to `new_len` bytes without moving it; false when the
+/// address space after it is taken.
 ///
 /// # Safety
-/// - `[p, p + old_len)` is one mapping made by this module; on success the old range must not
-///   be used again.
-pub unsafe fn remap(p: *mut u8, old_len: usize, new_len: usize) -> Option<NonNull<u8>> {
-    debug_assert!(old_len % OS_PAGE_SIZE == 0 && new_len % OS_PAGE_SIZE == 0 && new_len != 0);
-    // SAFETY: by the caller's contract the range is one mapping of ours.
-    let q = unsafe { libc::mremap(p.cast(), old_len, new_len, libc::MREMAP_MAYMOVE) };
-    if q == libc::MAP_FAILED {
-        None
-    } else {
-        NonNull::new(q.cast())
-    }
+/// - `[p, p + old_len)` is one mapping made by this module.
+pub unsafe fn resize_in_place(p: *mut u8, old_len: usize, new_len: usize) -> bool {
+    crate::diag::debug_invariant!(
+        old_len % OS_PAGE_SIZE == 0 && new_len % OS_PAGE_SIZE == 0 && new_len != 0
+    );
+    // SAFETY: by the caller's contract the range is one mapping of ours; without
+    // `MREMAP_MAYMOVE` the kernel only grows or shrinks it where it is.
+    let q = unsafe { libc::mremap(p.cast(), old_len, new_len, 0) };
+    q != libc::MAP_FAILED
+}
+
+/// Moves the mapping `[p, p + old_len)`, resized to `new_len` bytes, onto `[to, to + new_len)`,
+/// which replaces whatever was mapped there. The caller maps the target first (see [`map`]),
+/// so that it can prepare for the new address before the block moves.
+///
+/// # Safety
+/// - `[p, p + old_len)` is one mapping made by this module; on success it must not be used
+///   again.
+/// - `[to, to + new_len)` is a mapping made by this module that nothing uses, disjoint from
+///   the first; on success it holds the moved contents, on failure it is unchanged.
+pub unsafe fn remap_onto(p: *mut u8, old_len: usize, new_len: usize, to: *mut u8) -> bool {
+    crate::diag::debug_invariant!(
+        old_len % OS_PAGE_SIZE == 0 && new_len % OS_PAGE_SIZE == 0 && new_len != 0
+    );
+    crate::diag::debug_invariant!(to as usize % OS_PAGE_SIZE == 0);
+    // SAFETY: by the caller's contract both ranges are ours, and the target is unused.
+    let q = unsafe {
+        libc::mremap(
+            p.cast(),
+            old_len,
+            new_len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            to.cast::<libc::c_void>(),
+        )
+    };
+    q != libc::MAP_FAILED
 }
 
 /// Writes `bytes` to standard error, retrying short writes and ignoring failures.

@@ -173,7 +173,9 @@ impl PageHeap {
     /// Allocates `pages` pages as a span of `kind` (`Small` or `PageRun`), recorded in the page
     /// map at every page. Null when out of memory.
     pub fn allocate(&mut self, pages: Length, kind: SpanKind) -> *mut Span {
-        debug_assert!(pages.0 > 0 && matches!(kind, SpanKind::Small | SpanKind::PageRun));
+        crate::diag::debug_invariant!(
+            pages.0 > 0 && matches!(kind, SpanKind::Small | SpanKind::PageRun)
+        );
         let mut span = self.find(pages);
         if span.is_null() {
             if !self.grow(pages) {
@@ -208,7 +210,7 @@ impl PageHeap {
 
     /// Allocates `pages` pages whose first page is a multiple of `align` pages.
     pub fn allocate_aligned(&mut self, pages: Length, align: Length, kind: SpanKind) -> *mut Span {
-        debug_assert!(align.0.is_power_of_two());
+        crate::diag::debug_invariant!(align.0.is_power_of_two());
         if align.0 <= 1 {
             return self.allocate(pages, kind);
         }
@@ -290,7 +292,7 @@ impl PageHeap {
     unsafe fn carve(&mut self, span: *mut Span, pages: Length, kind: SpanKind) -> *mut Span {
         // SAFETY: valid per the caller.
         let (len, start, was) = unsafe { ((*span).pages(), (*span).start(), (*span).kind()) };
-        debug_assert!(len >= pages);
+        crate::diag::debug_invariant!(len >= pages);
         let rest = if len > pages {
             let rest = metadata::new_span();
             if rest.is_null() {

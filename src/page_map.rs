@@ -2,16 +2,20 @@
 //!
 //! It lets `free(p)` find the span of any pointer with no header in front of the block: two
 //! dependent loads, no lock. The root is a static array (1 MiB of zero pages the OS only backs
-//! where touched); each leaf covers 2 GiB of address space with one pointer per 8 KiB page and
-//! is mapped on first use. Leaves are installed with a compare-and-swap and never removed, so a
+//! where touched); each leaf covers 2 GiB of address space with one span pointer and one
+//! two-byte [`Tag`] per 8 KiB page and is mapped on first use. Leaves are installed with a compare-and-swap and never removed, so a
 //! reader holding a leaf pointer can always dereference it.
 //!
 //! Who writes which entries:
 //! - the page heap, for spans it hands out (every page) and free spans (first and last page,
 //!   which is what coalescing reads);
-//! - `large`, for the first page of each direct mapping.
+//! - `large`, for the first page of each direct mapping;
+//! - the central free lists, for the tags of the spans they own: C `free` reads the tag alone
+//!   (class and page index) and never the span record, so validating and freeing a small
+//!   object costs two dependent loads and no read of memory that other threads rewrite.
 //!
-//! Entry points: [`get`], [`lookup`], [`ensure`], [`set`], [`set_range`], [`clear`]. Layer
+//! Entry points: [`get`], [`lookup`], [`tag`], [`ensure`], [`set`], [`set_range`], [`clear`],
+//! [`set_tags`], [`clear_tags`]. Layer
 //! below: `os` (for leaves), `metadata` (accounting).
 
 use crate::config::{ADDRESS_BITS, PAGE_SHIFT};
@@ -19,7 +23,7 @@ use crate::metadata;
 use crate::os;
 use crate::span::{Length, PageId, Span};
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU16, Ordering};
 
 const LEAF_BITS: usize = 18;
 const ROOT_BITS: usize = ADDRESS_BITS - PAGE_SHIFT - LEAF_BITS;
@@ -29,10 +33,18 @@ const ROOT_LEN: usize = 1 << ROOT_BITS;
 /// Number of pages the map can describe.
 pub const MAX_PAGES: usize = 1 << (ADDRESS_BITS - PAGE_SHIFT);
 
-/// One leaf: a span pointer per page (null where no span is recorded).
+/// One leaf: a span pointer and a [`Tag`] per page (null and 0 where nothing is recorded).
 struct Leaf {
     spans: [AtomicPtr<Span>; LEAF_LEN],
+    tags: [AtomicU16; LEAF_LEN],
 }
+
+/// What C `free` needs to know about a page of small objects, in one load: the size class in
+/// the low byte (0: not a page of small objects) and the page's index inside its span in the
+/// high byte, from which the offset of a pointer from the span's start follows. Set while the
+/// span belongs to a central free list ([`set_tags`]), cleared before it goes back to the page
+/// heap ([`clear_tags`]); a page of a span that holds a live object keeps its tag.
+pub type Tag = u16;
 
 /// Invariant: `ROOT[i]` is null or a leaf mapped by [`ensure`]; it never changes once set.
 static ROOT: [AtomicPtr<Leaf>; ROOT_LEN] = [const { AtomicPtr::new(ptr::null_mut()) }; ROOT_LEN];
@@ -66,6 +78,10 @@ pub fn lookup(address: usize) -> *mut Span {
 /// Makes sure leaves exist for `pages` pages from `start`; false when out of memory or the
 /// range lies beyond the map.
 pub fn ensure(start: PageId, pages: Length) -> bool {
+    #[cfg(test)]
+    if test_hooks::ENSURE_FAILS.get() {
+        return false;
+    }
     if pages.0 == 0 {
         return true;
     }
@@ -96,6 +112,61 @@ pub fn ensure(start: PageId, pages: Length) -> bool {
     true
 }
 
+/// Fault injection for unit tests: out of memory for page-map leaves, on one thread.
+#[cfg(test)]
+pub mod test_hooks {
+    std::thread_local! {
+        /// While true, [`ensure`](super::ensure) fails on this thread as if no leaf could be
+        /// mapped.
+        pub static ENSURE_FAILS: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+    }
+}
+
+/// The tag of the page holding `address` (0 where none is recorded, or beyond the map).
+#[inline(always)]
+pub fn tag(address: usize) -> Tag {
+    let (i, j) = (address >> (PAGE_SHIFT + LEAF_BITS), (address >> PAGE_SHIFT) & (LEAF_LEN - 1));
+    if i >= ROOT_LEN {
+        return 0;
+    }
+    let leaf = ROOT[i].load(Ordering::Acquire);
+    if leaf.is_null() {
+        return 0;
+    }
+    // SAFETY: installed leaves are valid forever (ROOT invariant); `j < LEAF_LEN`.
+    unsafe { (*leaf).tags.get_unchecked(j).load(Ordering::Relaxed) }
+}
+
+/// Tags every page of `[start, start + pages)` as a span of small objects of class
+/// `class_index` (at most 255 pages).
+///
+/// # Safety
+/// - [`ensure`] succeeded for the range (the span's pages are recorded already).
+pub unsafe fn set_tags(start: PageId, pages: Length, class_index: usize) {
+    crate::diag::debug_invariant!(class_index != 0 && class_index < 256 && pages.0 <= 256);
+    for k in 0..pages.0 {
+        let (i, j) = split(PageId(start.0 + k));
+        let leaf = ROOT[i].load(Ordering::Acquire);
+        // SAFETY: the caller ensured the leaf; `j < LEAF_LEN`.
+        unsafe {
+            (*leaf).tags.get_unchecked(j).store((class_index | k << 8) as Tag, Ordering::Relaxed)
+        };
+    }
+}
+
+/// Clears the tags of `[start, start + pages)`.
+///
+/// # Safety
+/// - [`ensure`] succeeded for the range.
+pub unsafe fn clear_tags(start: PageId, pages: Length) {
+    for k in 0..pages.0 {
+        let (i, j) = split(PageId(start.0 + k));
+        let leaf = ROOT[i].load(Ordering::Acquire);
+        // SAFETY: the caller ensured the leaf; `j < LEAF_LEN`.
+        unsafe { (*leaf).tags.get_unchecked(j).store(0, Ordering::Relaxed) };
+    }
+}
+
 /// Records `span` for `page`.
 ///
 /// # Safety
@@ -104,7 +175,7 @@ pub fn ensure(start: PageId, pages: Length) -> bool {
 pub unsafe fn set(page: PageId, span: *mut Span) {
     let (i, j) = split(page);
     let leaf = ROOT[i].load(Ordering::Acquire);
-    debug_assert!(!leaf.is_null(), "page map leaf missing for page {:#x}", page.0);
+    crate::diag::debug_invariant!(!leaf.is_null(), "page map leaf missing for page {:#x}", page.0);
     // SAFETY: the caller ensured the leaf exists; `j < LEAF_LEN`.
     unsafe { (*leaf).spans.get_unchecked(j).store(span, Ordering::Release) };
 }

@@ -17,12 +17,13 @@
 //! Layers below: `thread_cache`, `page_heap` (page runs), `large`, `page_map`, `size_class`.
 
 use crate::central_free_list;
-use crate::config::{C_MALLOC_ALIGN, LARGE_THRESHOLD, MIN_ALIGN, PAGE_SIZE};
+use crate::config::{C_MALLOC_ALIGN, LARGE_THRESHOLD, MIN_ALIGN, PAGE_SHIFT, PAGE_SIZE};
+use crate::free_list;
 use crate::large;
 use crate::page_heap::PAGE_HEAP;
 use crate::page_map;
 use crate::size_class::{class_for, SizeClass, MAX_SIZE, MEDIUM_SHIFT};
-use crate::span::{Length, Span, SpanKind};
+use crate::span::{Length, SpanKind};
 use crate::stats::PAGE_RUN_BYTES;
 use crate::thread_cache::{self, FAST_LIMIT};
 use core::ptr;
@@ -70,6 +71,11 @@ pub fn alloc_c(size: usize) -> *mut u8 {
 /// - `ptr` came from [`alloc`] (or a realloc) with this `size` and `align`, and is unused.
 #[inline(always)]
 pub unsafe fn dealloc_sized(ptr: *mut u8, size: usize, align: usize) {
+    #[cfg(any(feature = "hardened", debug_assertions))]
+    // SAFETY: per the caller.
+    unsafe {
+        check_sized_free(ptr, size, align)
+    };
     // Two separate tests, each with its own exit: LLVM then emits two compare-and-branch
     // pairs instead of materialising both conditions and combining them.
     if align > MIN_ALIGN {
@@ -144,18 +150,20 @@ unsafe fn dealloc_other(ptr: *mut u8, size: usize, align: usize) {
 ///
 /// # Safety
 /// - If `ptr` is a live page run or large block, it is unused.
+// Called from Rust only: the `&str` crosses no language boundary.
+#[allow(improper_ctypes_definitions)]
 #[cold]
-unsafe fn free_span_block(ptr: *mut u8, caller: &str) {
+unsafe extern "C" fn free_span_block(ptr: *mut u8, caller: &'static str) {
     let span = page_map::lookup(ptr as usize);
-    // SAFETY: page-map entries are valid records; they are checked to own `ptr` before use.
+    // SAFETY: `resolve` vouched for the record: it is the live block's own.
     unsafe {
-        match resolve(ptr, span) {
+        match resolve(ptr) {
             Block::PageRun => {
                 PAGE_RUN_BYTES.fetch_sub((*span).pages().bytes(), Relaxed);
                 PAGE_HEAP.lock().deallocate(span)
             }
             Block::Large => large::free(span),
-            _ => invalid_pointer(caller, ptr),
+            _ => bad_pointer(caller, ptr),
         }
     }
 }
@@ -163,7 +171,7 @@ unsafe fn free_span_block(ptr: *mut u8, caller: &str) {
 /// What a pointer is, according to the page map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Block {
-    /// An object of a size class.
+    /// The start of an object of a size class (live or free).
     Small(SizeClass),
     /// The start of a page run.
     PageRun,
@@ -173,47 +181,145 @@ pub enum Block {
     Invalid,
 }
 
-/// Classifies `ptr`, whose page-map entry is `span`.
+/// The class of `ptr` if it is the start of an object in a span of small objects: one page-map
+/// load (the page's tag) and arithmetic, no read of any span record.
+#[inline(always)]
+fn small_object(ptr: *mut u8) -> Option<SizeClass> {
+    let address = ptr as usize;
+    let tag = page_map::tag(address) as usize;
+    let class_index = tag & 0xff;
+    if class_index == 0 {
+        return None;
+    }
+    // SAFETY: a non-zero class byte is a class the central free lists wrote.
+    let class = unsafe { SizeClass::from_tag(class_index) };
+    let offset = (tag >> 8 << PAGE_SHIFT) | (address & (PAGE_SIZE - 1));
+    if class.is_object_start(offset) {
+        Some(class)
+    } else {
+        None
+    }
+}
+
+/// Classifies `ptr`, which may be any value.
 ///
-/// # Safety
-/// - `span` is `page_map::lookup(ptr)` (null or a metadata record, possibly stale).
-#[inline]
-pub unsafe fn resolve(ptr: *mut u8, span: *mut Span) -> Block {
+/// Small objects are recognised from the page's tag alone. Page runs and large blocks are
+/// recognised from the span record the page map names, whose fields are atomics: the record
+/// may be stale or reused by another thread meanwhile (only for a pointer that is not a live
+/// block, since a live block's record does not change), and then the answer is `Invalid` or,
+/// for a pointer that is not the start of a live block anyway, undefined but memory-safe.
+pub fn resolve(ptr: *mut u8) -> Block {
+    if let Some(class) = small_object(ptr) {
+        return Block::Small(class);
+    }
+    let address = ptr as usize;
+    let span = page_map::lookup(address);
     if span.is_null() {
         return Block::Invalid;
     }
     // SAFETY: page-map entries point to metadata records, which are never unmapped; every
-    // field read is atomic, so a stale record gives a wrong answer only for a pointer that is
-    // invalid anyway.
+    // field read here is atomic.
     let s = unsafe { &*span };
-    let address = ptr as usize;
     match s.kind() {
-        SpanKind::Small => {
-            let Some(class) = SizeClass::new(s.class_index()) else {
-                return Block::Invalid;
-            };
-            let offset = address.wrapping_sub(s.start_address());
-            let index = class.object_index(offset);
-            let valid = offset < s.pages().bytes()
-                && index < class.info().objects as usize
-                && index * class.size() == offset;
-            if valid {
-                Block::Small(class)
-            } else {
-                Block::Invalid
-            }
-        }
         SpanKind::PageRun if s.start_address() == address => Block::PageRun,
-        SpanKind::Large if s.block == address => Block::Large,
+        SpanKind::Large if s.block() == address => Block::Large,
         _ => Block::Invalid,
     }
+}
+
+/// Aborts for a pointer that `caller` cannot take: `tcalloc: <caller>(): double free 0x…`
+/// when `ptr` is a block that was freed already (as far as the page map and the large-mapping
+/// cache can tell), else `tcalloc: <caller>(): invalid pointer 0x…`.
+#[cold]
+#[inline(never)]
+pub fn bad_pointer(caller: &'static str, ptr: *mut u8) -> ! {
+    if was_freed(ptr) {
+        double_free(caller, ptr)
+    }
+    invalid_pointer(caller, ptr)
+}
+
+/// Whether `ptr` is the start of a page run or large block that is free now: its pages are
+/// back in the page heap, or its mapping was freed recently.
+fn was_freed(ptr: *mut u8) -> bool {
+    let address = ptr as usize;
+    let span = page_map::lookup(address);
+    if !span.is_null() {
+        // SAFETY: a metadata record; every field read is atomic.
+        let s = unsafe { &*span };
+        let inside =
+            s.start_address() <= address && address - s.start_address() < s.pages().bytes();
+        if matches!(s.kind(), SpanKind::Free | SpanKind::Returned) && inside {
+            return address % PAGE_SIZE == 0;
+        }
+    }
+    large::was_freed(address)
+}
+
+/// The checks of a Rust `dealloc` in debug builds and with the `hardened` feature: the block
+/// is an object of the class its `Layout` names (or of a class that one borrows from), and,
+/// with `hardened`, it is not free already. Page runs and large blocks are validated on their
+/// (cold) path anyway.
+///
+/// # Safety
+/// - `ptr` is a block of this allocator, or the check aborts.
+#[cfg(any(feature = "hardened", debug_assertions))]
+#[inline]
+unsafe fn check_sized_free(ptr: *mut u8, size: usize, align: usize) {
+    let Some(class) = class_for(size, align) else { return };
+    let Some(found) = small_object(ptr) else { bad_pointer("dealloc", ptr) };
+    if !central_free_list::may_hold(class, found) {
+        crate::diag::fatal(format_args!(
+            "dealloc(): the layout (size {size}, align {align}) does not match the block at \
+             {ptr:p}, a {}-byte object",
+            found.size()
+        ));
+    }
+    #[cfg(feature = "hardened")]
+    // SAFETY: a validated object of `found`.
+    unsafe {
+        check_not_free(ptr, found, "dealloc")
+    };
+}
+
+/// Aborts with `tcalloc: <caller>(): double free 0x...`.
+#[cold]
+#[inline(never)]
+pub fn double_free(caller: &'static str, ptr: *mut u8) -> ! {
+    crate::diag::fatal(format_args!("{caller}(): double free {ptr:p}"))
 }
 
 /// Aborts with `tcalloc: <caller>(): invalid pointer 0x...`.
 #[cold]
 #[inline(never)]
-pub fn invalid_pointer(caller: &str, ptr: *mut u8) -> ! {
+pub fn invalid_pointer(caller: &'static str, ptr: *mut u8) -> ! {
     crate::diag::fatal(format_args!("{caller}(): invalid pointer {ptr:p}"))
+}
+
+/// Double-free check of a small object about to be freed: if its first word decodes as a
+/// free-list link, the object is probably free already, and the calling thread's cache is
+/// searched for it (the cold part). Objects leaving the allocator have that word cleared, so
+/// a live object passes unless the program stored that exact value (about 2^-19 for random
+/// data), which costs a search and nothing else.
+///
+/// # Safety
+/// - `ptr` is the start of an object of `class` (validated through the page map, or given
+///   by a Rust `Layout`).
+#[inline(always)]
+unsafe fn check_not_free(ptr: *mut u8, class: SizeClass, caller: &'static str) {
+    // SAFETY: objects of every class are at least 8 bytes and 8-aligned.
+    let word = unsafe { ptr.cast::<usize>().read() };
+    if free_list::looks_free(word) {
+        search_for_double_free(ptr, class, caller);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn search_for_double_free(ptr: *mut u8, class: SizeClass, caller: &'static str) {
+    if thread_cache::holds(ptr, class) {
+        double_free(caller, ptr);
+    }
 }
 
 /// Allocates `size` zeroed bytes aligned to `align`.
@@ -264,8 +370,8 @@ pub unsafe fn realloc_sized(
     }
     if old_class.is_none() && new_class.is_none() && old_size > LARGE_THRESHOLD {
         let span = page_map::lookup(ptr as usize);
-        // SAFETY: `ptr` is a live large block (sizes above the threshold always are).
-        if new_size > LARGE_THRESHOLD && unsafe { resolve(ptr, span) } == Block::Large {
+        // `ptr` is a live large block (sizes above the threshold always are).
+        if new_size > LARGE_THRESHOLD && resolve(ptr) == Block::Large {
             // SAFETY: the caller owns the block.
             let moved = unsafe { large::realloc(span, new_size, align) };
             if !moved.is_null() {
@@ -323,21 +429,43 @@ unsafe fn grow_in_place(ptr: *mut u8, old: SizeClass, new: SizeClass) -> Growth 
     }
 }
 
-/// Frees a block by address alone (C `free`): resolves it through the page map and aborts
-/// with a message if it is not a block this allocator handed out.
+/// Frees a block by address alone (C `free`): validates it through the page map, checks that
+/// it is not free already, and aborts with a message if it is not a live block of this
+/// allocator.
 ///
 /// # Safety
 /// - If `ptr` is a block of this allocator, it is unused.
 #[inline(always)]
-pub unsafe fn free_unsized(ptr: *mut u8, caller: &str) {
-    let span = page_map::lookup(ptr as usize);
-    // SAFETY: `span` is the page-map entry of `ptr`.
-    match unsafe { resolve(ptr, span) } {
-        // SAFETY: a validated object of `class`, dead per the caller.
-        Block::Small(class) => unsafe { thread_cache::dealloc(ptr, class) },
+pub unsafe fn free_unsized(ptr: *mut u8, caller: &'static str) {
+    match small_object(ptr) {
+        // SAFETY: a validated object of `class`, dead per the caller (or caught as free).
+        Some(class) => unsafe { thread_cache::dealloc_checked(ptr, class, caller) },
         // SAFETY: as above, for the other kinds.
-        _ => unsafe { free_span_block(ptr, caller) },
+        None => unsafe { free_span_block(ptr, caller) },
     }
+}
+
+/// The size of the live block at `ptr` and what it is; aborts on a pointer this allocator did
+/// not hand out, or a small object that is free.
+///
+/// # Safety
+/// - If `ptr` is a block of this allocator, it is live.
+unsafe fn live_block(ptr: *mut u8, caller: &'static str) -> (Block, usize) {
+    let block = resolve(ptr);
+    let span = page_map::lookup(ptr as usize);
+    // SAFETY: `resolve` vouched for the record of a page run or large block.
+    let size = unsafe {
+        match block {
+            Block::Small(class) => {
+                check_not_free(ptr, class, caller);
+                class.size()
+            }
+            Block::PageRun => (*span).pages().bytes(),
+            Block::Large => large::usable_size(span),
+            Block::Invalid => bad_pointer(caller, ptr),
+        }
+    };
+    (block, size)
 }
 
 /// Bytes usable in the block at `ptr` (C `malloc_usable_size`); aborts on a pointer this
@@ -345,17 +473,9 @@ pub unsafe fn free_unsized(ptr: *mut u8, caller: &str) {
 ///
 /// # Safety
 /// - `ptr` is live (freed blocks may be reported or rejected).
-pub unsafe fn usable_size(ptr: *mut u8, caller: &str) -> usize {
-    let span = page_map::lookup(ptr as usize);
-    // SAFETY: `span` is the page-map entry of `ptr`; it is validated before use.
-    unsafe {
-        match resolve(ptr, span) {
-            Block::Small(class) => class.size(),
-            Block::PageRun => (*span).pages().bytes(),
-            Block::Large => large::usable_size(span),
-            Block::Invalid => invalid_pointer(caller, ptr),
-        }
-    }
+pub unsafe fn usable_size(ptr: *mut u8, caller: &'static str) -> usize {
+    // SAFETY: per the caller.
+    unsafe { live_block(ptr, caller).1 }
 }
 
 /// Resizes a block by address alone (C `realloc`, `new_size > 0`) keeping `align`.
@@ -366,20 +486,11 @@ pub unsafe fn realloc_unsized(
     ptr: *mut u8,
     new_size: usize,
     align: usize,
-    caller: &str,
+    caller: &'static str,
 ) -> *mut u8 {
+    // SAFETY: per the caller.
+    let (block, old_size) = unsafe { live_block(ptr, caller) };
     let span = page_map::lookup(ptr as usize);
-    // SAFETY: `span` is the page-map entry of `ptr`; it is validated before use.
-    let (block, old_size) = unsafe {
-        let block = resolve(ptr, span);
-        let size = match block {
-            Block::Small(class) => class.size(),
-            Block::PageRun => (*span).pages().bytes(),
-            Block::Large => large::usable_size(span),
-            Block::Invalid => invalid_pointer(caller, ptr),
-        };
-        (block, size)
-    };
     match block {
         // Shrinking or growing within the class keeps the block; so does shrinking to no
         // less than half of it.

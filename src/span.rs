@@ -121,10 +121,11 @@ pub struct Span {
     pub carved: u32,
     /// `Small`: the central-list shard that owns the span (fixed while the span is in use).
     pub shard: u32,
-    /// `Large`: the whole OS mapping, and the block handed to the program inside it.
+    /// `Large`: the whole OS mapping, and the block handed to the program inside it (`block`
+    /// is read without a lock to validate C `free`).
     pub map_base: usize,
     pub map_len: usize,
-    pub block: usize,
+    block: AtomicUsize,
     /// `Free`/`Returned`: a tick of the page heap's clock when the span was freed.
     pub freed_at: u64,
 }
@@ -145,17 +146,51 @@ impl Span {
             shard: 0,
             map_base: 0,
             map_len: 0,
-            block: 0,
+            block: AtomicUsize::new(0),
             freed_at: 0,
         }
     }
 
     /// Resets the record to describe `pages` pages from `start`, of `kind`.
+    ///
+    /// The record may be reused: a stale page-map entry can still lead a lock-free reader
+    /// (C `free` validating a bad pointer) to it, so the fields such readers see are stored
+    /// one by one as atomics, never overwritten as a whole.
     pub fn init(&mut self, start: PageId, pages: Length, kind: SpanKind) {
-        *self = Span::empty();
+        self.reset();
         self.set_start(start);
         self.set_pages(pages);
         self.set_kind(kind);
+    }
+
+    /// Makes the record `Unused` with every field zero, as [`Span::empty`], field by field
+    /// (see [`Span::init`]).
+    pub fn reset(&mut self) {
+        self.set_kind(SpanKind::Unused);
+        self.set_class_index(0);
+        self.set_start(PageId(0));
+        self.set_pages(Length(0));
+        self.set_block(0);
+        self.next = ptr::null_mut();
+        self.prev = ptr::null_mut();
+        self.free_list = ptr::null_mut();
+        self.free_tail = ptr::null_mut();
+        self.allocated = 0;
+        self.carved = 0;
+        self.shard = 0;
+        self.map_base = 0;
+        self.map_len = 0;
+        self.freed_at = 0;
+    }
+
+    /// `Large`: the address of the block handed to the program.
+    #[inline(always)]
+    pub fn block(&self) -> usize {
+        self.block.load(Relaxed)
+    }
+    #[inline(always)]
+    pub fn set_block(&self, block: usize) {
+        self.block.store(block, Relaxed)
     }
 
     #[inline(always)]
@@ -247,7 +282,7 @@ impl SpanList {
         unsafe {
             let (prev, next) = ((*span).prev, (*span).next);
             if prev.is_null() {
-                debug_assert!(self.head == span);
+                crate::diag::debug_invariant!(self.head == span);
                 self.head = next;
             } else {
                 (*prev).next = next;

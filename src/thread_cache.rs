@@ -128,6 +128,12 @@ pub struct ThreadCache {
     prev: *mut ThreadCache,
     /// Bytes cached, as of each list's last slow-path event; read by other threads.
     published_bytes: AtomicUsize,
+    /// The key the lists' links are encoded with (`free_list`): 0 until the cache activates,
+    /// then the process's key, read here on the fast path instead of from a static (which a
+    /// program linking tcalloc reaches through its GOT: two loads instead of one).
+    key: usize,
+    /// [`free_list::LINK_LIMIT`], kept here for the fast path's check (never changes).
+    link_limit: usize,
 }
 
 thread_local! {
@@ -150,12 +156,42 @@ impl Drop for ExitGuard {
 /// The calling thread's cache.
 #[inline(always)]
 fn cache() -> *mut ThreadCache {
+    let cache = cache_fast();
+    if cache.is_null() {
+        return cache_slow();
+    }
+    cache
+}
+
+/// The calling thread's cache where it is reachable without a call, else null (only in the
+/// preloadable library, until it has learnt where its thread-locals are). The fast paths take
+/// their slow path on null, as a tail call: a call in the middle of a fast path would make it
+/// save and restore registers on every call.
+#[inline(always)]
+fn cache_fast() -> *mut ThreadCache {
     #[cfg(all(feature = "override", target_arch = "x86_64", target_os = "linux"))]
     {
         let offset = static_tls::OFFSET.load(Relaxed);
-        if offset != 0 {
-            return static_tls::thread_pointer().wrapping_add_signed(offset) as *mut ThreadCache;
+        if offset == 0 {
+            return ptr::null_mut();
         }
+        let cache = static_tls::thread_pointer().wrapping_add_signed(offset) as *mut ThreadCache;
+        // SAFETY: a thread's static TLS block is never at address 0. Telling the compiler lets
+        // it drop the callers' second null test.
+        unsafe { core::hint::assert_unchecked(!cache.is_null()) };
+        cache
+    }
+    #[cfg(not(all(feature = "override", target_arch = "x86_64", target_os = "linux")))]
+    {
+        CACHE.with(|c| c.get())
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn cache_slow() -> *mut ThreadCache {
+    #[cfg(all(feature = "override", target_arch = "x86_64", target_os = "linux"))]
+    {
         static_tls::learn_offset()
     }
     #[cfg(not(all(feature = "override", target_arch = "x86_64", target_os = "linux")))]
@@ -163,6 +199,10 @@ fn cache() -> *mut ThreadCache {
         CACHE.with(|c| c.get())
     }
 }
+
+// The slow paths are `extern "C"`: such a function cannot unwind, so a fast path can end in a
+// tail call to it (a call that might unwind needs a landing pad in the exported C functions,
+// which then save registers and keep a frame on every call).
 
 /// Reaching the cache without `__tls_get_addr` in the preloadable library.
 ///
@@ -262,7 +302,10 @@ const _: () = assert!(FAST_LIMIT <= crate::config::SMALL_LOOKUP_MAX + 1);
 /// Pops from the list at byte offset `offset` of the calling thread's cache.
 #[inline(always)]
 fn pop(offset: usize) -> *mut u8 {
-    let cache = cache();
+    let cache = cache_fast();
+    if cache.is_null() {
+        return alloc_slow(offset / size_of::<HotList>());
+    }
     // SAFETY: the cache is this thread's; `offset` is the offset of one of its lists (a class
     // index times the list size); the list's objects are free objects of the class, whose
     // first word links the list.
@@ -272,9 +315,21 @@ fn pop(offset: usize) -> *mut u8 {
         if head.is_null() {
             return alloc_slow(offset / size_of::<HotList>());
         }
-        let next = (*head).next;
+        // Decode and check the link (see `free_list`): the range check against a field of
+        // the cache is one compare with a memory operand, where the full mask would need its
+        // constant loaded first; the slow paths check the full mask.
+        let next = (*head).link_word() ^ (*cache).key;
+        if next >= (*cache).link_limit {
+            free_list::corrupted(head, (*head).link_word());
+        }
+        let next = next as *mut FreeObject;
         (*list).head = next;
         (*list).room += 1;
+        // Builds with C `free` checks clear the link of a block leaving the cache, so that a
+        // block the program never writes does not look free when it is freed (see
+        // `free_list::looks_free`); elsewhere that costs an instruction for nothing.
+        #[cfg(any(feature = "override", feature = "hardened"))]
+        free_list::take_object(head);
         // The next pop will read `next`'s link; start fetching its cache line now, so that a
         // list of cold objects costs one miss in flight instead of one per allocation.
         prefetch(next);
@@ -300,18 +355,81 @@ fn prefetch(p: *const FreeObject) {
 /// - `ptr` is a dead block of the class of that list.
 #[inline(always)]
 unsafe fn push(ptr: *mut u8, offset: usize) {
-    let cache = cache();
+    let cache = cache_fast();
+    if cache.is_null() {
+        // SAFETY: per the caller.
+        return unsafe { push_slow(ptr, offset) };
+    }
+    // SAFETY: per the caller.
+    unsafe { push_to(cache, ptr, offset) }
+}
+
+/// [`push`] when the cache is not reachable without a call.
+///
+/// # Safety
+/// - as for [`push`].
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn push_slow(ptr: *mut u8, offset: usize) {
+    // SAFETY: per the caller.
+    unsafe { push_to(cache(), ptr, offset) }
+}
+
+/// Pushes `ptr` on the list at byte offset `offset` of `cache`.
+///
+/// # Safety
+/// - `cache` is the calling thread's cache; `ptr` is a dead block of the list's class.
+#[inline(always)]
+unsafe fn push_to(cache: *mut ThreadCache, ptr: *mut u8, offset: usize) {
     // SAFETY: as in `pop`; `ptr` is a dead block of the list's class per the caller.
     unsafe {
         let list = (*cache).hot.as_mut_ptr().byte_add(offset);
         let object = ptr.cast::<FreeObject>();
-        (*object).next = (*list).head;
+        free_list::set_next_keyed(object, (*list).head, (*cache).key);
         (*list).head = object;
         (*list).room -= 1;
         if (*list).room < 0 {
             dealloc_slow(offset / size_of::<HotList>());
         }
     }
+}
+
+/// C `free`'s push: pushes `ptr`, a validated object of `class`, onto the calling thread's
+/// cache, unless its first word says it may be free already ([`free_list::looks_free`], read
+/// here with the cache's copy of the key): then the cold path searches the cache's list and
+/// aborts on a double free. Every call it makes is a tail call, so the fast path saves no
+/// registers.
+///
+/// # Safety
+/// - `ptr` is the start of an object of `class` (validated through the page map); if it is
+///   live, the caller is done with it.
+#[inline(always)]
+pub unsafe fn dealloc_checked(ptr: *mut u8, class: SizeClass, caller: &'static str) {
+    let cache = cache_fast();
+    // SAFETY: as in `push`; every object is at least 8 bytes, 8-aligned.
+    unsafe {
+        if cache.is_null() || ptr.cast::<usize>().read() ^ (*cache).key < (*cache).link_limit {
+            return dealloc_suspect(ptr, class, caller);
+        }
+        push_to(cache, ptr, list_offset(class.index() as u8) as usize)
+    }
+}
+
+/// [`dealloc_checked`]'s cold path: aborts if this thread's cache holds `ptr` already, else
+/// pushes it.
+///
+/// # Safety
+/// - as for [`dealloc_checked`].
+// Called from Rust only: the `&str` crosses no language boundary.
+#[allow(improper_ctypes_definitions)]
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn dealloc_suspect(ptr: *mut u8, class: SizeClass, caller: &'static str) {
+    if holds(ptr, class) {
+        crate::diag::fatal(format_args!("{caller}(): double free {ptr:p}"));
+    }
+    // SAFETY: per the caller.
+    unsafe { push(ptr, list_offset(class.index() as u8) as usize) }
 }
 
 /// Pops an object of `class` from the calling thread's cache; null only when out of memory.
@@ -333,7 +451,7 @@ pub unsafe fn dealloc(ptr: *mut u8, class: SizeClass) {
 /// Allocates `size < FAST_LIMIT` bytes at the minimum alignment: one table load, then a pop.
 #[inline(always)]
 pub fn alloc_small(size: usize) -> *mut u8 {
-    debug_assert!(size < FAST_LIMIT);
+    crate::diag::debug_invariant!(size < FAST_LIMIT);
     // SAFETY: `size < FAST_LIMIT`, the table's length.
     pop(unsafe { *FAST_OFFSET.get_unchecked(size) } as usize)
 }
@@ -344,7 +462,7 @@ pub fn alloc_small(size: usize) -> *mut u8 {
 /// - `ptr` came from `alloc_small(size)` (or any block of the same class) and is dead.
 #[inline(always)]
 pub unsafe fn dealloc_small(ptr: *mut u8, size: usize) {
-    debug_assert!(size < FAST_LIMIT);
+    crate::diag::debug_invariant!(size < FAST_LIMIT);
     // SAFETY: `size < FAST_LIMIT`; `ptr` is a dead block of the class per the caller.
     unsafe { push(ptr, *FAST_OFFSET.get_unchecked(size) as usize) }
 }
@@ -352,7 +470,7 @@ pub unsafe fn dealloc_small(ptr: *mut u8, size: usize) {
 /// Allocates `FAST_LIMIT <= size <= MAX_SIZE` bytes at the minimum alignment.
 #[inline(always)]
 pub fn alloc_medium(size: usize) -> *mut u8 {
-    debug_assert!((FAST_LIMIT..=size_class::MAX_SIZE).contains(&size));
+    crate::diag::debug_invariant!((FAST_LIMIT..=size_class::MAX_SIZE).contains(&size));
     let index = (size + (1 << size_class::MEDIUM_SHIFT) - 1) >> size_class::MEDIUM_SHIFT;
     // SAFETY: `size <= MAX_SIZE`, so `index` is within the table.
     pop(unsafe { *MEDIUM_OFFSET.get_unchecked(index) } as usize)
@@ -364,7 +482,7 @@ pub fn alloc_medium(size: usize) -> *mut u8 {
 /// - `ptr` came from `alloc_medium(size)` (or any block of the same class) and is dead.
 #[inline(always)]
 pub unsafe fn dealloc_medium(ptr: *mut u8, size: usize) {
-    debug_assert!((FAST_LIMIT..=size_class::MAX_SIZE).contains(&size));
+    crate::diag::debug_invariant!((FAST_LIMIT..=size_class::MAX_SIZE).contains(&size));
     let index = (size + (1 << size_class::MEDIUM_SHIFT) - 1) >> size_class::MEDIUM_SHIFT;
     // SAFETY: `index` is within the table; `ptr` is a dead block of the class per the caller.
     unsafe { push(ptr, *MEDIUM_OFFSET.get_unchecked(index) as usize) }
@@ -373,14 +491,25 @@ pub unsafe fn dealloc_medium(ptr: *mut u8, size: usize) {
 /// Allocates `size < FAST_LIMIT` bytes with C `malloc`'s alignment.
 #[inline(always)]
 pub fn alloc_small_c(size: usize) -> *mut u8 {
-    debug_assert!(size < FAST_LIMIT);
+    crate::diag::debug_invariant!(size < FAST_LIMIT);
     // SAFETY: `size < FAST_LIMIT`, the table's length.
     pop(unsafe { *FAST_OFFSET_C.get_unchecked(size) } as usize)
 }
 
+/// The pop's slow path: a refill from the central lists. Out of memory is null with `errno`
+/// set to `ENOMEM` (as C `malloc` must; harmless for Rust).
 #[cold]
 #[inline(never)]
-fn alloc_slow(class_index: usize) -> *mut u8 {
+extern "C" fn alloc_slow(class_index: usize) -> *mut u8 {
+    let p = refill_slow(class_index);
+    if p.is_null() {
+        // SAFETY: `__errno_location` returns the calling thread's errno slot.
+        unsafe { *libc::__errno_location() = libc::ENOMEM };
+    }
+    p
+}
+
+fn refill_slow(class_index: usize) -> *mut u8 {
     let Some(class) = SizeClass::new(class_index) else {
         return ptr::null_mut();
     };
@@ -389,7 +518,11 @@ fn alloc_slow(class_index: usize) -> *mut u8 {
     // which may re-enter the allocator.
     unsafe {
         if !ThreadCache::ensure_active(cache) {
-            let (object, _) = central_free_list::refill(class, 0, 1);
+            let (object, n) = central_free_list::refill(class, 0, 1);
+            if n > 0 {
+                // SAFETY: a list of one object, which leaves it for the program.
+                free_list::take_object(object);
+            }
             return object.cast();
         }
         (*cache).refill(class)
@@ -398,7 +531,7 @@ fn alloc_slow(class_index: usize) -> *mut u8 {
 
 #[cold]
 #[inline(never)]
-fn dealloc_slow(class_index: usize) {
+extern "C" fn dealloc_slow(class_index: usize) {
     let Some(class) = SizeClass::new(class_index) else {
         return;
     };
@@ -411,6 +544,15 @@ fn dealloc_slow(class_index: usize) {
         }
         (*cache).list_too_long(class);
     }
+}
+
+/// Whether the calling thread's cache holds `object` on its list of `class`: the object was
+/// freed already (a double free), unless it is on another list. Walks the list (cold).
+#[cold]
+pub fn holds(object: *mut u8, class: SizeClass) -> bool {
+    let cache = cache();
+    // SAFETY: the cache is this thread's; no other reference into it is live here.
+    unsafe { (*cache).list_holds(class, object) }
 }
 
 /// The most objects the list of `class` may hold: [`MAX_LIST_LENGTH`], and at most
@@ -469,6 +611,8 @@ impl ThreadCache {
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
             published_bytes: AtomicUsize::new(0),
+            key: 0,
+            link_limit: free_list::LINK_LIMIT,
         }
     }
 
@@ -496,6 +640,15 @@ impl ThreadCache {
         // `Initializing` and keep out of the cache's lists.
         unsafe {
             (*cache).state = State::Initializing;
+            // From now on the lists are linked with the process's key: first send on what was
+            // pushed with the old one (an `Uninit` cache's key is 0).
+            free_list::init_secret();
+            for class in SizeClass::all() {
+                if !(*cache).hot[class.index()].head.is_null() {
+                    (*cache).drain_inactive(class);
+                }
+            }
+            (*cache).key = free_list::secret();
             crate::lifecycle::ensure_initialized();
             if EXIT_GUARD.try_with(|_| ()).is_err() {
                 (*cache).state = State::Dead;
@@ -554,6 +707,19 @@ impl ThreadCache {
         }
     }
 
+    /// Whether the list of `class` holds `object` (a walk of the list: for double-free checks).
+    fn list_holds(&self, class: SizeClass, object: *mut u8) -> bool {
+        let mut p = self.hot[class.index()].head;
+        while !p.is_null() {
+            if p.cast() == object {
+                return true;
+            }
+            // SAFETY: the list is this thread's and well formed, encoded with `key`.
+            p = unsafe { free_list::next_keyed(p, self.key) };
+        }
+        false
+    }
+
     /// Number of objects on the list of `class`.
     #[inline]
     fn len(&self, class: SizeClass) -> usize {
@@ -562,14 +728,23 @@ impl ThreadCache {
     }
 
     /// An inactive cache's list got an object (or more, from re-entrant frees): send them all
-    /// to the central list.
+    /// to the central list. They were linked with the cache's `key`, which may not be the
+    /// process's link key yet, so they are linked afresh.
     fn drain_inactive(&mut self, class: SizeClass) {
+        let key = self.key;
         let list = &mut self.hot[class.index()];
-        let head = core::mem::replace(&mut list.head, ptr::null_mut());
+        let mut old = core::mem::replace(&mut list.head, ptr::null_mut());
         list.room = 0;
-        // SAFETY: the list holds dead objects of `class` pushed by `dealloc`.
+        let mut head = ptr::null_mut();
+        let mut n = 0;
+        // SAFETY: the list holds dead objects of `class` pushed by `dealloc` with `key`.
         unsafe {
-            let n = free_list::count(head);
+            while !old.is_null() {
+                let object = old;
+                old = free_list::next_keyed(object, key);
+                free_list::push(&mut head, object);
+                n += 1;
+            }
             if n > 0 {
                 central_free_list::flush(class, 0, head, n, usize::MAX);
             }
@@ -593,8 +768,10 @@ impl ThreadCache {
         if n == 0 {
             return ptr::null_mut();
         }
-        // SAFETY: `head` is a fresh list of `n` objects.
-        self.hot[i].head = unsafe { (*head).next };
+        // SAFETY: `head` is a fresh list of `n` objects; the first leaves it for the program.
+        self.hot[i].head = unsafe { free_list::next(head) };
+        // SAFETY: as above.
+        unsafe { free_list::take_object(head) };
         let len = n as u32 - 1;
         let max_len = self.limits[i].max_len;
         // Slow start: double up to the batch size (a new thread reaches full batches after a

@@ -71,6 +71,16 @@ fn glibc_semantics_under_ld_preload() {
     assert!(stdout.contains("FAIL malloc resolves to libtcalloc"), "{stdout}");
 }
 
+/// Runs `invalid_free <mode>` under the library and checks that it stopped with SIGABRT and
+/// `expected` on stderr.
+fn assert_stops(program: &Path, mode: &str, expected: &str) {
+    let out = run(program, &[mode], true);
+    let stderr = text(&out.stderr);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{mode}: {:?} {stderr}", out.status);
+    assert!(stderr.contains(expected), "{mode}: expected {expected:?}, stderr was {stderr:?}");
+}
+
 #[test]
 fn pointers_never_handed_out_stop_the_program() {
     let program = compile("invalid_free");
@@ -80,16 +90,35 @@ fn pointers_never_handed_out_stop_the_program() {
         ("free-interior", "free"),
         ("free-large-interior", "free"),
         ("free-wild", "free"),
-        ("free-large-twice", "free"),
         ("realloc-interior", "realloc"),
         ("usable-stack", "malloc_usable_size"),
     ] {
-        let out = run(&program, &[mode], true);
-        let stderr = text(&out.stderr);
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{mode}: {:?} {stderr}", out.status);
-        let expected = format!("tcalloc: {call}(): invalid pointer 0x");
-        assert!(stderr.contains(&expected), "{mode}: stderr was {stderr:?}");
+        assert_stops(&program, mode, &format!("tcalloc: {call}(): invalid pointer 0x"));
+    }
+}
+
+#[test]
+fn double_frees_stop_the_program() {
+    let program = compile("invalid_free");
+    let mut modes: Vec<String> = Vec::new();
+    // Every kind of block: the smallest class, small and medium classes, one-object classes,
+    // and a double free after other frees of the same class (the block is not on top).
+    for size in [1, 8, 24, 64, 1000, 5000, 70_000, 600_000] {
+        modes.push(format!("double-free-{size}"));
+        modes.push(format!("double-free-{size}-3"));
+    }
+    modes.extend(["double-free-page-run", "free-large-twice"].map(String::from));
+    for mode in &modes {
+        assert_stops(&program, mode, "tcalloc: free(): double free 0x");
+    }
+    assert_stops(&program, "realloc-after-free", "tcalloc: realloc(): double free 0x");
+}
+
+#[test]
+fn overwritten_free_list_links_stop_the_program() {
+    let program = compile("invalid_free");
+    for mode in ["write-after-free", "zero-after-free"] {
+        assert_stops(&program, mode, "tcalloc: heap corruption: the free block at 0x");
     }
 }
 

@@ -56,6 +56,7 @@ pub const CLASSES: [ClassInfo; NUM_CLASSES] = table::CLASSES;
 
 /// A size class: an index into [`CLASSES`] in `1..NUM_CLASSES`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
 pub struct SizeClass(u8);
 
 impl SizeClass {
@@ -154,7 +155,7 @@ const _: () = {
 /// `DIVIDE_MAGIC[c] = ceil(2^DIVIDE_SHIFT / size(c))`: `(offset * magic) >> DIVIDE_SHIFT`
 /// equals `offset / size(c)` for every offset inside a span (below 2^21 bytes), which lets
 /// `free` check that a pointer is an object boundary without a division.
-static DIVIDE_MAGIC: [u64; NUM_CLASSES] = {
+const DIVIDE_MAGIC: [u64; NUM_CLASSES] = {
     let mut t = [0u64; NUM_CLASSES];
     let mut i = 1;
     while i < NUM_CLASSES {
@@ -164,6 +165,30 @@ static DIVIDE_MAGIC: [u64; NUM_CLASSES] = {
     t
 };
 const DIVIDE_SHIFT: u32 = 42;
+
+/// What [`SizeClass::is_object_start`] reads, for one class, in 16 bytes: C `free` validates
+/// a pointer with one line of this table.
+#[repr(C, align(16))]
+struct ObjectCheck {
+    magic: u64,
+    size: u32,
+    /// The end of the span's last object (`objects * size`).
+    end: u32,
+}
+
+static OBJECT_CHECK: [ObjectCheck; NUM_CLASSES] = {
+    let mut t = [const { ObjectCheck { magic: 0, size: 0, end: 0 } }; NUM_CLASSES];
+    let mut i = 1;
+    while i < NUM_CLASSES {
+        t[i] = ObjectCheck {
+            magic: DIVIDE_MAGIC[i],
+            size: CLASSES[i].size,
+            end: CLASSES[i].objects * CLASSES[i].size,
+        };
+        i += 1;
+    }
+    t
+};
 const _: () = {
     // Exactness needs offset * (magic * size - 2^shift) < 2^shift for every offset in a span;
     // the error term is below `size`, so spans and sizes below 2^21 bytes suffice
@@ -177,10 +202,47 @@ const _: () = {
 };
 
 impl SizeClass {
-    /// `offset / self.size()` for an offset inside one of this class's spans.
-    #[inline(always)]
+    /// The alignment every object of this class has, and so the most that a request served
+    /// by it may rely on: objects sit at multiples of `size()` from a page boundary, so this is
+    /// the largest power of two dividing the size, at most a page.
+    #[inline]
+    pub const fn alignment(self) -> usize {
+        let natural = 1 << self.size().trailing_zeros();
+        if natural < PAGE_SIZE {
+            natural
+        } else {
+            PAGE_SIZE
+        }
+    }
+
+    /// `offset / self.size()` for an offset inside one of this class's spans (below 2^21).
+    #[cfg(test)]
     pub fn object_index(self, offset: usize) -> usize {
-        ((offset as u64 * DIVIDE_MAGIC[self.index()]) >> DIVIDE_SHIFT) as usize
+        // Wrapping: an offset from an invalid pointer may be anything, and this must not
+        // panic (debug builds check overflow); the callers bound the offset first.
+        // SAFETY: a `SizeClass` is always below `NUM_CLASSES`.
+        let magic = unsafe { OBJECT_CHECK.get_unchecked(self.index()) }.magic;
+        ((offset as u64).wrapping_mul(magic) >> DIVIDE_SHIFT) as usize
+    }
+
+    /// Whether `offset` bytes from the start of one of this class's spans is the start of an
+    /// object: a multiple of the size, below the last object's end. Any `offset` may be asked.
+    #[inline(always)]
+    pub(crate) fn is_object_start(self, offset: usize) -> bool {
+        // SAFETY: a `SizeClass` is always below `NUM_CLASSES`.
+        let check = unsafe { OBJECT_CHECK.get_unchecked(self.index()) };
+        let index = (offset as u64).wrapping_mul(check.magic) >> DIVIDE_SHIFT;
+        offset < check.end as usize && (index as usize).wrapping_mul(check.size as usize) == offset
+    }
+
+    /// The class of a page-map tag's class byte, which is never 0 when called.
+    ///
+    /// # Safety
+    /// - `index` is in `1..NUM_CLASSES` (a tag written by the central free lists).
+    #[inline(always)]
+    pub unsafe fn from_tag(index: usize) -> SizeClass {
+        crate::diag::debug_invariant!(index != 0 && index < NUM_CLASSES);
+        SizeClass(index as u8)
     }
 }
 
@@ -188,7 +250,7 @@ impl SizeClass {
 /// request must go elsewhere (larger than [`MAX_SIZE`] once rounded, or aligned beyond a page).
 #[inline(always)]
 pub fn class_for(size: usize, align: usize) -> Option<SizeClass> {
-    debug_assert!(align.is_power_of_two());
+    crate::diag::debug_invariant!(align.is_power_of_two());
     if size > MAX_SIZE || align > PAGE_SIZE {
         return None;
     }
@@ -277,6 +339,7 @@ mod tests {
                     Some(class) => {
                         assert!(class.size() >= size);
                         assert_eq!(class.size() % align, 0, "size {size} align {align}");
+                        assert!(class.alignment() >= align, "size {size} align {align}");
                     }
                     None => assert!(size.next_multiple_of(align) > MAX_SIZE),
                 }
@@ -284,6 +347,22 @@ mod tests {
             align *= 2;
         }
         assert_eq!(class_for(8, PAGE_SIZE * 2), None);
+    }
+
+    #[test]
+    fn object_starts_are_exactly_the_objects() {
+        for class in SizeClass::all() {
+            let span = class.info().pages as usize * PAGE_SIZE;
+            let size = class.size();
+            let objects = class.info().objects as usize;
+            for offset in (0..span + 2 * size).step_by(if size < 1024 { 1 } else { 8 }) {
+                let expected = offset % size == 0 && offset / size < objects;
+                assert_eq!(class.is_object_start(offset), expected, "{offset} in {size}");
+            }
+            for offset in [usize::MAX, usize::MAX - size + 1, 1 << 40, (1 << 63) + size] {
+                assert!(!class.is_object_start(offset), "{offset:#x} in {size}");
+            }
+        }
     }
 
     #[test]
