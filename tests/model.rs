@@ -23,10 +23,10 @@
 //! Seeds: one fixed seed by default (what CI runs). Locally:
 //!
 //! ```sh
-//! TCALLOC_MODEL_SEEDS=1000 cargo test --release --test model     # seeds 1..=1000
-//! TCALLOC_MODEL_SEED=42 cargo test --test model                    # only seed 42
-//! TCALLOC_MODEL_SEED=42 TCALLOC_MODEL_SEEDS=10 cargo test --test model  # seeds 42..=51
-//! TCALLOC_MODEL_OPS=200000 cargo test --test model                 # longer runs per seed
+//! TCALLOC_MODEL_SEEDS=1000 cargo test --test model                    # seeds 1..=1000
+//! TCALLOC_MODEL_SEED=42 cargo test --test model                       # only seed 42
+//! TCALLOC_MODEL_SEED=42 TCALLOC_MODEL_SEEDS=10 cargo test --test model # seeds 42..=51
+//! TCALLOC_MODEL_OPS=200000 cargo test --test model                    # longer runs per seed
 //! ```
 //!
 //! A failure names the seed and the thread. The operations each thread chooses are fixed by the
@@ -44,8 +44,13 @@ const THREADS: usize = 4;
 const DEFAULT_SEED: u64 = 1;
 const DEFAULT_OPS_PER_THREAD: usize = 25_000;
 
-const LIMITS: Limits =
-    Limits { live_blocks: 1_000, live_bytes: 24 << 20, phase_bytes: 4 << 20, phase_blocks: 4_000 };
+const LIMITS: Limits = Limits {
+    live_blocks: 1_000,
+    live_bytes: 24 << 20,
+    phase_bytes: 8 << 20,
+    phase_blocks: 8_000,
+    phase_halvings: 3,
+};
 
 fn env_number(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;

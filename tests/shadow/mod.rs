@@ -493,8 +493,11 @@ pub struct Limits {
     pub live_bytes: usize,
     /// Bytes of one phase of bulk allocation ...
     pub phase_bytes: usize,
-    /// ... and at most this many blocks.
+    /// ... and at most this many blocks ...
     pub phase_blocks: usize,
+    /// ... halved a random number of times below this (1: never), so that phases come in
+    /// several sizes.
+    pub phase_halvings: u64,
 }
 
 /// What a run did, to show that it reached every path.
@@ -732,8 +735,9 @@ impl<'a> Worker<'a> {
     pub fn phase_change(&mut self, c: &mut impl Choices) {
         let layout = self.shapes.phase_layout(self.phase, c);
         self.phase = Some(layout);
-        let count =
+        let most =
             (self.limits.phase_bytes / layout.size().max(1)).clamp(1, self.limits.phase_blocks);
+        let count = (most >> c.below(self.limits.phase_halvings.max(1))).max(1);
         // The bulk decisions come from a generator seeded by one choice, so that a phase costs
         // the fuzzer a few bytes, not thousands.
         let mut r = Rng::new(c.below(u64::MAX));
