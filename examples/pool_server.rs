@@ -1,6 +1,9 @@
 //! A small request-handling loop in the style of a web server: every simulated connection
-//! gets a `tcalloc::Pool`; each request's parsed headers, path segments and response are
-//! allocated from it; the pool is reset between requests and dropped with the connection.
+//! gets a `tcalloc::Pool`; each request's parsed headers, path segments, response and a
+//! per-request trace (a value with a destructor, borrowing the server's name) are allocated
+//! from it; the pool is reset between requests (dropping the trace) and dropped with the
+//! connection. The server's name outlives every pool, as `Pool<'s>` requires of what the
+//! pool's values borrow.
 //!
 //! `cargo run --release --example pool_server`
 
@@ -17,6 +20,12 @@ struct Request<'p> {
     headers: &'p [(&'p str, &'p str)],
 }
 
+/// Per-request state with a destructor, kept in the pool and dropped by its reset.
+struct Trace<'s> {
+    server: &'s str,
+    steps: Vec<&'static str>,
+}
+
 fn raw_request(conn: usize, n: usize) -> String {
     format!(
         "GET /api/v1/users/{conn}/items/{n}?page={} HTTP/1.1\r\nHost: example.com\r\n\
@@ -26,7 +35,7 @@ fn raw_request(conn: usize, n: usize) -> String {
     )
 }
 
-fn parse<'p>(pool: &'p Pool, raw: &str) -> Request<'p> {
+fn parse<'p>(pool: &'p Pool<'_>, raw: &str) -> Request<'p> {
     let mut lines = raw.split("\r\n");
     let first = lines.next().unwrap_or("");
     let mut parts = first.split(' ');
@@ -45,7 +54,8 @@ fn parse<'p>(pool: &'p Pool, raw: &str) -> Request<'p> {
     }
 }
 
-fn respond<'p>(pool: &'p Pool, req: &Request<'p>) -> &'p str {
+fn respond<'p>(pool: &'p Pool<'_>, req: &Request<'p>, trace: &mut Trace<'_>) -> &'p str {
+    trace.steps.push("respond");
     let host = req.headers.iter().find(|(k, _)| *k == "host").map_or("-", |h| h.1);
     let body = format!(
         "{{\"method\":\"{}\",\"path\":[{}],\"host\":\"{host}\",\"headers\":{}}}",
@@ -53,7 +63,12 @@ fn respond<'p>(pool: &'p Pool, req: &Request<'p>) -> &'p str {
         req.segments.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(","),
         req.headers.len()
     );
-    pool.alloc_str(&format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()))
+    pool.alloc_str(&format!(
+        "HTTP/1.1 200 OK\r\nServer: {}\r\nX-Steps: {}\r\nContent-Length: {}\r\n\r\n{body}",
+        trace.server,
+        trace.steps.join(","),
+        body.len()
+    ))
 }
 
 fn main() {
@@ -62,12 +77,16 @@ fn main() {
     let start = Instant::now();
     let mut bytes = 0;
     let mut peak_blocks = 0;
+    let server = String::from("tcalloc-example/1.0");
     for conn in 0..connections {
+        // `Pool<'s>` with `'s` the borrow of `server`: declared after it, dropped before it.
         let mut pool = Pool::with_block_size(4096);
         for n in 0..requests_per_connection {
             let raw = raw_request(conn, n);
+            let trace = pool.alloc(Trace { server: &server, steps: Vec::with_capacity(4) });
             let req = parse(&pool, &raw);
-            let response = respond(&pool, &req);
+            trace.steps.push("parse");
+            let response = respond(&pool, &req, trace);
             bytes += response.len();
             peak_blocks = peak_blocks.max(pool.stats().blocks);
             pool.reset();

@@ -16,7 +16,7 @@ trait Arena {
     fn end_request(&mut self);
 }
 
-struct PoolArena(tcalloc::Pool);
+struct PoolArena(tcalloc::Pool<'static>);
 
 impl Arena for PoolArena {
     fn bytes(&self, layout: Layout) -> *mut u8 {

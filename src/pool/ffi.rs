@@ -21,10 +21,11 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ffi::{c_int, c_void};
 use core::ptr;
 
-/// The opaque C handle: a `Pool` in memory from tcalloc.
+/// The opaque C handle: a `Pool` in memory from tcalloc. C pools hold raw memory only, no
+/// values with drops.
 #[allow(non_camel_case_types)]
 pub struct mp_pool_s {
-    pool: Pool,
+    pool: Pool<'static>,
 }
 
 fn set_errno(value: c_int) {
@@ -155,13 +156,16 @@ pub unsafe extern "C" fn mp_memalign(
 /// Frees a large block of the pool early: 0 if `p` was one, -1 (and nothing done) otherwise.
 ///
 /// # Safety
-/// - `pool` is null or a live pool.
+/// - `pool` is null or a live pool;
+/// - if `p` is a large block of `pool`, the caller does not use it afterwards (the contract of
+///   `mp_free`, as of `free`).
 #[no_mangle]
 pub unsafe extern "C" fn mp_free(pool: *mut mp_pool_s, p: *mut c_void) -> c_int {
     if pool.is_null() || p.is_null() {
         return -1;
     }
-    // SAFETY: per the caller.
+    // SAFETY: per the caller, `pool` is live and a freed block is not used again; `pool` is
+    // a C handle, not reached through the block, and a C pool holds no values to drop.
     if unsafe { (*pool).pool.free_large(p.cast()) } {
         0
     } else {

@@ -3,6 +3,7 @@
  * check and exits 0 only if all passed. Run by tests/c_library.rs.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +41,50 @@ static int by_start(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* A pool handed from thread to thread (used by one at a time, as a connection moving between
+ * workers): a worker creates and fills it, another thread reads the values back. */
+enum { EXCHANGED = 64, WORDS = 16, LARGE = 100000 };
+struct exchange {
+    int id;
+    struct mp_pool_s *pool;
+    int *values[EXCHANGED];
+    unsigned char *large;
+};
+
+static int value_of(int id, int i, int k) { return id * 1000000 + i * 100 + k; }
+
+/* Allocates and writes the values of `x` in its pool. */
+static void fill(struct exchange *x) {
+    for (int i = 0; i < EXCHANGED; i++) {
+        x->values[i] = mp_alloc(x->pool, WORDS * sizeof(int));
+        if (x->values[i])
+            for (int k = 0; k < WORDS; k++) x->values[i][k] = value_of(x->id, i, k);
+    }
+    x->large = mp_alloc(x->pool, LARGE);
+    if (x->large) memset(x->large, x->id, LARGE);
+}
+
+/* A worker thread: creates the pool of `arg` and fills it. */
+static void *create_and_fill(void *arg) {
+    struct exchange *x = arg;
+    x->pool = mp_create_pool(1024);
+    if (x->pool) fill(x);
+    return NULL;
+}
+
+/* 1 if every value the worker wrote for `x` reads back. */
+static int read_back(const struct exchange *x) {
+    if (!x->pool || !x->large) return 0;
+    for (int i = 0; i < EXCHANGED; i++) {
+        if (!x->values[i]) return 0;
+        for (int k = 0; k < WORDS; k++)
+            if (x->values[i][k] != value_of(x->id, i, k)) return 0;
+    }
+    for (size_t k = 0; k < LARGE; k++)
+        if (x->large[k] != (unsigned char)x->id) return 0;
+    return 1;
+}
+
 enum { N = 40000 };
 static struct block blocks[N];
 static void *larges[N];
@@ -49,9 +94,10 @@ int main(void) {
     errno = 0;
     CHECK(mp_alloc(NULL, 10) == NULL && errno == EINVAL, "mp_alloc(NULL, n) is NULL with EINVAL");
     CHECK(mp_free(NULL, (void *)16) == -1, "mp_free(NULL, p) is -1");
+    errno = 0;
     mp_reset_pool(NULL);
     mp_destroy_pool(NULL);
-    CHECK(1, "mp_reset_pool(NULL) and mp_destroy_pool(NULL) do nothing");
+    CHECK(errno == 0, "mp_reset_pool(NULL) and mp_destroy_pool(NULL) do nothing (errno untouched)");
     struct mp_pool_s *zero = mp_create_pool(0);
     CHECK(zero != NULL, "mp_create_pool(0) gives a pool with the default size");
     void *z1 = mp_alloc(zero, 0), *z2 = mp_alloc(zero, 0);
@@ -125,6 +171,31 @@ int main(void) {
     CHECK(after - before < 4096, "3000 resets: RSS %ld KiB -> %ld KiB", before, after);
     mp_destroy_pool(pool);
     mp_destroy_pool(other);
+
+    /* Pools filled in worker threads, read back, freed, reset and destroyed in this one. */
+    enum { THREADS = 4 };
+    struct exchange xs[THREADS];
+    pthread_t workers[THREADS];
+    int started[THREADS], intact = 1, freed = 1, reused = 1;
+    for (int t = 0; t < THREADS; t++) {
+        memset(&xs[t], 0, sizeof xs[t]);
+        xs[t].id = t + 1;
+        started[t] = pthread_create(&workers[t], NULL, create_and_fill, &xs[t]) == 0;
+    }
+    for (int t = 0; t < THREADS; t++)
+        if (started[t]) pthread_join(workers[t], NULL);
+    for (int t = 0; t < THREADS; t++) intact &= read_back(&xs[t]);
+    CHECK(intact, "%d pools filled in worker threads read back intact in the main thread", THREADS);
+    for (int t = 0; t < THREADS; t++) {
+        freed &= mp_free(xs[t].pool, xs[t].large) == 0;
+        mp_reset_pool(xs[t].pool);
+        xs[t].id += THREADS;
+        fill(&xs[t]);
+        reused &= read_back(&xs[t]);
+        mp_destroy_pool(xs[t].pool);
+    }
+    CHECK(freed, "their large blocks free with mp_free in the main thread");
+    CHECK(reused, "after mp_reset_pool in the main thread they serve and read back new values");
 
     /* Thousands of pools created and destroyed. */
     before = resident_kib();
