@@ -2,6 +2,10 @@
 //! directory, so that the nested cargo does not wait for the lock of the one running this
 //! test), compiles the C programs in `tests/c/` and runs them with `LD_PRELOAD`, or linked
 //! against the library for the memory-pool API.
+//!
+//! `model_test.c` is the model-based randomised test of `tests/model.rs` through the C entry
+//! points; it takes the same `TCALLOC_MODEL_SEED`, `TCALLOC_MODEL_SEEDS` and
+//! `TCALLOC_MODEL_OPS` variables.
 
 mod common;
 
@@ -175,4 +179,33 @@ fn memory_pool_c_api() {
     assert!(out.status.success(), "pool_test failed:\n{stdout}\n{}", text(&out.stderr));
     assert!(stdout.contains("0 failure(s)") && !stdout.contains("FAIL"), "{stdout}");
     assert!(stdout.contains("none overlapping"), "{stdout}");
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+#[test]
+fn model_through_the_c_entry_points() {
+    let program = compile("model_test");
+    let classes: Vec<String> =
+        tcalloc_size_classes::class_sizes().iter().map(|s| s.to_string()).collect();
+    let seed = env_or("TCALLOC_MODEL_SEED", "1");
+    let seeds = env_or("TCALLOC_MODEL_SEEDS", "1");
+    let ops = env_or("TCALLOC_MODEL_OPS", "20000");
+    let args = [seed.as_str(), &seeds, &ops, &classes.join(",")];
+    // On glibc first: the checks are the C contract, not tcalloc's own behaviour.
+    for preload in [false, true] {
+        let start = std::time::Instant::now();
+        let out = run(&program, &args, preload);
+        let stdout = text(&out.stdout);
+        let on = if preload { "tcalloc" } else { "glibc" };
+        eprintln!("model_test on {on}: {:.1} s\n{stdout}", start.elapsed().as_secs_f64());
+        assert!(
+            out.status.success() && stdout.contains("model_test ok"),
+            "model_test on {on} failed ({:?}):\n{stdout}\n{}",
+            out.status,
+            text(&out.stderr)
+        );
+    }
 }

@@ -59,10 +59,12 @@ static void at_exit_handler(void) {
 static void basics(void) {
     void *a = malloc(0), *b = malloc(0);
     CHECK(a && b && a != b, "malloc(0) returns unique pointers");
+    errno = 1234;
     free(a);
+    CHECK(errno == 1234, "free keeps errno");
     free(b);
     free(NULL);
-    CHECK(1, "free(NULL) does nothing");
+    CHECK(errno == 1234, "free(NULL) does nothing, errno kept");
 
     errno = 0;
     void *huge = malloc(SIZE_MAX);
@@ -165,6 +167,19 @@ static void alignment(void) {
         }
     }
     CHECK(ok, "posix_memalign, aligned_alloc, memalign: alignments 8 B to 8 MiB");
+    int zero_ok = 1;
+    for (size_t a = 8; a <= (64u << 10); a *= 2) {
+        void *q = NULL;
+        zero_ok &= posix_memalign(&q, a, 0) == 0 && q && aligned(q, a);
+        free(q);
+        void *r = aligned_alloc(a, 0);
+        zero_ok &= r && aligned(r, a);
+        free(r);
+        void *m = memalign(a, 0);
+        zero_ok &= m && aligned(m, a);
+        free(m);
+    }
+    CHECK(zero_ok, "posix_memalign, aligned_alloc, memalign of 0 bytes: aligned, 8 B to 64 KiB");
     errno = 0;
     void *bad = aligned_alloc(48, 100);
     CHECK(bad == NULL && errno == EINVAL, "aligned_alloc with a non-power-of-two is NULL with EINVAL");
@@ -231,28 +246,72 @@ static void libc_allocates(void) {
 /* ---- threads -------------------------------------------------------------------------- */
 
 #define SLOTS 4096
+#define ROUNDS 50
 static void *volatile mailbox[SLOTS];
 static pthread_key_t key;
+/* Blocks put into the mailbox, blocks taken out and verified, and those that were wrong. */
+static unsigned long produced, verified, corrupted;
+static unsigned long destructor_runs, destructor_failures;
+static unsigned long next_stamp;
+
+static size_t slot_size(int i) { return 16 + (size_t)(i * 37) % 2000; }
+
+/* A mailbox block carries its slot and a stamp unique to the thread and round that wrote it in
+ * its first 8 bytes, and the complement in its last 8: a block handed out twice, or a stray
+ * write by the allocator, breaks the pair. */
+static void stamp_block(unsigned char *p, int slot, unsigned long stamp) {
+    uint64_t head = (uint64_t)slot << 40 | stamp, tail = ~head;
+    memcpy(p, &head, 8);
+    memcpy(p + slot_size(slot) - 8, &tail, 8);
+}
+
+/* Verifies a block taken out of slot `slot` (NULL: the slot was empty) and frees it. */
+static void verify_and_free(unsigned char *p, int slot) {
+    if (!p) return;
+    uint64_t head, tail;
+    memcpy(&head, p, 8);
+    memcpy(&tail, p + slot_size(slot) - 8, 8);
+    int ok = head >> 40 == (uint64_t)slot && tail == ~head;
+    __atomic_add_fetch(ok ? &verified : &corrupted, 1, __ATOMIC_RELAXED);
+    free(p);
+}
 
 static void key_destructor(void *value) {
-    /* Runs at thread exit: allocating and freeing here must work. */
-    void *p = malloc(777);
-    memset(p, 1, 777);
+    /* Runs at thread exit: allocating and freeing here must work, and the thread's value is
+     * intact. */
+    unsigned char *v = value, *p = malloc(777);
+    int ok = v && p;
+    for (int i = 0; ok && i < 100; i++) ok &= v[i] == (unsigned char)(i * 3);
+    if (p) {
+        memset(p, 1, 777);
+        ok &= p[0] == 1 && p[776] == 1;
+    }
     free(p);
     free(value);
+    __atomic_add_fetch(&destructor_runs, 1, __ATOMIC_RELAXED);
+    if (!ok) __atomic_add_fetch(&destructor_failures, 1, __ATOMIC_RELAXED);
 }
 
 static void *producer(void *arg) {
     (void)arg;
-    pthread_setspecific(key, malloc(100));
-    for (int round = 0; round < 50; round++)
+    unsigned char *value = malloc(100);
+    for (int i = 0; value && i < 100; i++) value[i] = (unsigned char)(i * 3);
+    pthread_setspecific(key, value);
+    for (int round = 0; round < ROUNDS; round++) {
+        unsigned long stamp = __atomic_add_fetch(&next_stamp, 1, __ATOMIC_RELAXED);
         for (int i = 0; i < SLOTS; i++) {
-            char *p = malloc(16 + (i * 37) % 2000);
-            p[0] = (char)i;
+            unsigned char *p = malloc(slot_size(i));
+            stamp_block(p, i, stamp);
+            __atomic_add_fetch(&produced, 1, __ATOMIC_RELAXED);
             void *old = __atomic_exchange_n(&mailbox[i], p, __ATOMIC_ACQ_REL);
-            free(old); /* blocks allocated by the other thread, freed here */
+            verify_and_free(old, i); /* often allocated by another thread, freed here */
         }
+    }
     return NULL;
+}
+
+static void empty_mailbox(void) {
+    for (int i = 0; i < SLOTS; i++) verify_and_free(__atomic_exchange_n(&mailbox[i], NULL, __ATOMIC_ACQ_REL), i);
 }
 
 static void threads_exchange(void) {
@@ -260,19 +319,25 @@ static void threads_exchange(void) {
     pthread_t t[4];
     for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, producer, NULL);
     for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
-    for (int i = 0; i < SLOTS; i++) free(__atomic_exchange_n(&mailbox[i], NULL, __ATOMIC_ACQ_REL));
-    CHECK(1, "4 threads exchanging blocks, with thread-exit destructors that allocate");
+    empty_mailbox();
+    CHECK(verified == produced && produced == 4ul * ROUNDS * SLOTS && corrupted == 0 &&
+              destructor_runs == 4 && destructor_failures == 0,
+          "4 threads exchanging blocks: %lu of %lu verified, %lu corrupted; %lu thread-exit "
+          "destructors that allocate, %lu failed",
+          verified, produced, corrupted, destructor_runs, destructor_failures);
     /* Many short threads. */
     for (int i = 0; i < 200; i++) {
         pthread_t s;
         pthread_create(&s, NULL, producer, NULL);
         pthread_join(s, NULL);
-        if (i % 50 == 0) {
-            for (int j = 0; j < SLOTS; j++) free(__atomic_exchange_n(&mailbox[j], NULL, __ATOMIC_ACQ_REL));
-        }
+        if (i % 50 == 0) empty_mailbox();
     }
-    for (int j = 0; j < SLOTS; j++) free(__atomic_exchange_n(&mailbox[j], NULL, __ATOMIC_ACQ_REL));
-    CHECK(1, "200 short-lived threads");
+    empty_mailbox();
+    CHECK(verified == produced && produced == 204ul * ROUNDS * SLOTS && corrupted == 0 &&
+              destructor_runs == 204 && destructor_failures == 0,
+          "200 short-lived threads: %lu of %lu blocks verified, %lu corrupted; %lu destructors, "
+          "%lu failed",
+          verified, produced, corrupted, destructor_runs, destructor_failures);
 }
 
 /* ---- fork while threads allocate ------------------------------------------------------ */
