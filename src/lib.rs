@@ -41,6 +41,7 @@
 //! contract under `# Safety` and every `unsafe` block names the precondition it relies on.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod central_free_list;
