@@ -199,8 +199,9 @@ pub fn class_for(size: usize, align: usize) -> Option<SizeClass> {
     if size > MAX_SIZE || align > PAGE_SIZE {
         return None;
     }
-    // No overflow: both terms are bounded just above.
-    let rounded = (size + align - 1) & !(align - 1);
+    // No overflow: both terms are bounded just above. A zero size counts as one byte, so that
+    // it rounds up to `align` (C's `aligned_alloc(4096, 0)` must be aligned too).
+    let rounded = (size.max(1) + align - 1) & !(align - 1);
     let class = if rounded <= SMALL_LOOKUP_MAX {
         // SAFETY: bounded by the table's length.
         unsafe { *SMALL_CLASS.get_unchecked(rounded) }
@@ -274,7 +275,7 @@ mod tests {
     fn aligned_requests_land_on_aligned_classes() {
         let mut align = 16;
         while align <= PAGE_SIZE {
-            for size in (1..=MAX_SIZE).step_by(7).chain([align, MAX_SIZE]) {
+            for size in (1..=MAX_SIZE).step_by(7).chain([0, align, MAX_SIZE]) {
                 match class_for(size, align) {
                     Some(class) => {
                         assert!(class.size() >= size);
