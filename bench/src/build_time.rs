@@ -33,7 +33,7 @@ pub fn run(workspace: &Path, runs: usize, out: &Path) {
     let plain = make_crate(&root, "hello-plain", None);
     let with = make_crate(&root, "hello-tcalloc", Some(&workspace));
     let offline = [&plain, &with].iter().all(|dir| prepare(dir));
-    let load = load_average();
+    let load = crate::load_average();
     let crates = [&plain, &with];
     let mut seconds = [Vec::new(), Vec::new()];
     let mut compiled = [Vec::new(), Vec::new()];
@@ -123,14 +123,6 @@ fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-/// The one-minute load average before the builds (other work on the machine slows them).
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "unknown".into())
 }
 
 fn markdown(

@@ -47,7 +47,10 @@ const POOL_ROWS: &[(&str, &str)] = &[
 pub fn run(workspace: &Path, exe_dir: &Path, collect_only: bool, out: &Path) {
     let target = exe_dir.parent().unwrap_or(exe_dir);
     let home = target.join("criterion");
+    let load_file = home.join("load-average.txt");
     if !collect_only {
+        std::fs::create_dir_all(&home).expect("create criterion's directory");
+        std::fs::write(&load_file, crate::load_average()).expect("write load-average.txt");
         let status = crate::cargo()
             .args(["bench", "-p", "tcalloc-bench", "--bench", "alloc", "--bench", "pool"])
             .arg("--manifest-path")
@@ -62,8 +65,14 @@ pub fn run(workspace: &Path, exe_dir: &Path, collect_only: bool, out: &Path) {
             std::process::exit(2);
         }
     }
-    let alloc = alloc_table(&home);
-    let pool = pool_table(&home);
+    let load = std::fs::read_to_string(&load_file).unwrap_or_else(|_| "unknown".into());
+    let note = format!(
+        "\nMachine: {} cores, load average {} when the run started.\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        load.trim()
+    );
+    let alloc = alloc_table(&home) + &note;
+    let pool = pool_table(&home) + &note;
     println!("{alloc}\n{pool}");
     std::fs::write(out.join("criterion.md"), alloc).expect("write criterion.md");
     std::fs::write(out.join("pool.md"), pool).expect("write pool.md");

@@ -88,7 +88,7 @@ enum Cmd {
     /// allocator: what the crate adds to a user's build (build-time.md).
     BuildTime {
         /// Builds of each program; the median is reported.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         runs: usize,
     },
 }
@@ -139,6 +139,14 @@ fn main() {
 /// The workspace this benchmark was built from.
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The one-minute load average (other work on the machine slows a measurement down).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The cargo that runs this program (`cargo run` says which), or the one on `PATH`.
