@@ -48,14 +48,15 @@
 //! is held while writing), and the report goes out through `diag`'s stack buffer.
 //!
 //! Layers below: `router` (sizes and the validated free), `stats`, `release`, `thread_cache`
-//! (flushing the caller's cache), `size_class`, `diag`.
+//! (flushing the caller's cache), `size_class`, `diag`, `lifecycle` (start-up before `mallopt`
+//! changes a setting).
 
 use crate::config::{LARGE_THRESHOLD, OS_PAGE_SIZE};
 use crate::router::{self, MAX_PAGE_RUN_ALIGN};
 use crate::size_class::{class_for, SizeClass, MAX_SIZE};
 use crate::span::Length;
 use crate::stats::{self, Stats};
-use crate::{diag, release, thread_cache};
+use crate::{diag, lifecycle, release, thread_cache};
 use core::ffi::{c_int, c_void};
 use core::fmt::{self, Write};
 
@@ -259,6 +260,8 @@ const M_MMAP_THRESHOLD: c_int = -3;
 const GLIBC_MAX_FAST_SIZE: usize = 160;
 
 fn mallopt_impl(param: c_int, value: c_int) -> c_int {
+    // Start-up applies the environment's settings; it must not overwrite these later.
+    lifecycle::ensure_initialized();
     // glibc converts `value` to `size_t`: a negative value becomes huge.
     let size = value as isize as usize;
     match param {
