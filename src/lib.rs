@@ -18,6 +18,7 @@
 //!
 //! ```text
 //! global.rs  ffi.rs   TcAlloc: GlobalAlloc; the C malloc family      entry points
+//! ffi_glibc.rs         the rest of glibc's malloc API, C23's free_sized, jemalloc's nallocx
 //! pool/                per-connection memory pools (Rust and the C mp_* API), on TcAlloc
 //! stats.rs             snapshot of every layer (reads them all)
 //! router.rs            size & alignment -> class / page run / large; C free validation
@@ -41,6 +42,7 @@
 //! contract under `# Safety` and every `unsafe` block names the precondition it relies on.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod central_free_list;
@@ -48,6 +50,7 @@ mod config;
 mod diag;
 mod env;
 mod ffi;
+mod ffi_glibc;
 mod free_list;
 mod global;
 mod large;

@@ -70,9 +70,22 @@ pub fn tick() {
 }
 
 /// Gives every free page and cached large mapping back to the OS now, after draining the
-/// central transfer caches (the caller flushes its own thread cache first).
-pub fn release_all() {
+/// central transfer caches (the caller flushes its own thread cache first). Returns the bytes
+/// given back: free pages that were backed, and cached mappings unmapped.
+pub fn release_all() -> usize {
     central_free_list::drain_idle(u64::MAX);
+    let cached_before = large::stats().cached_bytes;
     large::flush();
-    PAGE_HEAP.lock().release(Length(usize::MAX));
+    // Another thread may cache a mapping meanwhile; then this undercounts, which is harmless.
+    let unmapped = cached_before.saturating_sub(large::stats().cached_bytes);
+    let pages = PAGE_HEAP.lock().release(Length(usize::MAX));
+    pages.bytes() + unmapped
+}
+
+/// Sets how many bytes of free pages the page heap keeps backed (`usize::MAX`: no limit), as
+/// `TCALLOC_FREE_RESERVE_BYTES` does at start-up; for `mallopt(M_TRIM_THRESHOLD)`. Pages
+/// beyond it go back at the next free.
+pub fn set_reserve_bytes(bytes: usize) {
+    let pages = if bytes == usize::MAX { usize::MAX } else { bytes / crate::config::PAGE_SIZE };
+    PAGE_HEAP.lock().set_policy(Length(pages), DECAY_MS.load(Relaxed));
 }

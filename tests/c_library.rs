@@ -82,6 +82,42 @@ fn assert_stops(program: &Path, mode: &str, expected: &str) {
 }
 
 #[test]
+fn the_rest_of_glibcs_malloc_api_under_ld_preload() {
+    let program = compile("glibc_api_test");
+    let out = run(&program, &[], true);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "glibc_api_test failed:\n{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("running under tcalloc"), "{stdout}");
+    assert!(stdout.contains("ok   malloc_trim gives the freed 64 MiB back"), "{stdout}");
+    assert!(stdout.contains("ok   nallocx(n, 0) == malloc_usable_size"), "{stdout}");
+    assert!(stdout.contains("ok   free_sized frees"), "{stdout}");
+    assert!(stdout.contains("0 failure(s)") && !stdout.contains("FAIL"), "{stdout}");
+    // The checks of glibc's own functions pass on glibc too: they test glibc's contract.
+    let out = run(&program, &[], false);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("running under glibc"), "{stdout}");
+    assert!(out.status.success(), "on glibc:\n{stdout}\n{}", text(&out.stderr));
+}
+
+#[test]
+fn sized_frees_that_do_not_fit_the_block_stop_the_program() {
+    let program = compile("glibc_api_test");
+    for (mode, call) in [
+        ("free-sized-too-big", "free_sized"),
+        ("free-aligned-sized-misaligned", "free_aligned_sized"),
+        ("free-aligned-sized-bad-alignment", "free_aligned_sized"),
+        ("sdallocx-too-big", "sdallocx"),
+    ] {
+        let out = run(&program, &[mode], true);
+        let stderr = text(&out.stderr);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{mode}: {:?} {stderr}", out.status);
+        let expected = format!("tcalloc: {call}(): size mismatch: ");
+        assert!(stderr.contains(&expected), "{mode}: stderr was {stderr:?}");
+    }
+}
+
+#[test]
 fn pointers_never_handed_out_stop_the_program() {
     let program = compile("invalid_free");
     for (mode, call) in [
@@ -145,6 +181,17 @@ fn exported_symbols() {
         "valloc",
         "pvalloc",
         "malloc_usable_size",
+        "malloc_trim",
+        "mallinfo",
+        "mallinfo2",
+        "malloc_stats",
+        "malloc_info",
+        "mallopt",
+        "free_sized",
+        "free_aligned_sized",
+        "nallocx",
+        "sdallocx",
+        "malloc_good_size",
     ] {
         assert!(has(name), "{name} is not exported");
         assert!(has(&format!("tcalloc_{name}")), "tcalloc_{name} is not exported");

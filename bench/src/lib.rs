@@ -9,7 +9,13 @@
 //! - `benches/alloc.rs`: the same workloads as criterion benchmarks, the four allocators side
 //!   by side in one process (`cargo bench -p tcalloc-bench --bench alloc`);
 //! - [`memory`]: resident memory over time through phases of growth and shrinkage, and the
-//!   fragmentation case (`cargo run --release -p tcalloc-bench -- memory`).
+//!   fragmentation case (`cargo run --release -p tcalloc-bench -- memory`);
+//! - the binary's other subcommands write the remaining results files: `criterion` (the
+//!   criterion tables), `preload` (real programs), `instructions` (callgrind) and
+//!   `build-time` (what tcalloc adds to a user's build).
+//!
+//! The binary builds the worker binaries itself, so `cargo run --release -p tcalloc-bench`
+//! works on a fresh clone; `-- --smoke` runs every program once at a twentieth of its work.
 
 pub mod memory;
 pub mod programs;

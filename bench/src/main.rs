@@ -8,20 +8,31 @@
 //! glibc and to mimalloc, as a table on stdout, `summary.md`, `results.csv` and `chart.png` in
 //! the output directory.
 //!
+//! The worker binaries are built by this program itself (`cargo build` of the `worker_*`
+//! binaries, which does nothing when they are current), because `cargo run` builds only the
+//! binary it runs: the commands below work as written on a fresh clone.
+//!
 //! `tcalloc-bench instructions` counts instructions per 64-byte alloc+free pair under
 //! valgrind's callgrind instead; `tcalloc-bench memory` records resident memory over time and
-//! the fragmentation case.
+//! the fragmentation case; `preload` times real programs with each allocator preloaded;
+//! `criterion` runs the criterion benches and writes their tables; `build-time` measures what
+//! tcalloc adds to a user's clean build. Each writes the results file the README quotes.
 //!
 //! ```text
 //! cargo run --release -p tcalloc-bench                  # quick: 3 runs each, about two minutes
+//! cargo run --release -p tcalloc-bench -- --smoke       # every program once, small sizes
 //! cargo run --release -p tcalloc-bench -- --full        # 7 runs each
 //! cargo run --release -p tcalloc-bench -- --only pairs  # programs whose name contains "pairs"
 //! cargo run --release -p tcalloc-bench -- instructions
 //! cargo run --release -p tcalloc-bench -- memory
 //! cargo run --release -p tcalloc-bench -- preload
+//! cargo run --release -p tcalloc-bench -- criterion
+//! cargo run --release -p tcalloc-bench -- build-time
 //! ```
 
+mod build_time;
 mod chart;
+mod criterion_tables;
 mod preload;
 mod report;
 
@@ -38,15 +49,20 @@ struct Args {
     /// Seven runs of each program and allocator instead of three.
     #[arg(long)]
     full: bool,
+    /// A check that everything runs: every program once per allocator, at 1/20 of its work
+    /// (the comparison only; its tables go to a temporary directory unless --out is given).
+    #[arg(long, conflicts_with = "full")]
+    smoke: bool,
     /// Runs of each program and allocator (overrides --full).
     #[arg(long)]
     reps: Option<usize>,
     /// Only the programs whose name contains one of these strings.
     #[arg(long)]
     only: Vec<String>,
-    /// Where to write summary.md, results.csv and chart.png.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
-    out: PathBuf,
+    /// Where to write the results files [default: bench/results, or a temporary directory
+    /// with --smoke].
+    #[arg(long, global = true)]
+    out: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -61,7 +77,24 @@ enum Cmd {
     /// Real programs (python3, sqlite3, gcc, git, perl, sort) with each allocator preloaded
     /// (preload.md).
     Preload,
+    /// Runs the criterion benches (`benches/alloc.rs`, `benches/pool.rs`) and writes their
+    /// medians as criterion.md and pool.md.
+    Criterion {
+        /// Only read the estimates criterion already left in the target directory.
+        #[arg(long)]
+        collect_only: bool,
+    },
+    /// Clean release builds of a hello-world with and without tcalloc as its global
+    /// allocator: what the crate adds to a user's build (build-time.md).
+    BuildTime {
+        /// Builds of each program; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
 }
+
+/// Work divisor of `--smoke` runs.
+const SMOKE_DIVISOR: usize = 20;
 
 /// One measured run.
 #[derive(Clone, Copy, Debug)]
@@ -76,22 +109,90 @@ fn main() {
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .expect("the benchmark's own directory");
-    for a in ALLOCATORS {
-        let worker = worker_path(&dir, a);
-        if !worker.exists() {
-            eprintln!(
-                "missing {}: build the whole package (cargo run --release -p tcalloc-bench)",
-                worker.display()
-            );
+    let out = match &args.out {
+        Some(out) => out.clone(),
+        None if args.smoke => std::env::temp_dir().join("tcalloc-bench-smoke"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("results"),
+    };
+    std::fs::create_dir_all(&out).expect("create the output directory");
+    match &args.command {
+        Some(Cmd::Instructions) => {
+            build_workers(&dir);
+            instructions(&dir, &out)
+        }
+        Some(Cmd::Memory) => {
+            build_workers(&dir);
+            memory(&dir, &out)
+        }
+        Some(Cmd::Preload) => preload_comparison(&args, &out),
+        Some(Cmd::Criterion { collect_only }) => {
+            criterion_tables::run(&workspace(), &dir, *collect_only, &out)
+        }
+        Some(Cmd::BuildTime { runs }) => build_time::run(&workspace(), *runs, &out),
+        None => {
+            build_workers(&dir);
+            compare(&dir, &args, &out)
+        }
+    }
+}
+
+/// The workspace this benchmark was built from.
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The one-minute load average (other work on the machine slows a measurement down).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The cargo that runs this program (`cargo run` says which), or the one on `PATH`.
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Builds the worker binaries into `dir`, the directory of this binary, with the profile this
+/// binary was built with. `cargo run` builds only the binary it runs, so without this step a
+/// fresh clone would have no workers; when they are current, cargo does nothing.
+fn build_workers(dir: &Path) {
+    let manifest = workspace().join("Cargo.toml");
+    let profile = match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(name) => name,
+        None => "release",
+    };
+    if manifest.exists() {
+        eprintln!("building the worker binaries (one per allocator)");
+        let mut cmd = cargo();
+        cmd.args(["build", "-p", "tcalloc-bench", "--profile", profile]);
+        for a in ALLOCATORS {
+            cmd.arg("--bin").arg(format!("worker_{a}"));
+        }
+        cmd.arg("--manifest-path").arg(&manifest);
+        if let Some(target) = dir.parent() {
+            cmd.arg("--target-dir").arg(target);
+        }
+        let built = cmd.status().map(|s| s.success()).unwrap_or(false);
+        if !built {
+            eprintln!("building the worker binaries failed (see cargo's messages above)");
             std::process::exit(2);
         }
     }
-    std::fs::create_dir_all(&args.out).expect("create the output directory");
-    match args.command {
-        Some(Cmd::Instructions) => instructions(&dir, &args.out),
-        Some(Cmd::Memory) => memory(&dir, &args.out),
-        Some(Cmd::Preload) => preload_comparison(&args),
-        None => compare(&dir, &args),
+    for a in ALLOCATORS {
+        let worker = worker_path(dir, a);
+        if !worker.exists() {
+            eprintln!(
+                "missing {}: the workers must sit beside {} (build them with \
+                 `cargo build --release -p tcalloc-bench --bins` from the same checkout, with the \
+                 same --target-dir)",
+                worker.display(),
+                dir.join("tcalloc-bench").display()
+            );
+            std::process::exit(2);
+        }
     }
 }
 
@@ -99,8 +200,10 @@ fn worker_path(dir: &Path, allocator: &str) -> PathBuf {
     dir.join(format!("worker_{allocator}"))
 }
 
-fn compare(dir: &Path, args: &Args) {
+fn compare(dir: &Path, args: &Args, out: &Path) {
     let reps = args.reps.unwrap_or(if args.full { 7 } else { 3 }).max(1);
+    let reps = if args.smoke { 1 } else { reps };
+    let divisor = if args.smoke { SMOKE_DIVISOR } else { 1 };
     let programs: Vec<_> = PROGRAMS
         .iter()
         .filter(|p| args.only.is_empty() || args.only.iter().any(|o| p.name.contains(o.as_str())))
@@ -113,7 +216,7 @@ fn compare(dir: &Path, args: &Args) {
             // Rotate the order each repetition so that no allocator always runs first.
             for k in 0..ALLOCATORS.len() {
                 let a = ALLOCATORS[(k + rep) % ALLOCATORS.len()];
-                let sample = run_worker(&worker_path(dir, a), program.name);
+                let sample = run_worker(&worker_path(dir, a), program.name, divisor);
                 results.add(program.name, a, sample);
             }
             eprint!(".");
@@ -122,22 +225,34 @@ fn compare(dir: &Path, args: &Args) {
     }
     let table = results.table();
     println!("{table}");
-    let summary = results.markdown(reps, started.elapsed().as_secs_f64());
-    std::fs::write(args.out.join("summary.md"), &summary).expect("write summary.md");
-    std::fs::write(args.out.join("results.csv"), results.csv()).expect("write results.csv");
-    match chart::draw(&results, &args.out.join("chart.png")) {
-        Ok(()) => eprintln!("wrote {}/{{summary.md,results.csv,chart.png}}", args.out.display()),
+    let seconds = started.elapsed().as_secs_f64();
+    let mut summary = results.markdown(reps, seconds);
+    if args.smoke {
+        summary.insert_str(
+            0,
+            "Smoke run (`--smoke`): 1/20 of each program's work; not a measurement.\n\n",
+        );
+    }
+    std::fs::write(out.join("summary.md"), &summary).expect("write summary.md");
+    std::fs::write(out.join("results.csv"), results.csv()).expect("write results.csv");
+    match chart::draw(&results, &out.join("chart.png")) {
+        Ok(()) => eprintln!("wrote {}/{{summary.md,results.csv,chart.png}}", out.display()),
         Err(e) => eprintln!("chart not drawn: {e}"),
     }
+    eprintln!(
+        "{} programs x {} allocators x {reps} runs in {seconds:.1} s",
+        programs.len(),
+        ALLOCATORS.len()
+    );
 }
 
 /// Runs a worker to completion; its wall time and peak RSS.
 // The child is reaped by `wait4` (which also gives its peak RSS), not by `Child::wait`.
 #[allow(clippy::zombie_processes)]
-fn run_worker(worker: &Path, program: &str) -> Sample {
+fn run_worker(worker: &Path, program: &str, divisor: usize) -> Sample {
     let start = Instant::now();
     let child = Command::new(worker)
-        .arg(program)
+        .args([program, &divisor.to_string()])
         .stdout(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", worker.display()));
@@ -243,8 +358,8 @@ fn memory(dir: &Path, out: &Path) {
 }
 
 /// The preload comparison of real programs.
-fn preload_comparison(args: &Args) {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+fn preload_comparison(args: &Args, out_dir: &Path) {
+    let workspace = workspace();
     let tcalloc = preload::build_tcalloc(&workspace);
     let allocators = preload::allocators(tcalloc);
     let dir = workspace.join("target/preload-jobs");
@@ -308,5 +423,5 @@ fn preload_comparison(args: &Args) {
         out.push_str(&format!("- `{}`: {}\n", job.name, job.what));
     }
     println!("{out}");
-    std::fs::write(args.out.join("preload.md"), out).expect("write preload.md");
+    std::fs::write(out_dir.join("preload.md"), out).expect("write preload.md");
 }

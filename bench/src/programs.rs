@@ -1,8 +1,9 @@
 //! The whole-program workloads: each is a name and a fixed amount of work, run once per
 //! process by a worker binary whose `#[global_allocator]` is the allocator under test.
 //!
-//! A worker is called as `worker_<allocator> <program>`; it runs the program and prints a
-//! checksum (so that nothing can be optimised away). `memory-phases` and `fragmentation <size>`
+//! A worker is called as `worker_<allocator> <program> [divisor]`; it runs the program (its
+//! work divided by `divisor`, for smoke runs) and prints a checksum (so that nothing can be
+//! optimised away). `memory-phases` and `fragmentation <size>`
 //! run the memory workloads of `crate::memory`. `worker_<allocator> fastpath <n>` runs
 //! `n` 64-byte alloc+free pairs, for the instruction count under callgrind; `fastpath-empty
 //! <n>` runs the same loop without allocating, to subtract the loop's own instructions.
@@ -101,17 +102,19 @@ pub fn run<A: GlobalAlloc + Sync>(a: &'static A, name: &str, divisor: usize) -> 
 }
 
 /// The worker binaries' `main`: runs the program named by the first argument on `a` (which
-/// is also the process's global allocator) and prints a checksum.
+/// is also the process's global allocator) and prints a checksum. A second argument divides
+/// the program's work (`--smoke` runs pass 20).
 pub fn worker_main<A: GlobalAlloc + Sync>(a: &'static A) {
     let args: Vec<String> = std::env::args().collect();
     let name = args.get(1).map(String::as_str).unwrap_or("");
     let count = || args.get(2).and_then(|n| n.parse::<usize>().ok()).unwrap_or(1_000_000);
+    let divisor = args.get(2).and_then(|n| n.parse::<usize>().ok()).unwrap_or(1);
     let sum = match name {
         "memory-phases" => crate::memory::phases(),
         "fragmentation" => crate::memory::fragmentation(count()),
         "fastpath" => fastpath(a, count(), true),
         "fastpath-empty" => fastpath(a, count(), false),
-        _ => match run(a, name, 1) {
+        _ => match run(a, name, divisor) {
             Some(sum) => sum,
             None => {
                 eprintln!("unknown program {name:?}; known: {:?}", names());

@@ -7,8 +7,9 @@
 //! * [`render_table`] — `size_classes/TABLE.md`, the same rows for a human reviewer, with the
 //!   waste each class costs.
 //!
-//! `cargo run -p tcalloc-size-classes` rewrites both files. A unit test in the allocator
-//! regenerates them in memory and fails when the checked-in copies are stale.
+//! `cargo run -p tcalloc-size-classes` rewrites both files. This crate's test
+//! `tests/checked_in.rs` regenerates them in memory and fails when the checked-in copies are
+//! stale; the allocator's own unit tests check the compiled table against the rules.
 //!
 //! # The rules
 //!
