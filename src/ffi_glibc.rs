@@ -289,7 +289,7 @@ fn size_mismatch(caller: &str, ptr: *mut c_void, size: usize, align: usize, usab
 /// # Safety
 /// - `ptr` is null or a block of this allocator that the caller no longer uses (anything else
 ///   aborts with a message).
-unsafe fn free_checked(ptr: *mut c_void, size: usize, align: usize, caller: &str) {
+unsafe fn free_checked(ptr: *mut c_void, size: usize, align: usize, caller: &'static str) {
     if ptr.is_null() {
         return;
     }

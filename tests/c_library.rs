@@ -235,8 +235,12 @@ fn env_or(name: &str, default: &str) -> String {
 #[test]
 fn model_through_the_c_entry_points() {
     let program = compile("model_test");
-    let classes: Vec<String> =
-        tcalloc_size_classes::class_sizes().iter().map(|s| s.to_string()).collect();
+    let classes: Vec<String> = tcalloc::stats()
+        .classes
+        .iter()
+        .filter(|c| c.size > 0)
+        .map(|c| c.size.to_string())
+        .collect();
     let seed = env_or("TCALLOC_MODEL_SEED", "1");
     let seeds = env_or("TCALLOC_MODEL_SEEDS", "1");
     let ops = env_or("TCALLOC_MODEL_OPS", "20000");

@@ -61,7 +61,7 @@ fn env_number(name: &str) -> Option<u64> {
 /// of mailboxes.
 fn run_seed(seed: u64, ops: usize) -> Counts {
     let registry = Registry::new();
-    let shapes = Shapes::new(tcalloc_size_classes::class_sizes(), 1);
+    let shapes = Shapes::new(shadow::class_sizes(), 1);
     let mailboxes: Vec<Mutex<Vec<Block>>> = (0..THREADS).map(|_| Mutex::default()).collect();
     let mut total = Counts::default();
     std::thread::scope(|s| {

@@ -37,7 +37,7 @@ const LIMITS: Limits = Limits {
 
 fn shapes() -> &'static Shapes {
     static SHAPES: OnceLock<Shapes> = OnceLock::new();
-    SHAPES.get_or_init(|| Shapes::new(tcalloc_size_classes::class_sizes(), 1))
+    SHAPES.get_or_init(|| Shapes::new(shadow::class_sizes(), 1))
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -800,3 +800,9 @@ impl<'a> Worker<'a> {
         }
     }
 }
+
+/// The size of every size class, smallest first, from tcalloc's statistics (class 0, which
+/// is no class, has size 0 and is left out).
+pub fn class_sizes() -> Vec<usize> {
+    tcalloc::stats().classes.iter().map(|c| c.size).filter(|&s| s > 0).collect()
+}
