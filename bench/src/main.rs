@@ -13,7 +13,8 @@
 //! binary it runs: the commands below work as written on a fresh clone.
 //!
 //! `tcalloc-bench instructions` counts instructions per 64-byte alloc+free pair under
-//! valgrind's callgrind instead; `tcalloc-bench memory` records resident memory over time and
+//! valgrind's callgrind instead, through `GlobalAlloc` and through C `malloc`/`free` with each
+//! allocator preloaded; `tcalloc-bench memory` records resident memory over time and
 //! the fragmentation case; `preload` times real programs with each allocator preloaded;
 //! `criterion` runs the criterion benches and writes their tables; `build-time` measures what
 //! tcalloc adds to a user's clean build. Each writes the results file the README quotes.
@@ -33,6 +34,7 @@
 mod build_time;
 mod chart;
 mod criterion_tables;
+mod instructions;
 mod preload;
 mod report;
 
@@ -69,7 +71,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Instructions per 64-byte alloc+free pair, counted by valgrind's callgrind.
+    /// Instructions per 64-byte alloc+free pair, counted by valgrind's callgrind: through
+    /// Rust's GlobalAlloc and through C malloc/free under LD_PRELOAD (instructions.md).
     Instructions,
     /// Resident memory over time through phases of growth and shrinkage (memory.png), and the
     /// fragmentation case (memory.md).
@@ -118,7 +121,7 @@ fn main() {
     match &args.command {
         Some(Cmd::Instructions) => {
             build_workers(&dir);
-            instructions(&dir, &out)
+            instructions::run(&dir, &out)
         }
         Some(Cmd::Memory) => {
             build_workers(&dir);
@@ -267,44 +270,6 @@ fn run_worker(worker: &Path, program: &str, divisor: usize) -> Sample {
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     assert!(ok, "{} {program} failed (status {status:#x})", worker.display());
     Sample { seconds, peak_rss_kib: usage.ru_maxrss as u64 }
-}
-
-/// Instructions per 64-byte alloc+free pair: callgrind totals for 1M and 2M pairs, minus the
-/// same loop without allocating, divided by the 1M extra pairs (start-up cancels out).
-fn instructions(dir: &Path, out: &Path) {
-    let has_valgrind = Command::new("valgrind").arg("--version").output().is_ok();
-    if !has_valgrind {
-        eprintln!("valgrind is not installed (apt-get install valgrind)");
-        std::process::exit(2);
-    }
-    let count = |worker: &Path, mode: &str, n: usize| -> f64 {
-        let output = Command::new("valgrind")
-            .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
-            .arg(worker)
-            .args([mode, &n.to_string()])
-            .output()
-            .expect("run valgrind");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        stderr
-            .lines()
-            .find_map(|l| l.split("Collected :").nth(1))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("no instruction count in valgrind's output:\n{stderr}"))
-    };
-    let (n1, n2) = (1_000_000, 2_000_000);
-    let mut rows = Vec::new();
-    for a in ALLOCATORS {
-        let w = worker_path(dir, a);
-        let with = count(&w, "fastpath", n2) - count(&w, "fastpath", n1);
-        let without = count(&w, "fastpath-empty", n2) - count(&w, "fastpath-empty", n1);
-        let per_pair = (with - without) / (n2 - n1) as f64;
-        let with_loop = with / (n2 - n1) as f64;
-        eprintln!("{a:<9} {per_pair:6.1} instructions per pair ({with_loop:.1} with the loop)");
-        rows.push((a, per_pair, with_loop));
-    }
-    let text = report::instructions_markdown(&rows);
-    println!("{text}");
-    std::fs::write(out.join("instructions.md"), text).expect("write instructions.md");
 }
 
 /// Runs a worker with arguments and returns its standard output.

@@ -7,6 +7,9 @@
 //! run the memory workloads of `crate::memory`. `worker_<allocator> fastpath <n>` runs
 //! `n` 64-byte alloc+free pairs, for the instruction count under callgrind; `fastpath-empty
 //! <n>` runs the same loop without allocating, to subtract the loop's own instructions.
+//! `fastpath-c <n>` and `fastpath-c-empty <n>` are the same through the C ABI: `malloc(64)`
+//! and `free` from the C library, whichever allocator `LD_PRELOAD` put behind them (run by
+//! `worker_glibc`, whose own Rust allocations go to `malloc` too).
 
 use crate::workloads::{self, Growth, Order};
 use std::alloc::{GlobalAlloc, Layout};
@@ -114,6 +117,8 @@ pub fn worker_main<A: GlobalAlloc + Sync>(a: &'static A) {
         "fragmentation" => crate::memory::fragmentation(count()),
         "fastpath" => fastpath(a, count(), true),
         "fastpath-empty" => fastpath(a, count(), false),
+        "fastpath-c" => fastpath_c(count(), true),
+        "fastpath-c-empty" => fastpath_c(count(), false),
         _ => match run(a, name, divisor) {
             Some(sum) => sum,
             None => {
@@ -145,6 +150,28 @@ fn fastpath<A: GlobalAlloc>(a: &A, n: usize, allocate: bool) -> usize {
     sum
 }
 
+/// `n` pairs of `malloc(64)` and `free` through the C ABI (or the bare loop). The size passes
+/// through `black_box` and the pointer escapes into it, so neither call can be removed or
+/// turned into a constant.
+fn fastpath_c(n: usize, allocate: bool) -> usize {
+    let mut sum = 0usize;
+    for _ in 0..n {
+        let size = black_box(64usize);
+        if allocate {
+            // SAFETY: `malloc` with any size is sound; its block is freed once, right away
+            // (`free(NULL)` too would be sound if it failed).
+            unsafe {
+                let p = libc::malloc(size);
+                sum = sum.wrapping_add(black_box(p) as usize);
+                libc::free(p);
+            }
+        } else {
+            sum = sum.wrapping_add(black_box(size));
+        }
+    }
+    sum
+}
+
 /// The names of every program.
 pub fn names() -> Vec<&'static str> {
     PROGRAMS.iter().map(|p| p.name).collect()
@@ -165,5 +192,7 @@ mod tests {
         assert!(run(&SYSTEM, "no-such-program", 1).is_none());
         assert!(fastpath(&SYSTEM, 10, true) > 0);
         assert_eq!(fastpath(&SYSTEM, 10, false), 640);
+        assert!(fastpath_c(10, true) > 0);
+        assert_eq!(fastpath_c(10, false), 640);
     }
 }
