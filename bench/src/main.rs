@@ -35,6 +35,7 @@ mod build_time;
 mod chart;
 mod criterion_tables;
 mod instructions;
+mod mimalloc_bench;
 mod preload;
 mod report;
 
@@ -80,6 +81,9 @@ enum Cmd {
     /// Real programs (python3, sqlite3, gcc, git, perl, sort) with each allocator preloaded
     /// (preload.md).
     Preload,
+    /// The programs of mimalloc-bench (a built checkout of github.com/daanx/mimalloc-bench)
+    /// with each allocator preloaded (mimalloc-bench.md, mimalloc-bench.csv).
+    MimallocBench(mimalloc_bench::Options),
     /// Runs the criterion benches (`benches/alloc.rs`, `benches/pool.rs`) and writes their
     /// medians as criterion.md and pool.md.
     Criterion {
@@ -128,6 +132,9 @@ fn main() {
             memory(&dir, &out)
         }
         Some(Cmd::Preload) => preload_comparison(&args, &out),
+        Some(Cmd::MimallocBench(options)) => {
+            mimalloc_bench::run(options, args.out.as_deref(), &out)
+        }
         Some(Cmd::Criterion { collect_only }) => {
             criterion_tables::run(&workspace(), &dir, *collect_only, &out)
         }
