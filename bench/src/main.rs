@@ -15,7 +15,8 @@
 //! `tcalloc-bench instructions` counts instructions per 64-byte alloc+free pair under
 //! valgrind's callgrind instead, through `GlobalAlloc` and through C `malloc`/`free` with each
 //! allocator preloaded; `tcalloc-bench memory` records resident memory over time and
-//! the fragmentation case; `preload` times real programs with each allocator preloaded;
+//! the fragmentation case; `preload` times real programs with each allocator preloaded, and
+//! `mimalloc-bench` the programs of that suite (a checkout the user provides);
 //! `criterion` runs the criterion benches and writes their tables; `build-time` measures what
 //! tcalloc adds to a user's clean build. Each writes the results file the README quotes.
 //!
@@ -27,6 +28,7 @@
 //! cargo run --release -p tcalloc-bench -- instructions
 //! cargo run --release -p tcalloc-bench -- memory
 //! cargo run --release -p tcalloc-bench -- preload
+//! cargo run --release -p tcalloc-bench -- mimalloc-bench --suite ~/mimalloc-bench [--quick]
 //! cargo run --release -p tcalloc-bench -- criterion
 //! cargo run --release -p tcalloc-bench -- build-time
 //! ```
