@@ -58,6 +58,9 @@ type LockCounts = [u64; 3];
 struct Run {
     pairs: usize,
     seconds: f64,
+    /// CPU time of the whole worker process over its wall time: how many cores it kept busy
+    /// on average (start-up and exit included).
+    cores: f64,
     /// tcalloc's lock counters by family (tcalloc runs only), in the order the worker printed.
     locks: Vec<(String, LockCounts)>,
 }
@@ -144,7 +147,11 @@ fn run_worker(dir: &Path, allocator: &str, workload: &str, threads: usize, divis
     if allocator == "tcalloc" {
         cmd.env("TCALLOC_BENCH_LOCK_STATS", "1");
     }
+    // One child at a time: the growth of the children's CPU time is this worker's.
+    let cpu_before = children_cpu_seconds();
+    let started = Instant::now();
     let output = cmd.output().unwrap_or_else(|e| panic!("cannot start {}: {e}", worker.display()));
+    let cores = (children_cpu_seconds() - cpu_before) / started.elapsed().as_secs_f64();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -169,9 +176,19 @@ fn run_worker(dir: &Path, allocator: &str, workload: &str, threads: usize, divis
         }
     }
     match result {
-        Some((Some(pairs), Some(seconds))) => Run { pairs, seconds, locks },
+        Some((Some(pairs), Some(seconds))) => Run { pairs, seconds, cores, locks },
         _ => panic!("no result line from {} scaling {workload}:\n{stdout}", worker.display()),
     }
+}
+
+/// User and system CPU seconds of this process's children that have been waited for.
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -188,6 +205,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn throughput(runs: &Runs, workload: &str, threads: usize, allocator: &str) -> Option<f64> {
     let v = runs.iter().find(|(k, _)| **k == (workload, threads, allocator))?.1;
     Some(median(v.iter().map(|r| r.pairs as f64 / r.seconds / 1e6).collect()))
+}
+
+/// Median cores a point's worker kept busy.
+fn cores(runs: &Runs, workload: &str, threads: usize, allocator: &str) -> Option<f64> {
+    let v = runs.iter().find(|(k, _)| **k == (workload, threads, allocator))?.1;
+    Some(median(v.iter().map(|r| r.cores).collect()))
 }
 
 /// tcalloc's lock counters of a point: each family's median over the runs.
@@ -249,11 +272,20 @@ fn header(
          an allocator that scales perfectly doubles its throughput when the threads double, as \
          long as there is a core for each thread, and holds it level beyond that. \
          \"/ glibc\": the throughput divided by glibc's at the same point; \"vs 1 thread\": \
-         tcalloc's throughput divided by its own on one thread.\n"
+         tcalloc's throughput divided by its own on one thread; \"cores busy\": CPU time over \
+         wall time of each allocator's worker process (tcalloc / glibc / mimalloc / jemalloc), \
+         which shows how many cores the run actually had (other load on the machine takes \
+         them away).\n"
     );
     for w in workloads {
         let per_thread = w.pairs_per_thread / divisor.max(1);
-        let _ = writeln!(out, "- `{}`: {}; {per_thread} pairs per thread.", w.name, w.what);
+        let _ = writeln!(
+            out,
+            "- `{}`: {}; {} million pairs per thread.",
+            w.name,
+            w.what,
+            per_thread as f64 / 1e6
+        );
     }
     out.push('\n');
     out
@@ -268,9 +300,12 @@ fn throughput_table(runs: &Runs, workloads: &[&ScalingWorkload], threads: &[usiz
     for a in ALLOCATORS.iter().filter(|a| **a != "glibc") {
         let _ = write!(out, " {a} / glibc |");
     }
-    let _ = writeln!(out, " tcalloc vs 1 thread |");
-    let _ =
-        writeln!(out, "|{}", " --- | ---: |".to_string() + &" ---: |".repeat(2 * ALLOCATORS.len()));
+    let _ = writeln!(out, " tcalloc vs 1 thread | cores busy |");
+    let _ = writeln!(
+        out,
+        "|{}",
+        " --- | ---: |".to_string() + &" ---: |".repeat(2 * ALLOCATORS.len() + 1)
+    );
     let cell = |v: Option<f64>, digits: usize| match v {
         Some(v) => format!("{v:.digits$}"),
         None => "-".into(),
@@ -288,7 +323,13 @@ fn throughput_table(runs: &Runs, workloads: &[&ScalingWorkload], threads: &[usiz
                 let _ = write!(out, " {} |", cell(ratio, 2));
             }
             let tc = throughput(runs, w.name, t, "tcalloc");
-            let _ = writeln!(out, " {} |", cell(tc.zip(one).map(|(x, o)| x / o), 2));
+            let busy = ALLOCATORS.iter().map(|a| cell(cores(runs, w.name, t, a), 1));
+            let _ = writeln!(
+                out,
+                " {} | {} |",
+                cell(tc.zip(one).map(|(x, o)| x / o), 2),
+                busy.collect::<Vec<_>>().join(" / ")
+            );
         }
     }
     out
