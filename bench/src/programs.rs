@@ -7,6 +7,8 @@
 //! run the memory workloads of `crate::memory`. `worker_<allocator> fastpath <n>` runs
 //! `n` 64-byte alloc+free pairs, for the instruction count under callgrind; `fastpath-empty
 //! <n>` runs the same loop without allocating, to subtract the loop's own instructions.
+//! `worker_<allocator> scaling <workload> <threads> [divisor]` runs a workload of
+//! `crate::scaling_workloads` on `threads` threads and prints its throughput.
 
 use crate::workloads::{self, Growth, Order};
 use std::alloc::{GlobalAlloc, Layout};
@@ -114,6 +116,7 @@ pub fn worker_main<A: GlobalAlloc + Sync>(a: &'static A) {
         "fragmentation" => crate::memory::fragmentation(count()),
         "fastpath" => fastpath(a, count(), true),
         "fastpath-empty" => fastpath(a, count(), false),
+        "scaling" => crate::scaling_workloads::worker(a, &args[2..]),
         _ => match run(a, name, divisor) {
             Some(sum) => sum,
             None => {
