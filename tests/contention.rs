@@ -1,12 +1,12 @@
-//! The lock-contention statistic: sixteen threads that hand each other their 64-byte blocks
+//! The lock-contention statistic: sixty-four threads that hand each other their 64-byte blocks
 //! (every free is a free of another thread's block) must make the central lists' locks of the
 //! 64-byte class wait, and `tcalloc::stats()` must count it.
 //!
 //! The work runs in a child process (this test binary again, as in `tests/environment.rs`),
 //! so that the thread caches can be made small through `TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES`
 //! (more refills and flushes reach the central lists) and the counters start from a process
-//! that nothing else has used. Sixteen threads is twice the most shards a class has, so that
-//! some threads share a shard, and its locks, on any machine.
+//! that nothing else has used. Sixty-four threads is twice the most shards a class has, so
+//! that some threads share a shard, and its locks, on any machine.
 
 use std::alloc::{alloc, dealloc, Layout};
 use std::process::Command;
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 static GLOBAL: tcalloc::TcAlloc = tcalloc::TcAlloc;
 
 const CHILD: &str = "TCALLOC_CONTENTION_TEST_CHILD";
-const THREADS: usize = 16;
+const THREADS: usize = 64;
 const BLOCKS: usize = 4096;
 const ROUNDS: usize = 20;
 
