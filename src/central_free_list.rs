@@ -49,9 +49,17 @@ pub fn central(class: SizeClass, shard: usize) -> &'static Lock<CentralFreeList>
     &CENTRAL[class.index()][shard % MAX_SHARDS]
 }
 
-/// Every span lock, for the fork handlers.
+/// Every span lock, by class from class 1, then by shard (all [`MAX_SHARDS`] of them), for
+/// the statistics.
 pub fn locks() -> impl DoubleEndedIterator<Item = &'static crate::sync::RawLock> {
     CENTRAL[1..].iter().flat_map(|shards| shards.iter().map(|l| l.raw()))
+}
+
+/// The span locks of the shards in use, for the fork handlers (a shard beyond
+/// `transfer_cache::shards()` is never locked: every shard number is taken modulo it).
+pub fn locks_in_use() -> impl DoubleEndedIterator<Item = &'static crate::sync::RawLock> {
+    let n = transfer_cache::shards();
+    CENTRAL[1..].iter().flat_map(move |shards| shards[..n].iter().map(|l| l.raw()))
 }
 
 /// Takes up to `want` objects of `class` for a thread whose shard is `shard`: a whole batch
@@ -102,9 +110,15 @@ pub unsafe fn flush(
     count: usize,
     spread: usize,
 ) {
-    let compact = spread <= compact_spread(class);
-    if count == class.batch() && compact && transfer_cache::push(class, shard, head) {
-        return;
+    if count == class.batch() {
+        let kept = if spread <= compact_spread(class) {
+            transfer_cache::push(class, shard, head)
+        } else {
+            transfer_cache::push_scattered(class, shard, head)
+        };
+        if kept {
+            return;
+        }
     }
     // SAFETY: forwarded from the caller.
     unsafe { release_objects(head) };

@@ -57,8 +57,10 @@ pub const TOTAL_THREAD_CACHE_BYTES: usize = 64 << 20;
 /// many bytes.
 pub const TRANSFER_CACHE_TOTAL_BYTES: usize = 16 << 20;
 
-/// Most transfer-cache shards per class (one per CPU, up to this).
-pub const MAX_SHARDS: usize = 8;
+/// Most transfer-cache and span-list shards per class (one per CPU, up to this). On a lent
+/// 16-core machine, 8 shards left a producer-consumer ring at 16 threads at 0.56x jemalloc's
+/// throughput, 32 at 0.75x (`bench/results/scaling-16-cores.md` is the command's output).
+pub const MAX_SHARDS: usize = 32;
 
 // ---------------------------------------------------------------------------------------------
 // Derived

@@ -293,13 +293,15 @@ unsafe fn free_checked(ptr: *mut c_void, size: usize, align: usize, caller: &'st
     if ptr.is_null() {
         return;
     }
-    // SAFETY: per the caller; `usable_size` validates `ptr` and aborts on a foreign pointer.
-    let usable = unsafe { router::usable_size(ptr.cast(), caller) };
-    if size > usable || !align.is_power_of_two() || ptr as usize % align != 0 {
-        size_mismatch(caller, ptr, size, align, usable);
+    // SAFETY: per the caller; the block is validated (one page-map lookup) and checked not
+    // free before the size is compared with it.
+    unsafe {
+        router::free_checked(ptr.cast(), caller, |usable| {
+            if size > usable || !align.is_power_of_two() || ptr as usize % align != 0 {
+                size_mismatch(caller, ptr, size, align, usable);
+            }
+        })
     }
-    // SAFETY: a validated block, dead per the caller.
-    unsafe { router::free_unsized(ptr.cast(), caller) }
 }
 
 unsafe fn free_sized_impl(ptr: *mut c_void, size: usize) {

@@ -71,7 +71,8 @@ mod transfer_cache;
 
 pub use global::TcAlloc;
 pub use pool::{AllocError, Pool, PoolStats};
-pub use stats::{stats, ClassStats, Stats};
+pub use stats::{stats, ClassStats, LockFamilies, Stats};
+pub use sync::LockStats;
 
 /// Checks the invariants of the allocator's shared structures and of the calling thread's
 /// cache, aborting with the offending values. For tests: it takes every lock in turn and walks

@@ -71,8 +71,8 @@ extern "C" fn print_stats_at_exit() {
 
 fn locks_in_order() -> impl DoubleEndedIterator<Item = &'static crate::sync::RawLock> {
     core::iter::once(thread_cache::registry_lock())
-        .chain(transfer_cache::locks())
-        .chain(central_free_list::locks())
+        .chain(transfer_cache::locks_in_use())
+        .chain(central_free_list::locks_in_use())
         .chain([PAGE_HEAP.raw()])
         .chain(large::locks_for_fork())
         .chain([metadata::lock_for_fork()])

@@ -476,6 +476,24 @@ unsafe fn live_block(ptr: *mut u8, caller: &'static str) -> (Block, usize) {
     (block, size)
 }
 
+/// Frees the live block at `ptr` whose size the caller vouches for (C23 `free_sized`,
+/// jemalloc's `sdallocx`): one validation through the page map, then `check(usable size)`
+/// compares the size the program gave with the block (and aborts if it does not match).
+///
+/// # Safety
+/// - If `ptr` is a block of this allocator, it is unused.
+pub unsafe fn free_checked(ptr: *mut u8, caller: &'static str, check: impl FnOnce(usize)) {
+    // SAFETY: per the caller.
+    let (block, usable) = unsafe { live_block(ptr, caller) };
+    check(usable);
+    match block {
+        // SAFETY: validated, checked not free, dead per the caller.
+        Block::Small(class) => unsafe { thread_cache::dealloc(ptr, class) },
+        // SAFETY: as above; the page run or large block is validated again on its path.
+        _ => unsafe { free_span_block(ptr, caller) },
+    }
+}
+
 /// Bytes usable in the block at `ptr` (C `malloc_usable_size`); aborts on a pointer this
 /// allocator did not hand out.
 ///

@@ -8,16 +8,25 @@
 //! Sizes are block sizes: a 100-byte request occupies a 104-byte class object, and counts as
 //! 104 bytes in use.
 //!
-//! Layers read: `thread_cache`, `central_free_list`, `page_heap`, `large`, `metadata`,
-//! `release` (the policy's clock), `os` (resident memory).
+//! Lock statistics ([`LockFamilies`]) sum the counters that every allocator lock keeps (see
+//! `sync`) over each family of locks: how often the locks were taken, and how often a thread
+//! found one held and had to wait. They are read before the snapshot takes any lock, so a
+//! snapshot does not count its own acquisitions (a later one does: about two per class and
+//! shard).
+//!
+//! Layers read: `thread_cache`, `central_free_list`, `transfer_cache` (lock counters),
+//! `page_heap`, `large`, `metadata`, `release` (the policy's clock), `os` (resident memory).
 
 use crate::central_free_list;
+use crate::config::MAX_SHARDS;
 use crate::large;
 use crate::metadata;
 use crate::os;
 use crate::page_heap::PAGE_HEAP;
 use crate::size_class::{SizeClass, NUM_CLASSES};
+use crate::sync::LockStats;
 use crate::thread_cache;
+use crate::transfer_cache;
 use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -35,6 +44,84 @@ pub struct ClassStats {
     pub objects_out: usize,
     /// Objects free in the central list (transfer cache and spans, carved or not).
     pub central_free_objects: usize,
+    /// Acquisitions of the class's central-list and transfer-cache locks (all shards) that
+    /// had to wait: the class's share of `LockFamilies::central_lists.contended +
+    /// transfer_caches.contended`.
+    pub lock_contended: u64,
+}
+
+/// The allocator's locks by family, each with the sum of its locks' counters
+/// ([`LockStats`]: acquisitions, contended acquisitions, and those that slept). The
+/// allocation fast path takes no lock; these are the slow paths that move batches, spans and
+/// mappings. Counted since the process started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LockFamilies {
+    /// The central lists' span locks, one per size class and shard: refills that find no
+    /// batch in the transfer caches, flushes of objects back to their spans, carving spans.
+    pub central_lists: LockStats,
+    /// The transfer caches, one lock per size class and shard: whole batches handed between
+    /// threads' caches on refill and flush.
+    pub transfer_caches: LockStats,
+    /// The page heap's one lock: spans for the central lists, page runs, releasing pages.
+    pub page_heap: LockStats,
+    /// The large blocks' two locks: the cache of freed mappings, and the one that serialises
+    /// moving a large block to a new mapping.
+    pub large_blocks: LockStats,
+    /// The registry of thread caches: a thread's first allocation and its exit, statistics,
+    /// the total cap on thread caches.
+    pub thread_registry: LockStats,
+    /// The metadata arena: span records and page-map leaves.
+    pub metadata: LockStats,
+}
+
+impl LockFamilies {
+    /// Every family with its name as the report prints it, in the order of the fields.
+    pub fn named(&self) -> [(&'static str, LockStats); 6] {
+        [
+            ("central lists", self.central_lists),
+            ("transfer caches", self.transfer_caches),
+            ("page heap", self.page_heap),
+            ("large blocks", self.large_blocks),
+            ("thread registry", self.thread_registry),
+            ("metadata", self.metadata),
+        ]
+    }
+
+    /// The sum over every family.
+    pub fn total(&self) -> LockStats {
+        let mut total = LockStats::default();
+        for (_, family) in self.named() {
+            total += family;
+        }
+        total
+    }
+}
+
+/// Reads every lock's counters, by family and per class (central lists and transfer caches
+/// together). Takes no lock.
+fn lock_stats() -> (LockFamilies, [u64; NUM_CLASSES]) {
+    let mut per_class = [0u64; NUM_CLASSES];
+    // Both modules list their locks by class from class 1, then by shard.
+    let by_class = |(i, lock): (usize, &crate::sync::RawLock)| (1 + i / MAX_SHARDS, lock.stats());
+    let mut central_lists = LockStats::default();
+    for (class, s) in central_free_list::locks().enumerate().map(by_class) {
+        central_lists += s;
+        per_class[class % NUM_CLASSES] += s.contended;
+    }
+    let mut transfer_caches = LockStats::default();
+    for (class, s) in transfer_cache::locks().enumerate().map(by_class) {
+        transfer_caches += s;
+        per_class[class % NUM_CLASSES] += s.contended;
+    }
+    let families = LockFamilies {
+        central_lists,
+        transfer_caches,
+        page_heap: PAGE_HEAP.raw().stats(),
+        large_blocks: LockStats::sum(large::locks_for_fork()),
+        thread_registry: thread_cache::registry_lock().stats(),
+        metadata: metadata::lock_for_fork().stats(),
+    };
+    (families, per_class)
 }
 
 /// A snapshot of the allocator's memory.
@@ -67,12 +154,16 @@ pub struct Stats {
     pub threads: usize,
     /// Resident memory of the whole process (from `/proc/self/statm`), 0 if unknown.
     pub process_resident_bytes: usize,
+    /// How often each family of the allocator's locks was taken, and how often a thread had
+    /// to wait for one.
+    pub locks: LockFamilies,
     /// Per size class; entry 0 is unused.
     pub classes: [ClassStats; NUM_CLASSES],
 }
 
 /// Takes a snapshot. Does not allocate.
 pub fn stats() -> Stats {
+    let (locks, class_contended) = lock_stats();
     let mut classes = [ClassStats::default(); NUM_CLASSES];
     let mut objects_out_bytes = 0;
     let mut central_bytes = 0;
@@ -88,6 +179,7 @@ pub fn stats() -> Stats {
             spans: s.spans,
             objects_out: out,
             central_free_objects: free,
+            lock_contended: class_contended[class.index()],
         };
         objects_out_bytes += out * class.size();
         central_bytes += free * class.size();
@@ -112,6 +204,7 @@ pub fn stats() -> Stats {
         span_records: metadata.live_spans,
         threads: thread_cache::live_threads(),
         process_resident_bytes: os::resident_bytes().unwrap_or(0),
+        locks,
         classes,
     }
 }
@@ -171,20 +264,26 @@ impl fmt::Display for Stats {
         writeln!(f, "{:<24}{:>13}", "large blocks", self.large_blocks)?;
         writeln!(f, "{:<24}{:>13}", "span records", self.span_records)?;
         writeln!(f, "{:<24}{:>13}", "threads with a cache", self.threads)?;
-        writeln!(f, "class      size   spans   objects out   central free")?;
+        writeln!(f, "locks              acquisitions     contended         slept")?;
+        let total = self.locks.total();
+        for (name, l) in self.locks.named().into_iter().chain([("all", total)]) {
+            writeln!(f, "{name:<16}{:>15}{:>14}{:>14}", l.acquisitions, l.contended, l.slept)?;
+        }
+        writeln!(f, "class      size   spans   objects out   central free   contended")?;
         for class in SizeClass::all() {
             let c = &self.classes[class.index()];
-            if c.spans == 0 && c.objects_out == 0 {
+            if c.spans == 0 && c.objects_out == 0 && c.lock_contended == 0 {
                 continue;
             }
             writeln!(
                 f,
-                "{:>5} {:>9} {:>7} {:>13} {:>14}",
+                "{:>5} {:>9} {:>7} {:>13} {:>14} {:>11}",
                 class.index(),
                 c.size,
                 c.spans,
                 c.objects_out,
-                c.central_free_objects
+                c.central_free_objects,
+                c.lock_contended
             )?;
         }
         write!(f, "--------------------------------------------------------")
@@ -206,7 +305,7 @@ pub fn check_invariants() {
 pub fn print_to_stderr() {
     use core::fmt::Write as _;
     let snapshot = stats();
-    let mut buf = crate::diag::StackBuf::<8192>::new();
+    let mut buf = crate::diag::StackBuf::<16384>::new();
     let _ = writeln!(buf, "{snapshot}");
     os::write_stderr(buf.as_bytes());
 }
@@ -218,7 +317,9 @@ mod tests {
     #[test]
     fn report_prints_every_section() {
         let text = stats().to_string();
-        for needle in ["in use by the program", "released to the OS", "metadata", "class"] {
+        for needle in
+            ["in use by the program", "released to the OS", "metadata", "class", "contended"]
+        {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
     }

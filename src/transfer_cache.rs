@@ -91,16 +91,49 @@ pub fn pop(class: SizeClass, shard: usize) -> Option<*mut FreeObject> {
         let mut own = stacks[shard].lock();
         own.used_epoch = epoch;
         if let Some(batch) = own.pop(bytes(class)) {
+            own.popped_epoch = epoch;
             return Some(batch);
         }
     }
     for k in 1..n {
         let mut other = stacks[(shard + k) % n].lock();
         if other.batches > STEAL_MIN {
-            return other.pop(bytes(class));
+            let batch = other.pop(bytes(class));
+            drop(other);
+            stacks[shard].lock().popped_epoch = epoch;
+            return batch;
         }
     }
     None
+}
+
+/// Most batches a shard's stack may hold for [`push_scattered`].
+pub const SCATTERED_MAX: usize = 2 * STEAL_MIN;
+
+/// Offers `shard` a *scattered* batch of `class` (its objects far apart, as remote frees
+/// make them): kept only while this shard's refills are taking batches (a pop in this epoch
+/// or the one before) and its stack is short, so that it goes straight back to a thread that
+/// allocates (a producer-consumer pattern then moves batches in O(1) instead of object by
+/// object through the span lists' locks). Otherwise, as after a program frees a large peak in
+/// random order, the caller returns the objects to their spans, which kept here would pin one
+/// span each. False when not kept.
+pub fn push_scattered(class: SizeClass, shard: usize, batch: *mut FreeObject) -> bool {
+    if !holds(class) {
+        return false;
+    }
+    let epoch = EPOCH.load(Relaxed);
+    let mut stack = STACKS[class.index()][shard % SHARDS.load(Relaxed)].lock();
+    if !keeps_scattered(stack.batches, stack.popped_epoch, epoch) {
+        return false;
+    }
+    stack.used_epoch = epoch;
+    stack.push(batch, bytes(class))
+}
+
+/// Whether a stack holding `batches` batches, whose shard last took one in `popped_epoch`
+/// (0: never), keeps a scattered batch in epoch `epoch`.
+fn keeps_scattered(batches: usize, popped_epoch: u64, epoch: u64) -> bool {
+    batches < SCATTERED_MAX && popped_epoch != 0 && popped_epoch + 1 >= epoch
 }
 
 /// Whether batches of `class` are kept here: not when each object is a whole span.
@@ -137,9 +170,22 @@ pub fn batches(class: SizeClass) -> usize {
     STACKS[class.index()][..SHARDS.load(Relaxed)].iter().map(|s| s.lock().batches()).sum()
 }
 
-/// Every stack's lock, for the fork handlers.
+/// Every stack's lock, by class from class 1, then by shard (all [`MAX_SHARDS`] of them), for
+/// the statistics.
 pub fn locks() -> impl DoubleEndedIterator<Item = &'static crate::sync::RawLock> {
     STACKS[1..].iter().flat_map(|shards| shards.iter().map(|s| s.raw()))
+}
+
+/// The locks of the shards in use, for the fork handlers (a shard beyond
+/// [`SHARDS`] is never locked).
+pub fn locks_in_use() -> impl DoubleEndedIterator<Item = &'static crate::sync::RawLock> {
+    let n = SHARDS.load(Relaxed);
+    STACKS[1..].iter().flat_map(move |shards| shards[..n].iter().map(|s| s.raw()))
+}
+
+/// Shards in use.
+pub fn shards() -> usize {
+    SHARDS.load(Relaxed)
 }
 
 /// Checks every stack of `class`; calls `f` on each batch.
@@ -188,6 +234,8 @@ pub struct TransferCache {
     batches: usize,
     /// The epoch of the last push or pop through [`push`]/[`pop`].
     used_epoch: u64,
+    /// The epoch of the last batch a refill of this shard took (from this stack or another).
+    popped_epoch: u64,
 }
 
 // SAFETY: the chunks are metadata memory used only under the owning central list's lock.
@@ -201,7 +249,13 @@ impl Default for TransferCache {
 
 impl TransferCache {
     pub const fn new() -> Self {
-        TransferCache { top: ptr::null_mut(), spare: ptr::null_mut(), batches: 0, used_epoch: 0 }
+        TransferCache {
+            top: ptr::null_mut(),
+            spare: ptr::null_mut(),
+            batches: 0,
+            used_epoch: 0,
+            popped_epoch: 0,
+        }
     }
 
     /// Number of batches held.
@@ -331,6 +385,15 @@ mod tests {
         }
         assert_eq!(cache.pop(1), None);
         cache.check_invariants();
+    }
+
+    #[test]
+    fn scattered_batches_are_kept_only_for_a_shard_that_is_taking_batches() {
+        assert!(!keeps_scattered(0, 0, 1), "a shard that never took a batch");
+        assert!(keeps_scattered(0, 5, 5), "took one in this epoch");
+        assert!(keeps_scattered(SCATTERED_MAX - 1, 5, 6), "or in the one before");
+        assert!(!keeps_scattered(0, 5, 7), "not for two epochs");
+        assert!(!keeps_scattered(SCATTERED_MAX, 5, 5), "the stack is long enough");
     }
 
     #[test]

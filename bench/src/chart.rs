@@ -9,13 +9,13 @@ use std::path::Path;
 use tcalloc_bench::ALLOCATORS;
 
 /// One colour per allocator, in the order of `ALLOCATORS`.
-const COLORS: [RGBColor; 4] =
+pub const COLORS: [RGBColor; 4] =
     [RGBColor(200, 40, 40), RGBColor(90, 90, 90), RGBColor(40, 110, 200), RGBColor(230, 150, 30)];
 
 const FONT_PATHS: [&str; 2] =
     ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf"];
 
-fn load_font() -> Result<(), String> {
+pub fn load_font() -> Result<(), String> {
     let bytes = FONT_PATHS
         .iter()
         .find_map(|p| std::fs::read(p).ok())

@@ -10,6 +10,8 @@
 //!   by side in one process (`cargo bench -p tcalloc-bench --bench alloc`);
 //! - [`memory`]: resident memory over time through phases of growth and shrinkage, and the
 //!   fragmentation case (`cargo run --release -p tcalloc-bench -- memory`);
+//! - [`scaling_workloads`]: the multi-threaded workloads at any thread count, for
+//!   `cargo run --release -p tcalloc-bench -- scaling`;
 //! - the binary's other subcommands write the remaining results files: `criterion` (the
 //!   criterion tables), `preload` (real programs), `instructions` (callgrind) and
 //!   `build-time` (what tcalloc adds to a user's build).
@@ -19,6 +21,7 @@
 
 pub mod memory;
 pub mod programs;
+pub mod scaling_workloads;
 pub mod workloads;
 
 /// The allocators compared, in the order tables list them.

@@ -18,7 +18,8 @@
 //! the fragmentation case; `preload` times real programs with each allocator preloaded, and
 //! `mimalloc-bench` the programs of that suite (a checkout the user provides);
 //! `criterion` runs the criterion benches and writes their tables; `build-time` measures what
-//! tcalloc adds to a user's clean build. Each writes the results file the README quotes.
+//! tcalloc adds to a user's clean build; `scaling` runs the multi-threaded workloads at 1, 2,
+//! 4, … threads (see `scaling.rs`). Each writes the results file the README quotes.
 //!
 //! ```text
 //! cargo run --release -p tcalloc-bench                  # quick: 3 runs each, about two minutes
@@ -31,6 +32,7 @@
 //! cargo run --release -p tcalloc-bench -- mimalloc-bench --suite ~/mimalloc-bench [--quick]
 //! cargo run --release -p tcalloc-bench -- criterion
 //! cargo run --release -p tcalloc-bench -- build-time
+//! cargo run --release -p tcalloc-bench -- scaling --threads 1,2,4,8,16 [--quick]
 //! ```
 
 mod build_time;
@@ -40,6 +42,7 @@ mod instructions;
 mod mimalloc_bench;
 mod preload;
 mod report;
+mod scaling;
 
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -100,6 +103,9 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Throughput of the multi-threaded workloads at each thread count under each allocator,
+    /// and tcalloc's lock contention (scaling.md, scaling.png).
+    Scaling(scaling::ScalingArgs),
 }
 
 /// Work divisor of `--smoke` runs.
@@ -141,6 +147,7 @@ fn main() {
             criterion_tables::run(&workspace(), &dir, *collect_only, &out)
         }
         Some(Cmd::BuildTime { runs }) => build_time::run(&workspace(), *runs, &out),
+        Some(Cmd::Scaling(scaling_args)) => scaling::run(&dir, scaling_args, &out),
         None => {
             build_workers(&dir);
             compare(&dir, &args, &out)

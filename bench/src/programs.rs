@@ -10,6 +10,8 @@
 //! `fastpath-c <n>` and `fastpath-c-empty <n>` are the same through the C ABI: `malloc(64)`
 //! and `free` from the C library, whichever allocator `LD_PRELOAD` put behind them (run by
 //! `worker_glibc`, whose own Rust allocations go to `malloc` too).
+//! `worker_<allocator> scaling <workload> <threads> [divisor]` runs a workload of
+//! `crate::scaling_workloads` on `threads` threads and prints its throughput.
 
 use crate::workloads::{self, Growth, Order};
 use std::alloc::{GlobalAlloc, Layout};
@@ -119,6 +121,7 @@ pub fn worker_main<A: GlobalAlloc + Sync>(a: &'static A) {
         "fastpath-empty" => fastpath(a, count(), false),
         "fastpath-c" => fastpath_c(count(), true),
         "fastpath-c-empty" => fastpath_c(count(), false),
+        "scaling" => crate::scaling_workloads::worker(a, &args[2..]),
         _ => match run(a, name, divisor) {
             Some(sum) => sum,
             None => {
