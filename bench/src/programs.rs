@@ -133,7 +133,9 @@ pub fn worker_main<A: GlobalAlloc + Sync>(a: &'static A) {
     println!("{name} checksum {sum}");
 }
 
-/// `n` 64-byte alloc+free pairs (or the bare loop, to measure its own cost).
+/// `n` 64-byte alloc+free pairs (or the bare loop, to measure its own cost). Never inlined,
+/// so that how the loop compiles does not depend on the rest of `worker_main`.
+#[inline(never)]
 fn fastpath<A: GlobalAlloc>(a: &A, n: usize, allocate: bool) -> usize {
     let l = Layout::from_size_align(64, 8).expect("valid layout");
     let mut sum = 0usize;
@@ -155,7 +157,8 @@ fn fastpath<A: GlobalAlloc>(a: &A, n: usize, allocate: bool) -> usize {
 
 /// `n` pairs of `malloc(64)` and `free` through the C ABI (or the bare loop). The size passes
 /// through `black_box` and the pointer escapes into it, so neither call can be removed or
-/// turned into a constant.
+/// turned into a constant. Never inlined, as `fastpath`.
+#[inline(never)]
 fn fastpath_c(n: usize, allocate: bool) -> usize {
     let mut sum = 0usize;
     for _ in 0..n {
