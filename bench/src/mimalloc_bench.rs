@@ -311,10 +311,11 @@ impl Plan {
             .replace("{bench}", &self.inputs.display().to_string())
     }
 
-    /// The arguments `p` runs with.
+    /// The arguments `p` runs with (split before the placeholders are filled in, so that a
+    /// suite path with spaces stays one argument).
     fn args(&self, p: &Program) -> Vec<String> {
         let args = if self.quick { p.quick_args.unwrap_or(p.args) } else { p.args };
-        self.fill(args).split_whitespace().map(str::to_string).collect()
+        args.split_whitespace().map(|a| self.fill(a)).collect()
     }
 
     /// The command line `p` runs with, as the report shows it.
@@ -899,6 +900,9 @@ mod tests {
         assert_eq!(all.command_line(larson), "larson 5 8 1000 5000 100 4141 2");
         let barnes = all.programs.iter().find(|p| p.name == "barnes").unwrap();
         assert_eq!(all.command_line(barnes), "barnes < /suite/bench/barnes/input");
+        let mut spaced = plan(2, false, &["espresso"]);
+        spaced.inputs = "/my suite/bench".into();
+        assert_eq!(spaced.args(spaced.programs[0]), ["/my suite/bench/espresso/largest.espresso"]);
 
         let many = plan(20, false, &["alloc-test"]);
         assert_eq!(names(&many), ["alloc-test1", "alloc-testN"]);
