@@ -318,15 +318,7 @@ unsafe fn check_not_free(ptr: *mut u8, class: SizeClass, caller: &'static str) {
     // SAFETY: objects of every class are at least 8 bytes and 8-aligned.
     let word = unsafe { ptr.cast::<usize>().read() };
     if free_list::looks_free(word) {
-        search_for_double_free(ptr, class, caller);
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn search_for_double_free(ptr: *mut u8, class: SizeClass, caller: &'static str) {
-    if thread_cache::holds(ptr, class) {
-        double_free(caller, ptr);
+        thread_cache::abort_if_cached(ptr, class, caller);
     }
 }
 

@@ -451,9 +451,7 @@ unsafe extern "C" fn dealloc_checked_slow(ptr: *mut u8, class: SizeClass, caller
 #[cold]
 #[inline(never)]
 unsafe extern "C" fn dealloc_suspect(ptr: *mut u8, class: SizeClass, caller: &'static str) {
-    if holds(ptr, class) {
-        crate::diag::fatal(format_args!("{caller}(): double free {ptr:p}"));
-    }
+    abort_if_cached(ptr, class, caller);
     // SAFETY: per the caller.
     unsafe { push(ptr, list_offset(class.index() as u8) as usize) }
 }
@@ -572,10 +570,21 @@ extern "C" fn dealloc_slow(class_index: usize) {
     }
 }
 
+/// Aborts with `tcalloc: <caller>(): double free 0x…` if the calling thread's cache holds
+/// `object` on its list of `class` (it was freed already). The cold half of every double-free
+/// check: C `free`, `realloc`, `malloc_usable_size` and the `hardened` Rust `dealloc`.
+#[cold]
+#[inline(never)]
+pub fn abort_if_cached(object: *mut u8, class: SizeClass, caller: &'static str) {
+    if holds(object, class) {
+        crate::diag::fatal(format_args!("{caller}(): double free {object:p}"));
+    }
+}
+
 /// Whether the calling thread's cache holds `object` on its list of `class`: the object was
 /// freed already (a double free), unless it is on another list. Walks the list (cold).
 #[cold]
-pub fn holds(object: *mut u8, class: SizeClass) -> bool {
+fn holds(object: *mut u8, class: SizeClass) -> bool {
     let cache = cache();
     // SAFETY: the cache is this thread's; no other reference into it is live here.
     unsafe { (*cache).list_holds(class, object) }
