@@ -77,11 +77,8 @@ extern "C" fn malloc_other(size: usize) -> *mut c_void {
 
 #[inline(always)]
 unsafe fn free_impl(ptr: *mut c_void) {
-    if ptr.is_null() {
-        return;
-    }
-    // SAFETY: C's contract: `ptr` came from this allocator and is dead; anything else is
-    // caught by the page-map validation in `free_unsized`.
+    // SAFETY: C's contract: `ptr` is null, or came from this allocator and is dead; anything
+    // else is caught by the page-map validation in `free_unsized` (null too, on its cold path).
     unsafe { router::free_unsized(ptr.cast(), "free") }
 }
 

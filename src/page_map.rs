@@ -3,8 +3,9 @@
 //! It lets `free(p)` find the span of any pointer with no header in front of the block: two
 //! dependent loads, no lock. The root is a static array (1 MiB of zero pages the OS only backs
 //! where touched); each leaf covers 2 GiB of address space with one span pointer and one
-//! two-byte [`Tag`] per 8 KiB page and is mapped on first use. Leaves are installed with a compare-and-swap and never removed, so a
-//! reader holding a leaf pointer can always dereference it.
+//! four-byte [`Tag`] per 8 KiB page and is mapped on first use. Leaves are installed with a
+//! compare-and-swap and never removed, so a reader holding a leaf pointer can always
+//! dereference it.
 //!
 //! Who writes which entries:
 //! - the page heap, for spans it hands out (every page) and free spans (first and last page,
@@ -23,7 +24,7 @@ use crate::metadata;
 use crate::os;
 use crate::span::{Length, PageId, Span};
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU16, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 const LEAF_BITS: usize = 18;
 const ROOT_BITS: usize = ADDRESS_BITS - PAGE_SHIFT - LEAF_BITS;
@@ -36,18 +37,34 @@ pub const MAX_PAGES: usize = 1 << (ADDRESS_BITS - PAGE_SHIFT);
 /// One leaf: a span pointer and a [`Tag`] per page (null and 0 where nothing is recorded).
 struct Leaf {
     spans: [AtomicPtr<Span>; LEAF_LEN],
-    tags: [AtomicU16; LEAF_LEN],
+    tags: [AtomicU32; LEAF_LEN],
 }
 
-/// What C `free` needs to know about a page of small objects, in one load: the size class in
-/// the low byte (0: not a page of small objects) and the page's index inside its span in the
-/// high byte, from which the offset of a pointer from the span's start follows. Set while the
-/// span belongs to a central free list ([`set_tags`]), cleared before it goes back to the page
-/// heap ([`clear_tags`]); a page of a span that holds a live object keeps its tag.
-pub type Tag = u16;
+/// What C `free` needs to know about a page of small objects, in one load: the page's byte
+/// offset inside its span (a multiple of the page size, below 256 pages) plus 16 times the
+/// size class (below one page), or 0 for a page that is not one of small objects. The low bits
+/// are then both the test for a small object and the class already scaled to index the tables
+/// of 16-byte rows that `free` reads next; the offset of a pointer from its span's start is the
+/// tag with its low bits replaced by the pointer's. Set while the span belongs to a central
+/// free list ([`set_tags`]), cleared before it goes back to the page heap ([`clear_tags`]); a
+/// page of a span that holds a live object keeps its tag.
+pub type Tag = u32;
+
+/// The tag of page `page_index` of a span of class `class_index`.
+pub const fn make_tag(class_index: usize, page_index: usize) -> Tag {
+    (class_index << TAG_CLASS_SHIFT | page_index << PAGE_SHIFT) as Tag
+}
+
+/// The class index of a tag sits this far up (16-byte rows).
+pub const TAG_CLASS_SHIFT: u32 = 4;
+
+const _: () =
+    assert!((256 << TAG_CLASS_SHIFT) <= 1 << PAGE_SHIFT && 256u64 << PAGE_SHIFT <= 1 << 32);
 
 /// Invariant: `ROOT[i]` is null or a leaf mapped by [`ensure`]; it never changes once set.
-static ROOT: [AtomicPtr<Leaf>; ROOT_LEN] = [const { AtomicPtr::new(ptr::null_mut()) }; ROOT_LEN];
+/// `ROOT[ROOT_LEN]` is always null (see [`tag`]).
+static ROOT: [AtomicPtr<Leaf>; ROOT_LEN + 1] =
+    [const { AtomicPtr::new(ptr::null_mut()) }; ROOT_LEN + 1];
 
 #[inline(always)]
 fn split(page: PageId) -> (usize, usize) {
@@ -174,10 +191,14 @@ pub mod test_hooks {
 #[inline(always)]
 pub fn tag(address: usize) -> Tag {
     let (i, j) = (address >> (PAGE_SHIFT + LEAF_BITS), (address >> PAGE_SHIFT) & (LEAF_LEN - 1));
-    if i >= ROOT_LEN {
+    // `ROOT[ROOT_LEN]` is always null: only beyond it is a test needed (one compare with a
+    // bound that is not a power of two, which the compiler would otherwise test with a second
+    // shift of the address).
+    if i > ROOT_LEN {
         return 0;
     }
-    let leaf = ROOT[i].load(Ordering::Acquire);
+    // SAFETY: `i <= ROOT_LEN`, in bounds.
+    let leaf = unsafe { ROOT.get_unchecked(i) }.load(Ordering::Acquire);
     if leaf.is_null() {
         return 0;
     }
@@ -186,7 +207,7 @@ pub fn tag(address: usize) -> Tag {
 }
 
 /// Tags every page of `[start, start + pages)` as a span of small objects of class
-/// `class_index` (at most 255 pages).
+/// `class_index` (at most 256 pages).
 ///
 /// # Safety
 /// - [`ensure`] succeeded for the range (the span's pages are recorded already).
@@ -196,9 +217,7 @@ pub unsafe fn set_tags(start: PageId, pages: Length, class_index: usize) {
         let (i, j) = split(PageId(start.0 + k));
         let leaf = ROOT[i].load(Ordering::Acquire);
         // SAFETY: the caller ensured the leaf; `j < LEAF_LEN`.
-        unsafe {
-            (*leaf).tags.get_unchecked(j).store((class_index | k << 8) as Tag, Ordering::Relaxed)
-        };
+        unsafe { (*leaf).tags.get_unchecked(j).store(make_tag(class_index, k), Ordering::Relaxed) };
     }
 }
 

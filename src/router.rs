@@ -17,12 +17,12 @@
 //! Layers below: `thread_cache`, `page_heap` (page runs), `large`, `page_map`, `size_class`.
 
 use crate::central_free_list;
-use crate::config::{C_MALLOC_ALIGN, LARGE_THRESHOLD, MIN_ALIGN, PAGE_SHIFT, PAGE_SIZE};
+use crate::config::{C_MALLOC_ALIGN, LARGE_THRESHOLD, MIN_ALIGN, PAGE_SIZE};
 use crate::free_list;
 use crate::large;
 use crate::page_heap::PAGE_HEAP;
 use crate::page_map;
-use crate::size_class::{class_for, SizeClass, MAX_SIZE, MEDIUM_SHIFT};
+use crate::size_class::{self, class_for, SizeClass, MAX_SIZE, MEDIUM_SHIFT};
 use crate::span::{Length, SpanKind};
 use crate::stats::PAGE_RUN_BYTES;
 use crate::thread_cache::{self, FAST_LIMIT};
@@ -188,23 +188,35 @@ pub enum Block {
     Invalid,
 }
 
-/// The class of `ptr` if it is the start of an object in a span of small objects: one page-map
-/// load (the page's tag) and arithmetic, no read of any span record.
+/// The class of `ptr` if it is the start of an object in a span of small objects.
 #[inline(always)]
 fn small_object(ptr: *mut u8) -> Option<SizeClass> {
+    match small_object_scaled(ptr) {
+        0 => None,
+        // SAFETY: a class index times 16 that a page-map tag held.
+        scaled => Some(unsafe { SizeClass::from_tag(scaled / 16) }),
+    }
+}
+
+/// 16 times the class of `ptr` if it is the start of an object in a span of small objects,
+/// else 0: one page-map load (the page's tag) and arithmetic, no read of any span record. The
+/// scaled class is what the tables `free` reads next are indexed with.
+#[inline(always)]
+fn small_object_scaled(ptr: *mut u8) -> usize {
     let address = ptr as usize;
     let tag = page_map::tag(address) as usize;
-    let class_index = tag & 0xff;
-    if class_index == 0 {
-        return None;
+    // The class index times 16 (`page_map::Tag`), 0 for no class.
+    let scaled_class = tag & (PAGE_SIZE - 1);
+    if scaled_class == 0 {
+        return 0;
     }
-    // SAFETY: a non-zero class byte is a class the central free lists wrote.
-    let class = unsafe { SizeClass::from_tag(class_index) };
-    let offset = (tag >> 8 << PAGE_SHIFT) | (address & (PAGE_SIZE - 1));
-    if class.is_object_start(offset) {
-        Some(class)
+    // The page's offset in its span (the tag's high bits) plus the pointer's in its page.
+    let offset = (tag & !(PAGE_SIZE - 1)) | (address & (PAGE_SIZE - 1));
+    // SAFETY: a non-zero class field of a tag is 16 times a class the central lists wrote.
+    if unsafe { size_class::is_object_start_scaled(scaled_class, offset) } {
+        scaled_class
     } else {
-        None
+        0
     }
 }
 
@@ -435,13 +447,32 @@ unsafe fn grow_in_place(ptr: *mut u8, old: SizeClass, new: SizeClass) -> Growth 
 ///
 /// # Safety
 /// - If `ptr` is a block of this allocator, it is unused.
+///
+/// Null is a page-map miss like any pointer that is not a small object, so `free(NULL)` is
+/// answered on the cold path and costs the fast path nothing.
 #[inline(always)]
 pub unsafe fn free_unsized(ptr: *mut u8, caller: &'static str) {
-    match small_object(ptr) {
-        // SAFETY: a validated object of `class`, dead per the caller (or caught as free).
-        Some(class) => unsafe { thread_cache::dealloc_checked(ptr, class, caller) },
-        // SAFETY: as above, for the other kinds.
-        None => unsafe { free_span_block(ptr, caller) },
+    match small_object_scaled(ptr) {
+        // SAFETY: as below, for the other kinds.
+        0 => unsafe { free_other(ptr, caller) },
+        // SAFETY: a validated object of the class, dead per the caller (or caught as free).
+        scaled_class => unsafe { thread_cache::dealloc_checked(ptr, scaled_class, caller) },
+    }
+}
+
+/// [`free_unsized`] of anything but a small object: null (nothing to do), a page run or a
+/// large block, or a pointer to abort on.
+///
+/// # Safety
+/// - as for [`free_unsized`].
+// Called from Rust only: the `&str` crosses no language boundary.
+#[allow(improper_ctypes_definitions)]
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn free_other(ptr: *mut u8, caller: &'static str) {
+    if !ptr.is_null() {
+        // SAFETY: per the caller.
+        unsafe { free_span_block(ptr, caller) }
     }
 }
 

@@ -47,6 +47,7 @@ use crate::diag::{invariant, invariant_eq};
 use crate::free_list::{self, FreeObject};
 use crate::size_class::{self, SizeClass, NUM_CLASSES};
 use crate::sync::Lock;
+#[cfg(not(all(feature = "override", target_arch = "x86_64", target_os = "linux")))]
 use core::cell::UnsafeCell;
 use core::mem::size_of;
 use core::ptr;
@@ -90,7 +91,7 @@ impl ListLimits {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
 enum State {
-    Uninit,
+    Uninit = 0,
     Initializing,
     Active,
     Dead,
@@ -138,8 +139,12 @@ pub struct ThreadCache {
     published_bytes: AtomicUsize,
 }
 
+#[cfg(not(all(feature = "override", target_arch = "x86_64", target_os = "linux")))]
 thread_local! {
     static CACHE: UnsafeCell<ThreadCache> = const { UnsafeCell::new(ThreadCache::new()) };
+}
+
+thread_local! {
     static EXIT_GUARD: ExitGuard = const { ExitGuard };
 }
 
@@ -166,22 +171,14 @@ fn cache() -> *mut ThreadCache {
 }
 
 /// The calling thread's cache where it is reachable without a call, else null (only in the
-/// preloadable library, until it has learnt where its thread-locals are). The fast paths take
-/// their slow path on null, as a tail call: a call in the middle of a fast path would make it
-/// save and restore registers on every call.
+/// prefixed library without `override`, whose thread-locals are reached through
+/// `__tls_get_addr`). The fast paths take their slow path on null, as a tail call: a call in
+/// the middle of a fast path would make it save and restore registers on every call.
 #[inline(always)]
 fn cache_fast() -> *mut ThreadCache {
     #[cfg(all(feature = "override", target_arch = "x86_64", target_os = "linux"))]
     {
-        let offset = static_tls::OFFSET.load(Relaxed);
-        if offset == 0 {
-            return ptr::null_mut();
-        }
-        let cache = static_tls::thread_pointer().wrapping_add_signed(offset) as *mut ThreadCache;
-        // SAFETY: a thread's static TLS block is never at address 0. Telling the compiler lets
-        // it drop the callers' second null test.
-        unsafe { core::hint::assert_unchecked(!cache.is_null()) };
-        cache
+        static_tls::cache()
     }
     #[cfg(not(all(feature = "override", target_arch = "x86_64", target_os = "linux")))]
     {
@@ -194,7 +191,7 @@ fn cache_fast() -> *mut ThreadCache {
 fn cache_slow() -> *mut ThreadCache {
     #[cfg(all(feature = "override", target_arch = "x86_64", target_os = "linux"))]
     {
-        static_tls::learn_offset()
+        static_tls::cache()
     }
     #[cfg(not(all(feature = "override", target_arch = "x86_64", target_os = "linux")))]
     {
@@ -206,49 +203,55 @@ fn cache_slow() -> *mut ThreadCache {
 // tail call to it (a call that might unwind needs a landing pad in the exported C functions,
 // which then save registers and keep a frame on every call).
 
-/// Reaching the cache without `__tls_get_addr` in the preloadable library.
+/// The cache as an initial-exec thread-local in the preloadable library.
 ///
 /// A shared library's thread-locals are reached through `__tls_get_addr` (a call into the
 /// dynamic linker) because the library might be loaded with `dlopen`. `libtcalloc.so` must be
-/// loaded at start-up (preloaded or linked), and then its thread-local block sits in the
-/// static TLS area at the same offset from the thread pointer in every thread — the layout
-/// the initial-exec TLS model relies on. So the offset is learnt once, through the ordinary
-/// access, and later accesses add it to the thread pointer (`%fs:0`). An offset outside the
-/// static TLS area (the library was loaded late after all) is never learnt, and every access
-/// keeps using the ordinary path.
+/// loaded at start-up (preloaded or linked; see the README), so its cache can live in the
+/// static TLS area instead, at an offset from the thread pointer that the dynamic linker
+/// writes into the GOT once: the initial-exec TLS model, which Rust offers no attribute for.
+/// The cache is therefore a symbol of its own in `.tbss`, defined and reached in assembly:
+/// two instructions (`%fs:0` plus the GOT's offset) instead of a call. `.tbss` starts
+/// zeroed, which is what [`ThreadCache::new`] is (a test checks it).
 #[cfg(all(feature = "override", target_arch = "x86_64", target_os = "linux"))]
 mod static_tls {
-    use super::{ThreadCache, CACHE};
-    use core::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+    use super::ThreadCache;
 
-    /// Offset of this thread's cache from the thread pointer, or 0 while unknown.
-    pub static OFFSET: AtomicIsize = AtomicIsize::new(0);
+    const _: () = assert!(ThreadCache::new().is_zero(), "a new cache must be all zero bytes");
 
-    /// The static TLS area lies just below the thread pointer; anything farther away is a
-    /// dynamically allocated TLS block.
-    const MAX_STATIC_DISTANCE: isize = 1 << 24;
+    core::arch::global_asm!(
+        ".pushsection .tbss,\"awT\",@nobits",
+        ".p2align 6",
+        // Global for the other codegen units of this crate, hidden from other modules.
+        ".globl tcalloc_thread_cache",
+        ".hidden tcalloc_thread_cache",
+        ".type tcalloc_thread_cache,@object",
+        ".size tcalloc_thread_cache,{size}",
+        "tcalloc_thread_cache:",
+        ".zero {size}",
+        ".popsection",
+        size = const core::mem::size_of::<ThreadCache>(),
+    );
 
-    /// The thread pointer: on x86-64 Linux, `%fs:0` holds the thread control block's own
-    /// address.
+    /// The calling thread's cache: the thread pointer (`%fs:0` holds the thread control
+    /// block's own address on x86-64 Linux) plus the cache's offset from it.
     #[inline(always)]
-    pub fn thread_pointer() -> usize {
-        let tp: usize;
-        // SAFETY: reading `%fs:0` is always valid on x86-64 Linux (glibc and musl set it).
+    pub fn cache() -> *mut ThreadCache {
+        let cache: usize;
+        // SAFETY: reads `%fs:0`, always valid on x86-64 Linux (glibc and musl set it), and the
+        // GOT entry the dynamic linker filled in at load time.
         unsafe {
-            core::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp,
-                options(nostack, preserves_flags, readonly, pure));
+            core::arch::asm!(
+                "mov {cache}, qword ptr fs:[0]",
+                "add {cache}, qword ptr [rip + tcalloc_thread_cache@GOTTPOFF]",
+                cache = out(reg) cache,
+                options(nostack, pure, readonly),
+            );
         }
-        tp
-    }
-
-    #[cold]
-    #[inline(never)]
-    pub fn learn_offset() -> *mut ThreadCache {
-        let cache = CACHE.with(|c| c.get());
-        let offset = (cache as isize).wrapping_sub(thread_pointer() as isize);
-        if (-MAX_STATIC_DISTANCE..0).contains(&offset) {
-            OFFSET.store(offset, Relaxed);
-        }
+        let cache = cache as *mut ThreadCache;
+        // SAFETY: a thread's static TLS block is never at address 0. Telling the compiler lets
+        // it drop the callers' null tests.
+        unsafe { core::hint::assert_unchecked(!cache.is_null()) };
         cache
     }
 }
@@ -322,7 +325,7 @@ fn pop(offset: usize) -> *mut u8 {
         // (the mask would need its constant loaded first).
         let next = (*head).link_word() ^ (*cache).key;
         if next.rotate_right(3) >= (*cache).link_limit {
-            free_list::corrupted(head, (*head).link_word());
+            return pop_corrupted(head);
         }
         let next = next as *mut FreeObject;
         (*list).head = next;
@@ -337,6 +340,15 @@ fn pop(offset: usize) -> *mut u8 {
         prefetch(next);
         head.cast()
     }
+}
+
+/// Aborts for the pop of `head`, whose link was overwritten; a function that "returns" a
+/// block, so that the pop ends in a tail call and keeps no stack frame for the abort.
+#[cold]
+#[inline(never)]
+extern "C" fn pop_corrupted(head: *mut FreeObject) -> *mut u8 {
+    // SAFETY: `head` is a free object of the list being popped (readable).
+    free_list::corrupted(head, unsafe { (*head).link_word() })
 }
 
 /// Hints the CPU to fetch the cache line at `p` (which may be null: prefetches never fault).
@@ -391,34 +403,36 @@ unsafe fn push_to(cache: *mut ThreadCache, ptr: *mut u8, offset: usize) {
         (*list).head = object;
         (*list).room -= 1;
         if (*list).room < 0 {
-            dealloc_slow(offset / size_of::<HotList>());
+            dealloc_slow(offset);
         }
     }
 }
 
-/// C `free`'s push: pushes `ptr`, a validated object of `class`, onto the calling thread's
-/// cache, unless its first word says it may be free already ([`free_list::looks_free`], read
-/// here with the cache's copy of the key): then the cold path searches the cache's list and
-/// aborts on a double free. Every call it makes is a tail call, so the fast path saves no
-/// registers.
+/// C `free`'s push: pushes `ptr`, a validated object of the class whose index times 16 is
+/// `scaled_class` (as the page-map tag holds it, and the byte offset of the class's list),
+/// onto the calling thread's cache, unless its first word says it may be free already
+/// ([`free_list::looks_free`], read here with the cache's copy of the key): then the cold path
+/// searches the cache's list and aborts on a double free. Every call it makes is a tail call,
+/// so the fast path saves no registers.
 ///
 /// # Safety
-/// - `ptr` is the start of an object of `class` (validated through the page map); if it is
+/// - `ptr` is the start of an object of that class (validated through the page map); if it is
 ///   live, the caller is done with it.
 #[inline(always)]
-pub unsafe fn dealloc_checked(ptr: *mut u8, class: SizeClass, caller: &'static str) {
+pub unsafe fn dealloc_checked(ptr: *mut u8, scaled_class: usize, caller: &'static str) {
+    crate::diag::debug_invariant!(scaled_class == list_offset((scaled_class / 16) as u8) as usize);
     let cache = cache_fast();
     if cache.is_null() {
         // SAFETY: per the caller.
-        return unsafe { dealloc_checked_slow(ptr, class, caller) };
+        return unsafe { dealloc_checked_slow(ptr, scaled_class, caller) };
     }
     // SAFETY: as in `push`; every object is at least 8 bytes, 8-aligned.
     unsafe {
         let word = ptr.cast::<usize>().read() ^ (*cache).key;
         if word.rotate_right(3) < (*cache).link_limit {
-            return dealloc_suspect(ptr, class, caller);
+            return dealloc_suspect(ptr, scaled_class, caller);
         }
-        push_to(cache, ptr, list_offset(class.index() as u8) as usize)
+        push_to(cache, ptr, scaled_class)
     }
 }
 
@@ -430,14 +444,14 @@ pub unsafe fn dealloc_checked(ptr: *mut u8, class: SizeClass, caller: &'static s
 #[allow(improper_ctypes_definitions)]
 #[cold]
 #[inline(never)]
-unsafe extern "C" fn dealloc_checked_slow(ptr: *mut u8, class: SizeClass, caller: &'static str) {
+unsafe extern "C" fn dealloc_checked_slow(ptr: *mut u8, scaled_class: usize, caller: &'static str) {
     let cache = cache();
     // SAFETY: as in `dealloc_checked`.
     unsafe {
         if free_list::looks_free(ptr.cast::<usize>().read()) {
-            return dealloc_suspect(ptr, class, caller);
+            return dealloc_suspect(ptr, scaled_class, caller);
         }
-        push_to(cache, ptr, list_offset(class.index() as u8) as usize)
+        push_to(cache, ptr, scaled_class)
     }
 }
 
@@ -450,10 +464,12 @@ unsafe extern "C" fn dealloc_checked_slow(ptr: *mut u8, class: SizeClass, caller
 #[allow(improper_ctypes_definitions)]
 #[cold]
 #[inline(never)]
-unsafe extern "C" fn dealloc_suspect(ptr: *mut u8, class: SizeClass, caller: &'static str) {
+unsafe extern "C" fn dealloc_suspect(ptr: *mut u8, scaled_class: usize, caller: &'static str) {
+    // SAFETY: per the caller, a class index times 16.
+    let class = unsafe { SizeClass::from_tag(scaled_class / size_of::<HotList>()) };
     abort_if_cached(ptr, class, caller);
     // SAFETY: per the caller.
-    unsafe { push(ptr, list_offset(class.index() as u8) as usize) }
+    unsafe { push(ptr, scaled_class) }
 }
 
 /// Pops an object of `class` from the calling thread's cache; null only when out of memory.
@@ -555,8 +571,8 @@ fn refill_slow(class_index: usize) -> *mut u8 {
 
 #[cold]
 #[inline(never)]
-extern "C" fn dealloc_slow(class_index: usize) {
-    let Some(class) = SizeClass::new(class_index) else {
+extern "C" fn dealloc_slow(offset: usize) {
+    let Some(class) = SizeClass::new(offset / size_of::<HotList>()) else {
         return;
     };
     let cache = cache();
@@ -631,6 +647,7 @@ fn thread_budget() -> usize {
 }
 
 impl ThreadCache {
+    #[allow(dead_code)] // the preloadable library's cache starts as zeroed `.tbss` instead
     const fn new() -> ThreadCache {
         ThreadCache {
             hot: [const { HotList { head: ptr::null_mut(), room: 0 } }; NUM_CLASSES],
@@ -647,8 +664,42 @@ impl ThreadCache {
             prev: ptr::null_mut(),
             published_bytes: AtomicUsize::new(0),
             key: 0,
-            link_limit: free_list::LINK_LIMIT >> 3,
+            link_limit: 0,
         }
+    }
+
+    /// Whether every field of this cache is zero: a new cache is, so that the preloadable
+    /// library's cache can start as `.tbss` (zeroed) memory.
+    #[allow(dead_code)]
+    const fn is_zero(&self) -> bool {
+        let mut c = 0;
+        while c < NUM_CLASSES {
+            let (hot, limits) = (&self.hot[c], &self.limits[c]);
+            if !hot.head.is_null() || hot.room != 0 {
+                return false;
+            }
+            if limits.max_len != 0 || limits.overages != 0 || limits.events != 0 {
+                return false;
+            }
+            if limits.published_len != 0 || limits.scavenged_len != 0 {
+                return false;
+            }
+            c += 1;
+        }
+        self.key == 0
+            && self.link_limit == 0
+            && self.state as u8 == 0
+            && self.capacity == 0
+            && self.budget == 0
+            && self.events == 0
+            && self.shard == 0
+            && self.trim_seen == 0
+            && self.active == 0
+            && self.room_cursor == 0
+            && self.next.is_null()
+            && self.prev.is_null()
+            // SAFETY: a plain read of an atomic nobody else can see yet.
+            && unsafe { *self.published_bytes.as_ptr() } == 0
     }
 
     /// Activates the cache on first use; false if it cannot be used (re-entered while
@@ -684,6 +735,7 @@ impl ThreadCache {
                 }
             }
             (*cache).key = free_list::secret();
+            (*cache).link_limit = free_list::LINK_LIMIT >> 3;
             crate::lifecycle::ensure_initialized();
             if EXIT_GUARD.try_with(|_| ()).is_err() {
                 (*cache).state = State::Dead;

@@ -161,54 +161,67 @@ const _: () = {
     assert!(NUM_CLASSES <= 256);
 };
 
-/// `DIVIDE_MAGIC[c] = ceil(2^DIVIDE_SHIFT / size(c))`: `(offset * magic) >> DIVIDE_SHIFT`
-/// equals `offset / size(c)` for every offset inside a span (below 2^21 bytes), which lets
-/// `free` check that a pointer is an object boundary without a division.
-const DIVIDE_MAGIC: [u64; NUM_CLASSES] = {
-    let mut t = [0u64; NUM_CLASSES];
-    let mut i = 1;
-    while i < NUM_CLASSES {
-        t[i] = (1u64 << DIVIDE_SHIFT).div_ceil(CLASSES[i].size as u64);
-        i += 1;
-    }
-    t
-};
-const DIVIDE_SHIFT: u32 = 42;
-
-/// What [`SizeClass::is_object_start`] reads, for one class, in 16 bytes: C `free` validates
-/// a pointer with one line of this table.
+/// What [`SizeClass::is_object_start`] reads, for one class, in 16 bytes (the stride of the
+/// thread cache's lists, so that one scaled class index serves both): C `free` validates a
+/// pointer with one multiplication and one compare.
+///
+/// The test is Lemire's divisibility check, extended to bound the object index. With
+/// `c = ceil(2^64 / size)` (plus one for a power of two, so that `e > 0`) and
+/// `e = c * size - 2^64` (`0 < e <= size`), for an offset below 2^21:
+/// - `offset = k * size` gives `offset * c = k * e` (mod 2^64), which grows with `k`, so
+///   `offset * c < objects * e` exactly when `k < objects`;
+/// - any other offset, `k * size + r` with `0 < r < size`, gives `k * e + r * c`, which is at
+///   least `c` and does not wrap (`(k + 1) * e < 2^42 < c`), while `objects * e < 2^42 < c`.
+///
+/// So `offset * c < objects * e` holds exactly for the starts of the span's objects.
 #[repr(C, align(16))]
 struct ObjectCheck {
-    magic: u64,
-    size: u32,
-    /// The end of the span's last object (`objects * size`).
-    end: u32,
+    /// `c` above.
+    factor: u64,
+    /// `objects * e`.
+    limit: u64,
 }
 
+/// Offsets from a span's start that [`SizeClass::is_object_start`] answers for: a page-map tag
+/// holds a page's index in its span in one byte.
+pub(crate) const OBJECT_CHECK_RANGE: usize = 256 * PAGE_SIZE;
+
 static OBJECT_CHECK: [ObjectCheck; NUM_CLASSES] = {
-    let mut t = [const { ObjectCheck { magic: 0, size: 0, end: 0 } }; NUM_CLASSES];
+    let mut t = [const { ObjectCheck { factor: 0, limit: 0 } }; NUM_CLASSES];
     let mut i = 1;
     while i < NUM_CLASSES {
-        t[i] = ObjectCheck {
-            magic: DIVIDE_MAGIC[i],
-            size: CLASSES[i].size,
-            end: CLASSES[i].objects * CLASSES[i].size,
-        };
+        let size = CLASSES[i].size as u64;
+        let mut factor = u64::MAX / size + 1; // ceil(2^64 / size), size > 1
+        if size.is_power_of_two() {
+            factor += 1;
+        }
+        let e = factor.wrapping_mul(size);
+        assert!(e > 0 && e <= size);
+        let limit = CLASSES[i].objects as u64 * e;
+        // The bounds the argument above needs.
+        assert!(size < 1 << 21 && (OBJECT_CHECK_RANGE as u64 / size + 1) * e < factor);
+        assert!(limit < factor);
+        t[i] = ObjectCheck { factor, limit };
         i += 1;
     }
     t
 };
-const _: () = {
-    // Exactness needs offset * (magic * size - 2^shift) < 2^shift for every offset in a span;
-    // the error term is below `size`, so spans and sizes below 2^21 bytes suffice
-    // (2^21 * 2^21 = 2^42); and offset * magic < 2^21 * 2^39 stays far inside a u64.
-    let mut i = 1;
-    while i < NUM_CLASSES {
-        assert!((CLASSES[i].pages as usize * PAGE_SIZE) < (1 << 21));
-        assert!((CLASSES[i].size as u64) < (1 << 21));
-        i += 1;
-    }
-};
+const _: () = assert!(OBJECT_CHECK_RANGE <= 1 << 21);
+
+/// [`SizeClass::is_object_start`] for the class whose index times 16 is `scaled_class` (as a
+/// page-map tag holds it), which saves C `free` from scaling the index back.
+///
+/// # Safety
+/// - `scaled_class` is 16 times a class index below [`NUM_CLASSES`], not 0.
+#[inline(always)]
+pub(crate) unsafe fn is_object_start_scaled(scaled_class: usize, offset: usize) -> bool {
+    crate::diag::debug_invariant!(offset < OBJECT_CHECK_RANGE);
+    crate::diag::debug_invariant!(scaled_class % 16 == 0 && scaled_class / 16 < NUM_CLASSES);
+    // SAFETY: rows are 16 bytes; the row is in bounds per the caller.
+    let check = unsafe { &*OBJECT_CHECK.as_ptr().byte_add(scaled_class) };
+    (offset as u64).wrapping_mul(check.factor) < check.limit
+}
+const _: () = assert!(core::mem::size_of::<ObjectCheck>() == 16);
 
 impl SizeClass {
     /// The alignment every object of this class has, and so the most that a request served
@@ -224,27 +237,16 @@ impl SizeClass {
         }
     }
 
-    /// `offset / self.size()` for an offset inside one of this class's spans (below 2^21).
-    #[cfg(test)]
-    pub fn object_index(self, offset: usize) -> usize {
-        // Wrapping: an offset from an invalid pointer may be anything, and this must not
-        // panic (debug builds check overflow); the callers bound the offset first.
-        // SAFETY: a `SizeClass` is always below `NUM_CLASSES`.
-        let magic = unsafe { OBJECT_CHECK.get_unchecked(self.index()) }.magic;
-        ((offset as u64).wrapping_mul(magic) >> DIVIDE_SHIFT) as usize
-    }
-
     /// Whether `offset` bytes from the start of one of this class's spans is the start of an
-    /// object: a multiple of the size, below the last object's end. Any `offset` may be asked.
-    #[inline(always)]
+    /// object: a multiple of the size, below the last object's end. `offset` must be below
+    /// [`OBJECT_CHECK_RANGE`] (any such offset may be asked); beyond, the answer means nothing.
+    #[cfg(test)]
     pub(crate) fn is_object_start(self, offset: usize) -> bool {
-        // SAFETY: a `SizeClass` is always below `NUM_CLASSES`.
-        let check = unsafe { OBJECT_CHECK.get_unchecked(self.index()) };
-        let index = (offset as u64).wrapping_mul(check.magic) >> DIVIDE_SHIFT;
-        offset < check.end as usize && (index as usize).wrapping_mul(check.size as usize) == offset
+        // SAFETY: a `SizeClass` is below `NUM_CLASSES` and not 0.
+        unsafe { is_object_start_scaled(self.index() * 16, offset) }
     }
 
-    /// The class of a page-map tag's class byte, which is never 0 when called.
+    /// The class of a page-map tag's class field, which is never 0 when called.
     ///
     /// # Safety
     /// - `index` is in `1..NUM_CLASSES` (a tag written by the central free lists).
@@ -360,23 +362,22 @@ mod tests {
             let span = class.info().pages as usize * PAGE_SIZE;
             let size = class.size();
             let objects = class.info().objects as usize;
-            for offset in (0..span + 2 * size).step_by(if size < 1024 { 1 } else { 8 }) {
+            // Every offset of the span and beyond, then a sweep of the rest of the range (every
+            // multiple of the size, and offsets just off them).
+            for offset in (0..(span + 2 * size).min(OBJECT_CHECK_RANGE)).step_by(if size < 1024 {
+                1
+            } else {
+                8
+            }) {
                 let expected = offset % size == 0 && offset / size < objects;
                 assert_eq!(class.is_object_start(offset), expected, "{offset} in {size}");
             }
-            for offset in [usize::MAX, usize::MAX - size + 1, 1 << 40, (1 << 63) + size] {
-                assert!(!class.is_object_start(offset), "{offset:#x} in {size}");
-            }
-        }
-    }
-
-    #[test]
-    fn object_index_divides_exactly() {
-        for class in SizeClass::all() {
-            let span = class.info().pages as usize * PAGE_SIZE;
-            let size = class.size();
-            for offset in (0..span).step_by(if size < 1024 { 1 } else { 7 }) {
-                assert_eq!(class.object_index(offset), offset / size, "{offset} / {size}");
+            for start in (span..OBJECT_CHECK_RANGE).step_by(size) {
+                for offset in [start, start + 1, start + 8, start + size - 8, start + size - 1] {
+                    if offset < OBJECT_CHECK_RANGE {
+                        assert!(!class.is_object_start(offset), "{offset:#x} in {size}");
+                    }
+                }
             }
         }
     }
