@@ -29,6 +29,13 @@
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+/// Whether the heap-misuse checks are built in: encoded and checked links, and the
+/// double-free checks that rest on them ([`looks_free`]). Always, except in a build made to
+/// measure what they cost, with `RUSTFLAGS="--cfg tcalloc_unchecked"` (the benchmark's
+/// `checks` command): there the key stays 0, so links are plain pointers, the thread caches
+/// neither decode nor check them, and no block ever looks free.
+pub const CHECKS: bool = !cfg!(tcalloc_unchecked);
+
 /// A free object: only its first word is used, as the encoded link.
 #[repr(C)]
 pub struct FreeObject {
@@ -49,7 +56,7 @@ static SECRET: AtomicUsize = AtomicUsize::new(0);
 /// free lists call it before they carve their first span.
 #[cold]
 pub fn init_secret() {
-    if SECRET.load(Relaxed) != 0 {
+    if !CHECKS || SECRET.load(Relaxed) != 0 {
         return;
     }
     let mut random: usize = 0;
@@ -86,7 +93,7 @@ pub fn secret() -> usize {
 /// object is probably on a free list.
 #[inline(always)]
 pub fn looks_free(word: usize) -> bool {
-    (word ^ secret()) & LINK_MASK == 0
+    CHECKS && (word ^ secret()) & LINK_MASK == 0
 }
 
 /// The object after `object` on its list.

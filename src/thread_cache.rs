@@ -323,10 +323,15 @@ fn pop(offset: usize) -> *mut u8 {
         // Decode and check the link (see `free_list`): rotated right by 3, a valid link (below
         // 2^48, 8-aligned) is below 2^45, so one compare with a field of the cache checks both
         // (the mask would need its constant loaded first).
-        let next = (*head).link_word() ^ (*cache).key;
-        if next.rotate_right(3) >= (*cache).link_limit {
-            return pop_corrupted(head);
-        }
+        let next = if free_list::CHECKS {
+            let next = (*head).link_word() ^ (*cache).key;
+            if next.rotate_right(3) >= (*cache).link_limit {
+                return pop_corrupted(head);
+            }
+            next
+        } else {
+            (*head).link_word()
+        };
         let next = next as *mut FreeObject;
         (*list).head = next;
         (*list).room += 1;
@@ -334,7 +339,9 @@ fn pop(offset: usize) -> *mut u8 {
         // block the program never writes does not look free when it is freed (see
         // `free_list::looks_free`); elsewhere that costs an instruction for nothing.
         #[cfg(any(feature = "override", feature = "hardened"))]
-        free_list::take_object(head);
+        if free_list::CHECKS {
+            free_list::take_object(head);
+        }
         // The next pop will read `next`'s link; start fetching its cache line now, so that a
         // list of cold objects costs one miss in flight instead of one per allocation.
         prefetch(next);
@@ -399,7 +406,8 @@ unsafe fn push_to(cache: *mut ThreadCache, ptr: *mut u8, offset: usize) {
     unsafe {
         let list = (*cache).hot.as_mut_ptr().byte_add(offset);
         let object = ptr.cast::<FreeObject>();
-        free_list::set_next_keyed(object, (*list).head, (*cache).key);
+        let key = if free_list::CHECKS { (*cache).key } else { 0 };
+        free_list::set_next_keyed(object, (*list).head, key);
         (*list).head = object;
         (*list).room -= 1;
         if (*list).room < 0 {
@@ -428,9 +436,11 @@ pub unsafe fn dealloc_checked(ptr: *mut u8, scaled_class: usize, caller: &'stati
     }
     // SAFETY: as in `push`; every object is at least 8 bytes, 8-aligned.
     unsafe {
-        let word = ptr.cast::<usize>().read() ^ (*cache).key;
-        if word.rotate_right(3) < (*cache).link_limit {
-            return dealloc_suspect(ptr, scaled_class, caller);
+        if free_list::CHECKS {
+            let word = ptr.cast::<usize>().read() ^ (*cache).key;
+            if word.rotate_right(3) < (*cache).link_limit {
+                return dealloc_suspect(ptr, scaled_class, caller);
+            }
         }
         push_to(cache, ptr, scaled_class)
     }
