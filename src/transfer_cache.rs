@@ -11,7 +11,10 @@
 //! one when its cache activates. A thread flushes to and refills from its own shard, so
 //! threads on different shards neither contend for a lock nor trade each other's (cache-hot)
 //! objects; a refill that finds its shard empty takes a batch from another shard before the
-//! central list carves new objects, so objects freed by one thread do reach the others.
+//! central list carves new objects, so objects freed by one thread do reach the others. It
+//! looks first at each shard's batch count, published on the shard's cache line whenever its
+//! lock is released, and locks only a shard that has batches to spare: with many shards, a
+//! refill no longer takes every other shard's lock in turn.
 //!
 //! Each stack lives in [`BLOCK_BYTES`](crate::metadata::BLOCK_BYTES) chunks from the metadata
 //! arena, each holding [`SLOTS_PER_CHUNK`] batch heads; one emptied chunk is kept as a spare so
@@ -38,12 +41,68 @@ use core::ptr;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use crossbeam_utils::CachePadded;
 
-type Shards = [CachePadded<Lock<TransferCache>>; MAX_SHARDS];
+type Shards = [CachePadded<Shard>; MAX_SHARDS];
 
 /// The stacks, by class then shard (class 0 unused).
 static STACKS: [Shards; NUM_CLASSES] =
-    [const { [const { CachePadded::new(Lock::new(TransferCache::new())) }; MAX_SHARDS] };
-        NUM_CLASSES];
+    [const { [const { CachePadded::new(Shard::new()) }; MAX_SHARDS] }; NUM_CLASSES];
+
+/// One shard of a class: its stack behind its lock, and the stack's batch count as of the
+/// last time the lock was released, which a refill looking for a shard to take from reads
+/// without the lock (on the same cache line), so that it locks only a shard worth taking
+/// from instead of every shard in turn.
+struct Shard {
+    stack: Lock<TransferCache>,
+    batches: AtomicUsize,
+}
+
+impl Shard {
+    const fn new() -> Self {
+        Shard { stack: Lock::new(TransferCache::new()), batches: AtomicUsize::new(0) }
+    }
+
+    fn lock(&self) -> ShardGuard<'_> {
+        ShardGuard { shard: self, stack: self.stack.lock() }
+    }
+
+    fn try_lock(&self) -> Option<ShardGuard<'_>> {
+        Some(ShardGuard { shard: self, stack: self.stack.try_lock()? })
+    }
+
+    fn raw(&self) -> &crate::sync::RawLock {
+        self.stack.raw()
+    }
+
+    /// Batches held, as last published: possibly stale by the time it is read.
+    fn batches_hint(&self) -> usize {
+        self.batches.load(Relaxed)
+    }
+}
+
+/// A held shard lock; publishes the batch count when released.
+struct ShardGuard<'a> {
+    shard: &'a Shard,
+    stack: crate::sync::LockGuard<'a, TransferCache>,
+}
+
+impl Drop for ShardGuard<'_> {
+    fn drop(&mut self) {
+        self.shard.batches.store(self.stack.batches, Relaxed);
+    }
+}
+
+impl core::ops::Deref for ShardGuard<'_> {
+    type Target = TransferCache;
+    fn deref(&self) -> &TransferCache {
+        &self.stack
+    }
+}
+
+impl core::ops::DerefMut for ShardGuard<'_> {
+    fn deref_mut(&mut self) -> &mut TransferCache {
+        &mut self.stack
+    }
+}
 
 /// Shards in use: `1..=MAX_SHARDS`.
 static SHARDS: AtomicUsize = AtomicUsize::new(1);
@@ -83,22 +142,36 @@ pub fn pop(class: SizeClass, shard: usize) -> Option<*mut FreeObject> {
     if !holds(class) {
         return None;
     }
-    let stacks = &STACKS[class.index()];
-    let n = SHARDS.load(Relaxed);
+    let stacks = &STACKS[class.index()][..SHARDS.load(Relaxed)];
+    pop_from(stacks, shard, EPOCH.load(Relaxed), bytes(class))
+}
+
+/// [`pop`] from `stacks`, the shards in use, for shard `shard`: its own stack, else the first
+/// other shard whose published count is above [`STEAL_MIN`] and still is under its lock.
+fn pop_from(
+    stacks: &[CachePadded<Shard>],
+    shard: usize,
+    epoch: u64,
+    bytes: usize,
+) -> Option<*mut FreeObject> {
+    let n = stacks.len();
     let shard = shard % n;
-    let epoch = EPOCH.load(Relaxed);
     {
         let mut own = stacks[shard].lock();
         own.used_epoch = epoch;
-        if let Some(batch) = own.pop(bytes(class)) {
+        if let Some(batch) = own.pop(bytes) {
             own.popped_epoch = epoch;
             return Some(batch);
         }
     }
     for k in 1..n {
-        let mut other = stacks[(shard + k) % n].lock();
+        let other = &stacks[(shard + k) % n];
+        if other.batches_hint() <= STEAL_MIN {
+            continue;
+        }
+        let mut other = other.lock();
         if other.batches > STEAL_MIN {
-            let batch = other.pop(bytes(class));
+            let batch = other.pop(bytes);
             drop(other);
             stacks[shard].lock().popped_epoch = epoch;
             return batch;
@@ -385,6 +458,28 @@ mod tests {
         }
         assert_eq!(cache.pop(1), None);
         cache.check_invariants();
+    }
+
+    #[test]
+    fn a_refill_locks_only_the_shards_worth_taking_from() {
+        let stacks: [CachePadded<Shard>; 4] = [const { CachePadded::new(Shard::new()) }; 4];
+        let fake = |i: usize| (0x1000 + i * 16) as *mut FreeObject;
+        for _ in 0..STEAL_MIN {
+            assert!(stacks[1].lock().push(fake(1), 1));
+        }
+        for _ in 0..=STEAL_MIN {
+            assert!(stacks[3].lock().push(fake(3), 1));
+        }
+        let before: Vec<u64> = stacks.iter().map(|s| s.raw().stats().acquisitions).collect();
+        // Shard 0 is empty; shard 1 holds too few to be taken from, shard 2 none.
+        assert_eq!(pop_from(&stacks, 0, 7, 1), Some(fake(3)));
+        let taken: Vec<u64> =
+            stacks.iter().zip(&before).map(|(s, b)| s.raw().stats().acquisitions - b).collect();
+        assert_eq!(taken, [2, 0, 0, 1], "own shard twice, the one taken from once");
+        assert_eq!(stacks[0].lock().popped_epoch, 7);
+        assert_eq!(stacks[3].batches_hint(), STEAL_MIN);
+        while stacks[1].lock().pop(1).is_some() {}
+        while stacks[3].lock().pop(1).is_some() {}
     }
 
     #[test]
