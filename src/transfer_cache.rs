@@ -137,7 +137,8 @@ fn bytes(class: SizeClass) -> usize {
 }
 
 /// Takes a batch of `class`: from `shard`, else from another shard that holds more than
-/// [`STEAL_MIN`] batches (a shard with only a few is likely to need them itself soon).
+/// [`STEAL_MIN`] batches or [`STEAL_MIN_BYTES`] (a shard with only a few is likely to need them
+/// itself soon).
 pub fn pop(class: SizeClass, shard: usize) -> Option<*mut FreeObject> {
     if !holds(class) {
         return None;
@@ -147,7 +148,7 @@ pub fn pop(class: SizeClass, shard: usize) -> Option<*mut FreeObject> {
 }
 
 /// [`pop`] from `stacks`, the shards in use, for shard `shard`: its own stack, else the first
-/// other shard whose published count is above [`STEAL_MIN`] and still is under its lock.
+/// other shard whose published count is above [`steal_min`] and still is under its lock.
 fn pop_from(
     stacks: &[CachePadded<Shard>],
     shard: usize,
@@ -166,11 +167,12 @@ fn pop_from(
     }
     for k in 1..n {
         let other = &stacks[(shard + k) % n];
-        if other.batches_hint() <= STEAL_MIN {
+        let spare = steal_min(bytes);
+        if other.batches_hint() <= spare {
             continue;
         }
         let mut other = other.lock();
-        if other.batches > STEAL_MIN {
+        if other.batches > spare {
             let batch = other.pop(bytes);
             drop(other);
             stacks[shard].lock().popped_epoch = epoch;
@@ -182,6 +184,11 @@ fn pop_from(
 
 /// Most batches a shard's stack may hold for [`push_scattered`].
 pub const SCATTERED_MAX: usize = 2 * STEAL_MIN;
+
+/// Most bytes a shard's stack may hold for [`push_scattered`]: for the larger classes (a
+/// batch of 2 to 9 objects of 6 to 64 KiB) [`SCATTERED_MAX`] batches would pin megabytes per
+/// class and shard.
+pub const SCATTERED_MAX_BYTES: usize = 256 << 10;
 
 /// Offers `shard` a *scattered* batch of `class` (its objects far apart, as remote frees
 /// make them): kept only while this shard's refills are taking batches (a pop in this epoch
@@ -196,17 +203,20 @@ pub fn push_scattered(class: SizeClass, shard: usize, batch: *mut FreeObject) ->
     }
     let epoch = EPOCH.load(Relaxed);
     let mut stack = STACKS[class.index()][shard % SHARDS.load(Relaxed)].lock();
-    if !keeps_scattered(stack.batches, stack.popped_epoch, epoch) {
+    if !keeps_scattered(stack.batches, bytes(class), stack.popped_epoch, epoch) {
         return false;
     }
     stack.used_epoch = epoch;
     stack.push(batch, bytes(class))
 }
 
-/// Whether a stack holding `batches` batches, whose shard last took one in `popped_epoch`
-/// (0: never), keeps a scattered batch in epoch `epoch`.
-fn keeps_scattered(batches: usize, popped_epoch: u64, epoch: u64) -> bool {
-    batches < SCATTERED_MAX && popped_epoch != 0 && popped_epoch + 1 >= epoch
+/// Whether a stack holding `batches` batches of `bytes` bytes, whose shard last took one in
+/// `popped_epoch` (0: never), keeps another scattered batch in epoch `epoch`.
+fn keeps_scattered(batches: usize, bytes: usize, popped_epoch: u64, epoch: u64) -> bool {
+    batches < SCATTERED_MAX
+        && (batches + 1) * bytes <= SCATTERED_MAX_BYTES
+        && popped_epoch != 0
+        && popped_epoch + 1 >= epoch
 }
 
 /// Whether batches of `class` are kept here: not when each object is a whole span.
@@ -270,8 +280,19 @@ pub fn check_class(class: SizeClass, mut f: impl FnMut(*mut FreeObject)) {
     }
 }
 
-/// A refill takes from another shard only if that shard holds more batches than this.
+/// A refill takes from another shard only if that shard holds more batches than this, or
+/// more than [`STEAL_MIN_BYTES`].
 pub const STEAL_MIN: usize = 8;
+
+/// A shard keeps at most this many bytes of batches for itself when another shard's refill
+/// looks for a batch: for the larger classes, [`STEAL_MIN`] batches would be up to a
+/// megabyte that the other shards' threads cannot use and replace with new spans.
+pub const STEAL_MIN_BYTES: usize = 64 << 10;
+
+/// The batches of `bytes` bytes that a shard keeps from other shards' refills.
+fn steal_min(bytes: usize) -> usize {
+    STEAL_MIN.min(STEAL_MIN_BYTES / bytes)
+}
 
 /// Batch heads per chunk.
 pub const SLOTS_PER_CHUNK: usize = (BLOCK_BYTES - 2 * size_of::<usize>()) / size_of::<usize>();
@@ -483,12 +504,33 @@ mod tests {
     }
 
     #[test]
+    fn a_refill_takes_large_batches_from_a_shard_that_holds_few() {
+        let stacks: [CachePadded<Shard>; 2] = [const { CachePadded::new(Shard::new()) }; 2];
+        let fake = |i: usize| (0x1000 + i * 16) as *mut FreeObject;
+        // Two batches of two 53 KiB objects: more than a shard keeps for itself.
+        let bytes = 2 * 53248;
+        assert!(stacks[1].lock().push(fake(1), bytes));
+        assert!(stacks[1].lock().push(fake(2), bytes));
+        assert_eq!(pop_from(&stacks, 0, 3, bytes), Some(fake(2)));
+        // Small batches: the same count stays with its shard.
+        assert_eq!(pop_from(&stacks, 0, 3, 64), None);
+        assert_eq!(stacks[1].lock().pop(bytes), Some(fake(1)));
+        assert_eq!(steal_min(64 * 64), STEAL_MIN);
+        assert_eq!(steal_min(bytes), 0);
+    }
+
+    #[test]
     fn scattered_batches_are_kept_only_for_a_shard_that_is_taking_batches() {
-        assert!(!keeps_scattered(0, 0, 1), "a shard that never took a batch");
-        assert!(keeps_scattered(0, 5, 5), "took one in this epoch");
-        assert!(keeps_scattered(SCATTERED_MAX - 1, 5, 6), "or in the one before");
-        assert!(!keeps_scattered(0, 5, 7), "not for two epochs");
-        assert!(!keeps_scattered(SCATTERED_MAX, 5, 5), "the stack is long enough");
+        let small = 4 << 10;
+        assert!(!keeps_scattered(0, small, 0, 1), "a shard that never took a batch");
+        assert!(keeps_scattered(0, small, 5, 5), "took one in this epoch");
+        assert!(keeps_scattered(SCATTERED_MAX - 1, small, 5, 6), "or in the one before");
+        assert!(!keeps_scattered(0, small, 5, 7), "not for two epochs");
+        assert!(!keeps_scattered(SCATTERED_MAX, small, 5, 5), "the stack is long enough");
+        // Large batches: bounded by bytes first.
+        let large = 2 * 53248;
+        assert!(keeps_scattered(1, large, 5, 5));
+        assert!(!keeps_scattered(2, large, 5, 5), "the stack holds enough bytes");
     }
 
     #[test]
