@@ -19,7 +19,8 @@
 //! `mimalloc-bench` the programs of that suite (a checkout the user provides);
 //! `criterion` runs the criterion benches and writes their tables; `build-time` measures what
 //! tcalloc adds to a user's clean build; `scaling` runs the multi-threaded workloads at 1, 2,
-//! 4, … threads (see `scaling.rs`). Each writes the results file the README quotes.
+//! 4, … threads (see `scaling.rs`); `checks` measures what the heap-misuse checks cost
+//! against a build without them (see `checks.rs`). Each writes the results file the README quotes.
 //!
 //! ```text
 //! cargo run --release -p tcalloc-bench                  # quick: 3 runs each, about two minutes
@@ -33,10 +34,12 @@
 //! cargo run --release -p tcalloc-bench -- criterion
 //! cargo run --release -p tcalloc-bench -- build-time
 //! cargo run --release -p tcalloc-bench -- scaling --threads 1,2,4,8,16 [--quick]
+//! cargo run --release -p tcalloc-bench -- checks [--quick] [--reps 5]
 //! ```
 
 mod build_time;
 mod chart;
+mod checks;
 mod criterion_tables;
 mod instructions;
 mod mimalloc_bench;
@@ -106,6 +109,10 @@ enum Cmd {
     /// Throughput of the multi-threaded workloads at each thread count under each allocator,
     /// and tcalloc's lock contention (scaling.md, scaling.png).
     Scaling(scaling::ScalingArgs),
+    /// What the heap-misuse checks cost: tcalloc with them, tcalloc built without them
+    /// (`--cfg tcalloc_unchecked`, built here) and glibc, in instructions per pair, the Rust
+    /// workloads and the preload programs (checks.md, checks.csv).
+    Checks(checks::ChecksArgs),
 }
 
 /// Work divisor of `--smoke` runs.
@@ -148,6 +155,7 @@ fn main() {
         }
         Some(Cmd::BuildTime { runs }) => build_time::run(&workspace(), *runs, &out),
         Some(Cmd::Scaling(scaling_args)) => scaling::run(&dir, scaling_args, &out),
+        Some(Cmd::Checks(checks_args)) => checks::run(&dir, checks_args, &args, &out),
         None => {
             build_workers(&dir);
             compare(&dir, &args, &out)
