@@ -23,7 +23,9 @@
 //!
 //! Parts 2 and 3 run each program once per allocator per round, the order rotating round by
 //! round so that drift on the machine hits all three alike, and report the medians of wall
-//! time and of peak RSS (`wait4`), their ratios, and geometric means of the ratios.
+//! time, of CPU time (user plus system, which other load on a shared machine disturbs less
+//! than the wall time) and of peak RSS, all three from `wait4`, their ratios, and geometric
+//! means of the ratios.
 
 use crate::instructions;
 use crate::preload::{self, Preload};
@@ -103,10 +105,8 @@ pub fn run(dir: &Path, args: &ChecksArgs, top: &crate::Args, default_out: &Path)
     let jobs_dir = workspace.join("target/preload-jobs");
     let jobs = preload::jobs(&jobs_dir, &workspace);
     let names: Vec<(&str, &str)> = jobs.iter().map(|j| (j.name, "")).collect();
-    let programs = interleave(&names, reps, |row, v| {
-        let (seconds, peak_rss_kib) = preload::run(&jobs[row], &libraries[v], &jobs_dir);
-        Sample { seconds, peak_rss_kib }
-    });
+    let programs =
+        interleave(&names, reps, |row, v| preload::run(&jobs[row], &libraries[v], &jobs_dir));
     let seconds = started.elapsed().as_secs_f64();
 
     let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
@@ -130,7 +130,8 @@ pub fn run(dir: &Path, args: &ChecksArgs, top: &crate::Args, default_out: &Path)
     println!("{text}");
     std::fs::write(out.join("checks.md"), &text).expect("write checks.md");
     let mut csv = String::from(
-        "part,name,allocator,run,seconds,peak_rss_kib,instructions_per_pair,instructions_with_loop\n",
+        "part,name,allocator,run,seconds,cpu_seconds,peak_rss_kib,instructions_per_pair,\
+         instructions_with_loop\n",
     );
     if let Some(rows) = &counts {
         instructions_csv(rows, &mut csv);
@@ -317,7 +318,7 @@ fn instructions_csv(rows: &[InstructionRow], csv: &mut String) {
         for (pair, count) in [("rust-pair", r.rust), ("c-pair", r.c)] {
             if let Some((per_pair, with_loop)) = count {
                 let _ =
-                    writeln!(csv, "instructions,{pair},{name},1,,,{per_pair:.1},{with_loop:.1}");
+                    writeln!(csv, "instructions,{pair},{name},1,,,,{per_pair:.1},{with_loop:.1}");
             }
         }
     }
@@ -348,8 +349,9 @@ fn interleave<'a>(
             }
             eprint!(".");
         }
-        let ratio = runs.time(row, CHECKED) / runs.time(row, UNCHECKED);
-        eprintln!(" checks / no checks {ratio:.3}");
+        let ratio = |m| runs.median(m, row, CHECKED) / runs.median(m, row, UNCHECKED);
+        let (wall, cpu) = (ratio(Measure::Wall(Unit::Seconds)), ratio(Measure::Cpu(Unit::Seconds)));
+        eprintln!(" checks / no checks: wall time {wall:.3}, CPU time {cpu:.3}");
     }
     runs
 }
@@ -361,33 +363,77 @@ enum Unit {
     Seconds,
 }
 
-impl Runs<'_> {
-    /// Median wall time of one row and variant, in seconds.
-    fn time(&self, row: usize, v: usize) -> f64 {
-        median_f64(self.samples[row][v].iter().map(|s| s.seconds).collect())
-    }
+/// What a table of part 2 or 3 shows: the median of one measure of a run.
+#[derive(Clone, Copy)]
+enum Measure {
+    /// Wall time, in `unit`.
+    Wall(Unit),
+    /// User plus system CPU time, in `unit`.
+    Cpu(Unit),
+    /// Peak RSS, in MiB.
+    Rss,
+}
 
-    /// Median peak RSS of one row and variant, in MiB.
-    fn rss(&self, row: usize, v: usize) -> f64 {
-        median_f64(self.samples[row][v].iter().map(|s| s.peak_rss_kib as f64).collect()) / 1024.0
-    }
-
-    /// The time table, the peak-RSS table and the geometric means of their ratios.
-    fn markdown(&self, unit: Unit) -> String {
-        let (unit_name, scale, decimals) = match unit {
-            Unit::Milliseconds => ("ms", 1e3, 1),
-            Unit::Seconds => ("s", 1.0, 2),
+impl Measure {
+    /// The table's heading and decimal places.
+    fn heading(self) -> (String, usize) {
+        let unit = |u| match u {
+            Unit::Milliseconds => ("ms", 1),
+            Unit::Seconds => ("s", 2),
         };
-        let time = |row, v| self.time(row, v) * scale;
-        let mut out = self.table(&format!("time ({unit_name})"), decimals, time);
-        out.push('\n');
-        out.push_str(&self.table("peak RSS (MiB)", 1, |row, v| self.rss(row, v)));
-        let _ = writeln!(
-            out,
-            "\n| geometric mean | programs | time: checks / no checks | checks / glibc | no checks / glibc | \
-             peak RSS: checks / no checks | checks / glibc | no checks / glibc |\n\
-             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        match self {
+            Measure::Wall(u) => (format!("wall time ({})", unit(u).0), unit(u).1),
+            Measure::Cpu(u) => (format!("CPU time ({})", unit(u).0), unit(u).1),
+            Measure::Rss => ("peak RSS (MiB)".into(), 1),
+        }
+    }
+
+    /// The measure of one run.
+    fn of(self, s: &Sample) -> f64 {
+        let scale = |u| match u {
+            Unit::Milliseconds => 1e3,
+            Unit::Seconds => 1.0,
+        };
+        match self {
+            Measure::Wall(u) => s.seconds * scale(u),
+            Measure::Cpu(u) => s.cpu_seconds * scale(u),
+            Measure::Rss => s.peak_rss_kib as f64 / 1024.0,
+        }
+    }
+}
+
+impl Runs<'_> {
+    /// Median of `measure` over the runs of one row and variant.
+    fn median(&self, measure: Measure, row: usize, v: usize) -> f64 {
+        median_f64(self.samples[row][v].iter().map(|s| measure.of(s)).collect())
+    }
+
+    /// The wall-time, CPU-time and peak-RSS tables.
+    fn markdown(&self, unit: Unit) -> String {
+        let tables = [Measure::Wall(unit), Measure::Cpu(unit), Measure::Rss].map(|m| self.table(m));
+        tables.join("\n")
+    }
+
+    /// One table: a row per program with the three medians of `measure` and their ratios, then
+    /// the geometric means of the ratios over each group and over all programs.
+    fn table(&self, measure: Measure) -> String {
+        let (what, decimals) = measure.heading();
+        let mut out = format!(
+            "| program, {what} | checks | no checks | glibc | checks / no checks | checks / glibc \
+             | no checks / glibc |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
         );
+        let pairs = [(CHECKED, UNCHECKED), (CHECKED, GLIBC), (UNCHECKED, GLIBC)];
+        let ratios =
+            |row| pairs.map(|(a, b)| self.median(measure, row, a) / self.median(measure, row, b));
+        for (row, (name, _)) in self.rows.iter().enumerate() {
+            let [c, u, g] = [CHECKED, UNCHECKED, GLIBC].map(|v| self.median(measure, row, v));
+            let [r0, r1, r2] = ratios(row);
+            let d = decimals;
+            let _ = writeln!(
+                out,
+                "| {name} | {c:.d$} | {u:.d$} | {g:.d$} | {r0:.3} | {r1:.3} | {r2:.3} |"
+            );
+        }
         let mut groups: Vec<&str> = Vec::new();
         for (_, group) in self.rows {
             if !group.is_empty() && !groups.contains(group) {
@@ -398,34 +444,16 @@ impl Runs<'_> {
             let members: Vec<usize> = (0..self.rows.len())
                 .filter(|&r| group.is_none_or(|g| self.rows[r].1 == g))
                 .collect();
-            let _ = write!(out, "| {} | {} |", group.unwrap_or("all"), members.len());
-            for metric in [Self::time as fn(&Self, usize, usize) -> f64, Self::rss] {
-                for (a, b) in [(CHECKED, UNCHECKED), (CHECKED, GLIBC), (UNCHECKED, GLIBC)] {
-                    let ratios: Vec<f64> =
-                        members.iter().map(|&r| metric(self, r, a) / metric(self, r, b)).collect();
-                    let _ = write!(out, " {:.3} |", geomean(&ratios));
-                }
-            }
-            out.push('\n');
-        }
-        out
-    }
-
-    /// One table: a row per program, the three medians of `value` (with `decimals` places) and
-    /// their ratios.
-    fn table(&self, what: &str, decimals: usize, value: impl Fn(usize, usize) -> f64) -> String {
-        let mut out = format!(
-            "| program, {what} | checks | no checks | glibc | checks / no checks | checks / glibc \
-             | no checks / glibc |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
-        );
-        for (row, (name, _)) in self.rows.iter().enumerate() {
-            let [c, u, g] = [CHECKED, UNCHECKED, GLIBC].map(|v| value(row, v));
+            let all: Vec<[f64; 3]> = members.iter().map(|&r| ratios(r)).collect();
+            let means = [0, 1, 2].map(|i| geomean(&all.iter().map(|r| r[i]).collect::<Vec<_>>()));
             let _ = writeln!(
                 out,
-                "| {name} | {c:.decimals$} | {u:.decimals$} | {g:.decimals$} | {:.3} | {:.3} | {:.3} |",
-                c / u,
-                c / g,
-                u / g
+                "| *geometric mean, {} ({})* | | | | {:.3} | {:.3} | {:.3} |",
+                group.unwrap_or("all"),
+                members.len(),
+                means[0],
+                means[1],
+                means[2]
             );
         }
         out
@@ -438,9 +466,10 @@ impl Runs<'_> {
                 for (i, s) in self.samples[row][v].iter().enumerate() {
                     let _ = writeln!(
                         csv,
-                        "{part},{name},{allocator},{},{:.4},{},,",
+                        "{part},{name},{allocator},{},{:.4},{:.4},{},,",
                         i + 1,
                         s.seconds,
+                        s.cpu_seconds,
                         s.peak_rss_kib
                     );
                 }
@@ -470,8 +499,9 @@ fn header(command: &str, reps: usize, divisor: usize, seconds: f64, load: &str) 
         "`tcalloc-bench {command}` on {} CPUs ({}), {date}, load average {load} at the start; \
          {reps} round{} of the timed parts, the three allocators taking turns; {seconds:.0} s \
          in all. \"checks\": tcalloc as built by default; \"no checks\": built with \
-         `RUSTFLAGS=\"{UNCHECKED_CFG}\"` (measurement only). Ratios below 1: the first is \
-         faster or smaller.\n",
+         `RUSTFLAGS=\"{UNCHECKED_CFG}\"` (measurement only). Wall and CPU time (user plus \
+         system, the process and the children it waited for) and peak RSS from `wait4`; ratios \
+         below 1: the first is faster or smaller.\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         crate::cpu_model(),
         plural(reps)
@@ -483,48 +513,46 @@ fn header(command: &str, reps: usize, divisor: usize, seconds: f64, load: &str) 
 mod tests {
     use super::*;
 
-    fn sample(seconds: f64, peak_rss_kib: u64) -> Sample {
-        Sample { seconds, peak_rss_kib }
-    }
-
     #[test]
     fn tables_show_medians_ratios_and_geometric_means() {
         let rows = [("a", "small"), ("b", "large")];
-        // Row a: checks 2 s (median of 1, 2, 9), no checks 1 s, glibc 4 s; row b: 8, 4, 2.
+        // Wall time of row a: checks 2 s (median of 1, 2, 9), no checks 1 s, glibc 4 s; row b:
+        // 8, 4, 2. CPU time: half the wall time. Peak RSS: 1, 2 and 3 MiB in every row.
         let times =
             [[vec![1.0, 9.0, 2.0], vec![1.0], vec![4.0]], [vec![8.0], vec![4.0], vec![2.0]]];
         let mut runs = Runs { rows: &rows, samples: vec![Default::default(); 2] };
         for (row, per_variant) in times.iter().enumerate() {
             for (v, secs) in per_variant.iter().enumerate() {
-                runs.samples[row][v] =
-                    secs.iter().map(|&s| sample(s, 1024 * (v as u64 + 1))).collect();
+                let sample = |seconds: f64| Sample {
+                    seconds,
+                    cpu_seconds: seconds / 2.0,
+                    peak_rss_kib: 1024 * (v as u64 + 1),
+                };
+                runs.samples[row][v] = secs.iter().map(|&s| sample(s)).collect();
             }
         }
         let text = runs.markdown(Unit::Milliseconds);
-        assert!(
-            text.contains("| a | 2000.0 | 1000.0 | 4000.0 | 2.000 | 0.500 | 0.250 |"),
-            "{text}"
-        );
-        assert!(
-            text.contains("| b | 8000.0 | 4000.0 | 2000.0 | 2.000 | 4.000 | 2.000 |"),
-            "{text}"
-        );
-        // Peak RSS: 1, 2 and 3 MiB in every row.
-        assert!(text.contains("| a | 1.0 | 2.0 | 3.0 | 0.500 | 0.333 | 0.667 |"), "{text}");
-        // Time ratios checks / glibc: 0.5 and 4, geometric mean sqrt(2).
-        assert!(
-            text.contains("| small | 1 | 2.000 | 0.500 | 0.250 | 0.500 | 0.333 | 0.667 |"),
-            "{text}"
-        );
-        assert!(
-            text.contains("| all | 2 | 2.000 | 1.414 | 0.707 | 0.500 | 0.333 | 0.667 |"),
-            "{text}"
-        );
+        // Each table ends its last line; the split takes that newline away.
+        let tables: Vec<String> = text.split("\n\n").map(|t| format!("{t}\n")).collect();
+        assert_eq!(tables.len(), 3, "{text}");
+        let expect = |table: &str, line: &str| assert!(table.contains(line), "{line}\n{table}");
+        expect(&tables[0], "| program, wall time (ms) | checks |");
+        expect(&tables[0], "| a | 2000.0 | 1000.0 | 4000.0 | 2.000 | 0.500 | 0.250 |\n");
+        expect(&tables[0], "| b | 8000.0 | 4000.0 | 2000.0 | 2.000 | 4.000 | 2.000 |\n");
+        // Ratios checks / glibc: 0.5 and 4, geometric mean sqrt(2).
+        expect(&tables[0], "| *geometric mean, small (1)* | | | | 2.000 | 0.500 | 0.250 |\n");
+        expect(&tables[0], "| *geometric mean, all (2)* | | | | 2.000 | 1.414 | 0.707 |\n");
+        expect(&tables[1], "| program, CPU time (ms) | checks |");
+        expect(&tables[1], "| a | 1000.0 | 500.0 | 2000.0 | 2.000 | 0.500 | 0.250 |\n");
+        expect(&tables[2], "| program, peak RSS (MiB) | checks |");
+        expect(&tables[2], "| a | 1.0 | 2.0 | 3.0 | 0.500 | 0.333 | 0.667 |\n");
+        expect(&tables[2], "| *geometric mean, all (2)* | | | | 0.500 | 0.333 | 0.667 |\n");
+        assert!(Measure::Wall(Unit::Seconds).heading() == ("wall time (s)".into(), 2));
         let mut csv = String::new();
         runs.csv("rust-workload", &mut csv);
         assert_eq!(csv.lines().count(), 3 + 1 + 1 + 3);
-        assert!(csv.contains("rust-workload,a,tcalloc-checks,2,9.0000,1024,,\n"), "{csv}");
-        assert!(csv.contains("rust-workload,b,glibc,1,2.0000,3072,,\n"), "{csv}");
+        assert!(csv.contains("rust-workload,a,tcalloc-checks,2,9.0000,4.5000,1024,,\n"), "{csv}");
+        assert!(csv.contains("rust-workload,b,glibc,1,2.0000,1.0000,3072,,\n"), "{csv}");
     }
 
     #[test]
@@ -550,8 +578,8 @@ mod tests {
         assert!(instructions_markdown(None).contains("valgrind is not installed"));
         let mut csv = String::new();
         instructions_csv(&rows, &mut csv);
-        assert!(csv.contains("instructions,c-pair,tcalloc-unchecked,1,,,48.0,54.0\n"), "{csv}");
-        assert!(csv.contains("instructions,c-pair,jemalloc,1,,,70.5,76.5\n"), "{csv}");
+        assert!(csv.contains("instructions,c-pair,tcalloc-unchecked,1,,,,48.0,54.0\n"), "{csv}");
+        assert!(csv.contains("instructions,c-pair,jemalloc,1,,,,70.5,76.5\n"), "{csv}");
         assert!(!csv.contains("rust-pair,jemalloc"), "{csv}");
     }
 }

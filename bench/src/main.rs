@@ -121,8 +121,24 @@ const SMOKE_DIVISOR: usize = 20;
 /// One measured run.
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {
+    /// Wall time.
     pub seconds: f64,
+    /// User plus system CPU time of the process and the children it waited for, which other
+    /// load on the machine changes less than the wall time.
+    pub cpu_seconds: f64,
     pub peak_rss_kib: u64,
+}
+
+impl Sample {
+    /// A run that took `seconds` of wall time, with `usage` as `wait4` reported it.
+    fn new(seconds: f64, usage: &libc::rusage) -> Sample {
+        let time = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+        Sample {
+            seconds,
+            cpu_seconds: time(usage.ru_utime) + time(usage.ru_stime),
+            peak_rss_kib: usage.ru_maxrss as u64,
+        }
+    }
 }
 
 fn main() {
@@ -286,7 +302,7 @@ fn compare(dir: &Path, args: &Args, out: &Path) {
     );
 }
 
-/// Runs a worker to completion; its wall time and peak RSS.
+/// Runs a worker to completion; its wall and CPU time and peak RSS.
 // The child is reaped by `wait4` (which also gives its peak RSS), not by `Child::wait`.
 #[allow(clippy::zombie_processes)]
 fn run_worker(worker: &Path, program: &str, divisor: usize) -> Sample {
@@ -306,7 +322,7 @@ fn run_worker(worker: &Path, program: &str, divisor: usize) -> Sample {
     assert_eq!(waited, pid, "wait4 failed for {}", worker.display());
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     assert!(ok, "{} {program} failed (status {status:#x})", worker.display());
-    Sample { seconds, peak_rss_kib: usage.ru_maxrss as u64 }
+    Sample::new(seconds, &usage)
 }
 
 /// Runs a worker with arguments and returns its standard output.
@@ -374,7 +390,8 @@ fn preload_comparison(args: &Args, out_dir: &Path) {
         for rep in 0..reps {
             for k in 0..allocators.len() {
                 let a = (k + rep) % allocators.len();
-                samples[j][a].push(preload::run(job, &allocators[a], &dir));
+                let sample = preload::run(job, &allocators[a], &dir);
+                samples[j][a].push((sample.seconds, sample.peak_rss_kib));
             }
             eprint!(".");
         }
