@@ -74,7 +74,7 @@ pub fn run(dir: &Path, out: &Path) {
 
 /// (instructions per pair without the loop, with the loop) from `count(allocate, pairs)`,
 /// the callgrind total of a run of `pairs` iterations with or without the calls.
-fn per_pair(mut count: impl FnMut(bool, usize) -> f64) -> (f64, f64) {
+pub fn per_pair(mut count: impl FnMut(bool, usize) -> f64) -> (f64, f64) {
     let (n1, n2) = PAIRS;
     let extra = (n2 - n1) as f64;
     let with = count(true, n2) - count(true, n1);
@@ -84,7 +84,7 @@ fn per_pair(mut count: impl FnMut(bool, usize) -> f64) -> (f64, f64) {
 
 /// The total instruction count callgrind reports for `worker mode n`, with `preload`'s
 /// library in `LD_PRELOAD` (none: the C library's own `malloc`).
-fn callgrind(worker: &Path, preload: Option<&Preload>, mode: &str, n: usize) -> f64 {
+pub fn callgrind(worker: &Path, preload: Option<&Preload>, mode: &str, n: usize) -> f64 {
     let mut cmd = Command::new("valgrind");
     cmd.args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
         .arg(worker)

@@ -19,7 +19,8 @@
 //! `mimalloc-bench` the programs of that suite (a checkout the user provides);
 //! `criterion` runs the criterion benches and writes their tables; `build-time` measures what
 //! tcalloc adds to a user's clean build; `scaling` runs the multi-threaded workloads at 1, 2,
-//! 4, … threads (see `scaling.rs`). Each writes the results file the README quotes.
+//! 4, … threads (see `scaling.rs`); `checks` measures what the heap-misuse checks cost
+//! against a build without them (see `checks.rs`). Each writes the results file the README quotes.
 //!
 //! ```text
 //! cargo run --release -p tcalloc-bench                  # quick: 3 runs each, about two minutes
@@ -33,10 +34,12 @@
 //! cargo run --release -p tcalloc-bench -- criterion
 //! cargo run --release -p tcalloc-bench -- build-time
 //! cargo run --release -p tcalloc-bench -- scaling --threads 1,2,4,8,16 [--quick]
+//! cargo run --release -p tcalloc-bench -- checks [--quick] [--reps 5]
 //! ```
 
 mod build_time;
 mod chart;
+mod checks;
 mod criterion_tables;
 mod instructions;
 mod mimalloc_bench;
@@ -106,6 +109,10 @@ enum Cmd {
     /// Throughput of the multi-threaded workloads at each thread count under each allocator,
     /// and tcalloc's lock contention (scaling.md, scaling.png).
     Scaling(scaling::ScalingArgs),
+    /// What the heap-misuse checks cost: tcalloc with them, tcalloc built without them
+    /// (`--cfg tcalloc_unchecked`, built here) and glibc, in instructions per pair, the Rust
+    /// workloads and the preload programs (checks.md, checks.csv).
+    Checks(checks::ChecksArgs),
 }
 
 /// Work divisor of `--smoke` runs.
@@ -114,8 +121,24 @@ const SMOKE_DIVISOR: usize = 20;
 /// One measured run.
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {
+    /// Wall time.
     pub seconds: f64,
+    /// User plus system CPU time of the process and the children it waited for, which other
+    /// load on the machine changes less than the wall time.
+    pub cpu_seconds: f64,
     pub peak_rss_kib: u64,
+}
+
+impl Sample {
+    /// A run that took `seconds` of wall time, with `usage` as `wait4` reported it.
+    fn new(seconds: f64, usage: &libc::rusage) -> Sample {
+        let time = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+        Sample {
+            seconds,
+            cpu_seconds: time(usage.ru_utime) + time(usage.ru_stime),
+            peak_rss_kib: usage.ru_maxrss as u64,
+        }
+    }
 }
 
 fn main() {
@@ -148,6 +171,7 @@ fn main() {
         }
         Some(Cmd::BuildTime { runs }) => build_time::run(&workspace(), *runs, &out),
         Some(Cmd::Scaling(scaling_args)) => scaling::run(&dir, scaling_args, &out),
+        Some(Cmd::Checks(checks_args)) => checks::run(&dir, checks_args, &args, &out),
         None => {
             build_workers(&dir);
             compare(&dir, &args, &out)
@@ -166,6 +190,19 @@ fn load_average() -> String {
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_string))
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The CPU's model name, from `/proc/cpuinfo`.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 /// The cargo that runs this program (`cargo run` says which), or the one on `PATH`.
@@ -265,7 +302,7 @@ fn compare(dir: &Path, args: &Args, out: &Path) {
     );
 }
 
-/// Runs a worker to completion; its wall time and peak RSS.
+/// Runs a worker to completion; its wall and CPU time and peak RSS.
 // The child is reaped by `wait4` (which also gives its peak RSS), not by `Child::wait`.
 #[allow(clippy::zombie_processes)]
 fn run_worker(worker: &Path, program: &str, divisor: usize) -> Sample {
@@ -285,7 +322,7 @@ fn run_worker(worker: &Path, program: &str, divisor: usize) -> Sample {
     assert_eq!(waited, pid, "wait4 failed for {}", worker.display());
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     assert!(ok, "{} {program} failed (status {status:#x})", worker.display());
-    Sample { seconds, peak_rss_kib: usage.ru_maxrss as u64 }
+    Sample::new(seconds, &usage)
 }
 
 /// Runs a worker with arguments and returns its standard output.
@@ -353,7 +390,8 @@ fn preload_comparison(args: &Args, out_dir: &Path) {
         for rep in 0..reps {
             for k in 0..allocators.len() {
                 let a = (k + rep) % allocators.len();
-                samples[j][a].push(preload::run(job, &allocators[a], &dir));
+                let sample = preload::run(job, &allocators[a], &dir);
+                samples[j][a].push((sample.seconds, sample.peak_rss_kib));
             }
             eprint!(".");
         }

@@ -131,10 +131,10 @@ pub fn jobs(dir: &Path, workspace: &Path) -> Vec<Job> {
     ]
 }
 
-/// Runs `job` with `preload`; wall seconds and peak RSS in KiB.
+/// Runs `job` with `preload`; its wall and CPU time and peak RSS.
 // The child is reaped by `wait4` (which also gives its peak RSS), not by `Child::wait`.
 #[allow(clippy::zombie_processes)]
-pub fn run(job: &Job, preload: &Preload, dir: &Path) -> (f64, u64) {
+pub fn run(job: &Job, preload: &Preload, dir: &Path) -> crate::Sample {
     let mut cmd = Command::new("sh");
     cmd.arg("-c").arg(&job.command).current_dir(dir.join("repo"));
     cmd.stdout(Stdio::null());
@@ -147,12 +147,12 @@ pub fn run(job: &Job, preload: &Preload, dir: &Path) -> (f64, u64) {
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our child; the out-pointers are valid. The peak RSS reported covers the
-    // shell and the program it waited for.
+    // SAFETY: `pid` is our child; the out-pointers are valid. The CPU time and peak RSS
+    // reported cover the shell and the programs it waited for.
     let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let seconds = start.elapsed().as_secs_f64();
     assert_eq!(waited, pid);
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     assert!(ok, "{} under {} failed", job.name, preload.name);
-    (seconds, usage.ru_maxrss as u64)
+    crate::Sample::new(seconds, &usage)
 }

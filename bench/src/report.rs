@@ -20,7 +20,7 @@ pub struct Results {
     samples: BTreeMap<(&'static str, &'static str), Vec<Sample>>,
 }
 
-fn median_f64(mut v: Vec<f64>) -> f64 {
+pub fn median_f64(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     if n % 2 == 1 {
@@ -30,14 +30,14 @@ fn median_f64(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn geomean(v: &[f64]) -> f64 {
+pub fn geomean(v: &[f64]) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
     (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp()
 }
 
-fn kind_name(kind: Kind) -> &'static str {
+pub fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Small => "small objects",
         Kind::Large => "large objects",

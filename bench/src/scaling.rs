@@ -244,15 +244,7 @@ fn header(
     divisor: usize,
 ) -> String {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-            })
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let model = crate::cpu_model();
     let mut out = String::new();
     let _ = writeln!(out, "# Scaling with threads\n");
     if divisor > 1 {
