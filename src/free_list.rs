@@ -2,10 +2,11 @@
 //! the next one. Thread caches, transfer caches and spans all hold their free objects this way,
 //! so a free object costs no metadata.
 //!
-//! **Protected links.** A link is never stored as a plain pointer: the word holds
-//! `next ^ SECRET`, where `SECRET` is a per-process random value whose top 16 bits are
-//! never all zero ([`init_secret`]). Every read decodes the word and checks that the result
-//! is a plausible object address: below 2^48 and 8-aligned ([`LINK_MASK`] bits clear). So:
+//! **Protected links** (in the C library and with the `hardened` feature: see [`CHECKS`]). A
+//! link is never stored as a plain pointer: the word holds `next ^ SECRET`, where `SECRET` is
+//! a per-process random value whose top 16 bits are never all zero ([`init_secret`]). Every
+//! read decodes the word and checks that the result is a plausible object address: below 2^48
+//! and 8-aligned ([`LINK_MASK`] bits clear). So:
 //!
 //! - a program that writes into a freed object (use after free, a buffer overrun) turns its
 //!   link into garbage, and the next pop aborts with `tcalloc: heap corruption …` instead of
@@ -14,10 +15,12 @@
 //! - a live object whose first word decodes to a plausible link is almost certainly on a free
 //!   list ([`looks_free`]): the check behind double-free detection. Random data passes with a
 //!   probability of 2^-19; objects leaving the allocator have that word cleared
-//!   ([`take_object`]), so that an untouched block does not look free. (The thread cache's
-//!   fast pop clears it only in builds whose `free` checks: `override` and `hardened`.
-//!   Elsewhere a block freed through the prefixed C `tcalloc_free` without having been
-//!   written may look free, which costs a search of the thread's list, not a false alarm.)
+//!   ([`take_object`]), so that an untouched block does not look free.
+//!
+//! Without the checks the key is 0: links are plain pointers, still checked for plausibility
+//! on the cold paths ([`next`]) but not on the thread caches' fast pop, and no block looks
+//! free (the prefixed C `tcalloc_free` of such a build validates the pointer but does not
+//! detect a double free).
 //!
 //! The thread caches keep a copy of the key (0 until a cache is set up) and check a popped
 //! link with a rotate and one compare (rotated right by 3, a valid link is below
@@ -30,11 +33,16 @@ use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 /// Whether the heap-misuse checks are built in: encoded and checked links, and the
-/// double-free checks that rest on them ([`looks_free`]). Always, except in a build made to
-/// measure what they cost, with `RUSTFLAGS="--cfg tcalloc_unchecked"` (the benchmark's
-/// `checks` command): there the key stays 0, so links are plain pointers, the thread caches
-/// neither decode nor check them, and no block ever looks free.
-pub const CHECKS: bool = !cfg!(tcalloc_unchecked);
+/// double-free checks that rest on them ([`looks_free`]). They are, in the C library (the
+/// `override` feature) and with the `hardened` feature; a Rust program that uses tcalloc as
+/// its `#[global_allocator]` without `hardened` frees only through `dealloc`, which safe code
+/// cannot call twice, and gets the faster lists (a 64-byte pair of 22 instructions instead of
+/// 29, on the dependency chain of every pop). Without them the key stays 0, so links are
+/// plain pointers, the thread caches neither decode nor check them, and no block ever looks
+/// free. `RUSTFLAGS="--cfg tcalloc_unchecked"` turns them off in the C library too, only to
+/// measure what they cost there (the benchmark's `checks` command).
+pub const CHECKS: bool =
+    cfg!(any(feature = "override", feature = "hardened")) && !cfg!(tcalloc_unchecked);
 
 /// A free object: only its first word is used, as the encoded link.
 #[repr(C)]
@@ -311,7 +319,26 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(any(feature = "override", feature = "hardened")))]
+    fn links_are_plain_without_the_checks() {
+        const { assert!(!CHECKS) };
+        init_secret();
+        assert_eq!(secret(), 0);
+        let mut objects: Vec<FreeObject> = (0..2).map(|_| FreeObject { link: 0 }).collect();
+        let (a, b) = (&mut objects[0] as *mut FreeObject, &mut objects[1] as *mut FreeObject);
+        // SAFETY: two live objects.
+        unsafe {
+            set_next(a, b);
+            assert_eq!((*a).link, b as usize);
+            assert!(!looks_free((*a).link), "nothing looks free without the checks");
+            assert_eq!(next(a), b);
+        }
+    }
+
+    #[test]
+    #[cfg(any(feature = "override", feature = "hardened"))]
     fn links_are_encoded_and_checked() {
+        const { assert!(CHECKS) };
         init_secret();
         let mut objects: Vec<FreeObject> = (0..2).map(|_| FreeObject { link: 0 }).collect();
         let (a, b) = (&mut objects[0] as *mut FreeObject, &mut objects[1] as *mut FreeObject);

@@ -1,13 +1,17 @@
 //! `tcalloc-bench checks`: what tcalloc's heap-misuse checks cost, measured side by side with a
 //! build of tcalloc that leaves them out and with glibc.
 //!
-//! The unchecked build is tcalloc compiled with `--cfg tcalloc_unchecked` added to `RUSTFLAGS`
-//! (`CHECKS` in `src/free_list.rs`: free-list links neither encoded nor checked, no
-//! double-free test in C `free`), for measurement only. This command builds it itself, each
-//! build in a target directory of its own so that it never replaces a checked one:
-//! `target/unchecked` (the `worker_tcalloc` binary) and `target/preload-unchecked`
-//! (`libtcalloc.so`). The checked ones are the ordinary workers beside this binary and the
-//! library `preload` builds.
+//! Where the checks are: in the C library (`override`) by default, and in Rust programs with
+//! the `hardened` feature; a plain `#[global_allocator]` build has none. So the two sides are
+//! compared differently:
+//!
+//! - **Rust**: `worker_tcalloc` built with `hardened` (checks) against the ordinary
+//!   `worker_tcalloc` beside this binary (no checks). The hardened one is built by this
+//!   command in `target/hardened` (the bench's `hardened` feature).
+//! - **C**: the `libtcalloc.so` that `preload` builds (checks) against one compiled with
+//!   `--cfg tcalloc_unchecked` added to `RUSTFLAGS` (`CHECKS` in `src/free_list.rs`: free-list
+//!   links neither encoded nor checked, no double-free test in C `free`), for measurement
+//!   only, built by this command in `target/preload-unchecked`.
 //!
 //! Three parts, written together to `checks.md`, and every run to `checks.csv`:
 //!
@@ -84,12 +88,13 @@ pub fn run(dir: &Path, args: &ChecksArgs, top: &crate::Args, default_out: &Path)
     let workspace = crate::workspace();
     crate::build_workers(dir);
     let checked_library = preload::build_tcalloc(&workspace);
-    let unchecked = build_unchecked(dir, &workspace);
+    let hardened_worker = build_hardened_worker(dir, &workspace);
+    let unchecked_library = build_unchecked_library(&workspace);
     let workers =
-        [crate::worker_path(dir, "tcalloc"), unchecked.worker, crate::worker_path(dir, "glibc")];
+        [hardened_worker, crate::worker_path(dir, "tcalloc"), crate::worker_path(dir, "glibc")];
     let libraries = [
         Preload { name: "tcalloc, checks", library: Some(checked_library) },
-        Preload { name: "tcalloc, no checks", library: Some(unchecked.library) },
+        Preload { name: "tcalloc, no checks", library: Some(unchecked_library) },
         Preload { name: "glibc", library: None },
     ];
 
@@ -115,7 +120,8 @@ pub fn run(dir: &Path, args: &ChecksArgs, top: &crate::Args, default_out: &Path)
     text.push_str("\n## Rust workloads\n\n");
     text.push_str(&format!(
         "The whole-program workloads of the default comparison (`tcalloc_bench::programs`), \
-         `worker_tcalloc` with and without the checks and `worker_glibc`. Medians of \
+         `worker_tcalloc` with the checks (`hardened`) and without (the default) and \
+         `worker_glibc`. Medians of \
          {reps} run{} each.\n\n",
         plural(reps)
     ));
@@ -150,35 +156,39 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-/// The unchecked build: the worker binary and the preloadable library.
-struct Unchecked {
-    worker: PathBuf,
-    library: PathBuf,
-}
-
-/// Builds `worker_tcalloc` (with the profile of the binary in `dir`) and `libtcalloc.so` (as
-/// `preload::build_tcalloc` does) with the checks compiled out, each in its own target
-/// directory.
-fn build_unchecked(dir: &Path, workspace: &Path) -> Unchecked {
+/// Builds `worker_tcalloc` with the profile of the binary in `dir` and tcalloc's `hardened`
+/// feature, in its own target directory; returns its path.
+fn build_hardened_worker(dir: &Path, workspace: &Path) -> PathBuf {
     let profile_dir = dir.file_name().and_then(|n| n.to_str()).unwrap_or("release");
     let profile = if profile_dir == "debug" { "dev" } else { profile_dir };
-    let worker_target = workspace.join("target/unchecked");
-    eprintln!("building worker_tcalloc and libtcalloc.so without the checks ({UNCHECKED_CFG})");
-    cargo_unchecked(
-        workspace,
-        &["build", "-p", "tcalloc-bench", "--profile", profile, "--bin", "worker_tcalloc"],
-        &worker_target,
-    );
-    let library_target = workspace.join("target/preload-unchecked");
+    let target = workspace.join("target/hardened");
+    eprintln!("building worker_tcalloc with the checks (tcalloc's `hardened` feature)");
+    let built = crate::cargo()
+        .current_dir(workspace)
+        .args(["build", "-p", "tcalloc-bench", "--profile", profile, "--bin", "worker_tcalloc"])
+        .args(["--features", "hardened", "--target-dir"])
+        .arg(&target)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !built {
+        eprintln!("the hardened build failed (see cargo's messages above)");
+        std::process::exit(2);
+    }
+    crate::worker_path(&target.join(profile_dir), "tcalloc")
+}
+
+/// Builds `libtcalloc.so` as `preload::build_tcalloc` does but with the checks compiled out,
+/// in its own target directory; returns its path.
+fn build_unchecked_library(workspace: &Path) -> PathBuf {
+    let target = workspace.join("target/preload-unchecked");
+    eprintln!("building libtcalloc.so without the checks ({UNCHECKED_CFG})");
     cargo_unchecked(
         workspace,
         &["build", "--release", "--lib", "-p", "tcalloc", "--features", "override"],
-        &library_target,
+        &target,
     );
-    Unchecked {
-        worker: crate::worker_path(&worker_target.join(profile_dir), "tcalloc"),
-        library: library_target.join("release/libtcalloc.so"),
-    }
+    target.join("release/libtcalloc.so")
 }
 
 /// Runs cargo with `args` and `--target-dir target`, `--cfg tcalloc_unchecked` added to the
@@ -498,8 +508,9 @@ fn header(command: &str, reps: usize, divisor: usize, seconds: f64, load: &str) 
         out,
         "`tcalloc-bench {command}` on {} CPUs ({}), {date}, load average {load} at the start; \
          {reps} round{} of the timed parts, the three allocators taking turns; {seconds:.0} s \
-         in all. \"checks\": tcalloc as built by default; \"no checks\": built with \
-         `RUSTFLAGS=\"{UNCHECKED_CFG}\"` (measurement only). Wall and CPU time (user plus \
+         in all. \"checks\": in Rust, tcalloc with its `hardened` feature, in C, \
+         `libtcalloc.so` as built by default; \"no checks\": in Rust, tcalloc as built by \
+         default, in C, built with `RUSTFLAGS=\"{UNCHECKED_CFG}\"` (measurement only). Wall and CPU time (user plus \
          system, the process and the children it waited for) and peak RSS from `wait4`; ratios \
          below 1: the first is faster or smaller.\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
