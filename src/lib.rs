@@ -22,7 +22,8 @@
 //! pool/                per-connection memory pools (Rust and the C mp_* API), on TcAlloc
 //! stats.rs             snapshot of every layer (reads them all)
 //! router.rs            size & alignment -> class / page run / large; C free validation
-//! thread_cache.rs      per-thread free list per class, no locks on the fast path
+//! front_end/           the caches of the fast path, behind one interface (front_end/mod.rs):
+//!   thread_cache/      per-thread free list per class, no locks on the fast path
 //! release.rs           when free memory goes back to the OS (reserve, decay, on demand)
 //! central_free_list.rs per class: batches in and out under one lock, spans of objects
 //! transfer_cache.rs    per class: a stack of whole batches (O(1) hand-over between threads)
@@ -52,6 +53,7 @@ mod env;
 mod ffi;
 mod ffi_glibc;
 mod free_list;
+mod front_end;
 mod global;
 mod large;
 mod lifecycle;
@@ -66,7 +68,6 @@ mod size_class;
 mod span;
 mod stats;
 mod sync;
-mod thread_cache;
 mod transfer_cache;
 
 pub use global::TcAlloc;
@@ -86,6 +87,6 @@ pub fn check_invariants() {
 /// central transfer caches, unmaps cached large mappings and releases every free span of the
 /// page heap. Resident memory falls to what is in use plus other threads' caches.
 pub fn release_free_memory() {
-    thread_cache::flush_current();
+    front_end::flush_current();
     release::release_all();
 }

@@ -15,11 +15,11 @@
 
 use crate::central_free_list;
 use crate::env::Settings;
+use crate::front_end;
 use crate::large;
 use crate::metadata;
 use crate::page_heap::PAGE_HEAP;
 use crate::release;
-use crate::thread_cache;
 use crate::transfer_cache;
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -55,7 +55,7 @@ fn initialize() {
     transfer_cache::set_shards(cpus.max(1) as usize);
     let settings = Settings::from_env();
     release::configure(&settings);
-    thread_cache::set_total_budget(settings.total_thread_cache_bytes);
+    front_end::set_total_budget(settings.total_thread_cache_bytes);
     // SAFETY: the handlers are `extern "C"` functions with no arguments, as required.
     unsafe {
         libc::pthread_atfork(Some(before_fork), Some(after_fork_parent), Some(after_fork_child));
@@ -70,7 +70,7 @@ extern "C" fn print_stats_at_exit() {
 }
 
 fn locks_in_order() -> impl DoubleEndedIterator<Item = &'static crate::sync::RawLock> {
-    core::iter::once(thread_cache::registry_lock())
+    core::iter::once(front_end::registry_lock())
         .chain(transfer_cache::locks_in_use())
         .chain(central_free_list::locks_in_use())
         .chain([PAGE_HEAP.raw()])
@@ -93,7 +93,7 @@ extern "C" fn after_fork_parent() {
 
 extern "C" fn after_fork_child() {
     // SAFETY: we are the only thread of the child and hold the registry lock.
-    unsafe { thread_cache::forget_other_threads_after_fork() };
+    unsafe { front_end::forget_other_threads_after_fork() };
     for lock in locks_in_order().rev() {
         // SAFETY: the parent's forking thread (now us) took every lock before `fork`.
         unsafe { lock.unlock() };
