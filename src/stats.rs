@@ -307,7 +307,7 @@ pub fn print_to_stderr() {
     let snapshot = stats();
     let mut buf = crate::diag::StackBuf::<16384>::new();
     let _ = writeln!(buf, "{snapshot}");
-    os::write_stderr(buf.as_bytes());
+    crate::diag::write_stderr(buf.as_bytes());
 }
 
 #[cfg(test)]
