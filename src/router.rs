@@ -25,9 +25,11 @@ use crate::page_heap::PAGE_HEAP;
 use crate::page_map;
 use crate::size_class::{self, class_for, SizeClass, MAX_SIZE, MEDIUM_SHIFT};
 use crate::span::{Length, SpanKind};
-use crate::stats::PAGE_RUN_BYTES;
 use core::ptr;
-use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// Bytes in page runs (over-aligned blocks served as whole pages); `stats` reads it.
+pub static PAGE_RUN_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// Largest alignment served by a page run; larger alignments get their own mapping.
 pub const MAX_PAGE_RUN_ALIGN: usize = 1 << 20;

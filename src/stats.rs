@@ -14,8 +14,9 @@
 //! snapshot does not count its own acquisitions (a later one does: about two per class and
 //! shard).
 //!
-//! Layers read: `front_end`, `central_free_list`, `transfer_cache` (lock counters),
-//! `page_heap`, `large`, `metadata`, `release` (the policy's clock), `os` (resident memory).
+//! Layers read: `router` (bytes in page runs), `front_end`, `central_free_list`,
+//! `transfer_cache` (lock counters), `page_heap`, `large`, `metadata`, `release` (the policy's
+//! clock), `os` (resident memory).
 
 use crate::central_free_list;
 use crate::config::MAX_SHARDS;
@@ -24,14 +25,12 @@ use crate::large;
 use crate::metadata;
 use crate::os;
 use crate::page_heap::PAGE_HEAP;
+use crate::router::PAGE_RUN_BYTES;
 use crate::size_class::{SizeClass, NUM_CLASSES};
 use crate::sync::LockStats;
 use crate::transfer_cache;
 use core::fmt;
-use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-
-/// Bytes in page runs (over-aligned blocks served as whole pages), kept by `router`.
-pub static PAGE_RUN_BYTES: AtomicUsize = AtomicUsize::new(0);
+use core::sync::atomic::Ordering::Relaxed;
 
 /// Figures of one size class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
