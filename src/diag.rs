@@ -104,6 +104,13 @@ pub fn fatal(args: fmt::Arguments<'_>) -> ! {
     abort()
 }
 
+/// Aborts with `tcalloc: <caller>(): double free 0x...`.
+#[cold]
+#[inline(never)]
+pub fn double_free(caller: &'static str, ptr: *mut u8) -> ! {
+    fatal(format_args!("{caller}(): double free {ptr:p}"))
+}
+
 /// Writes `bytes` to standard error, retrying short writes and ignoring failures.
 pub fn write_stderr(mut bytes: &[u8]) {
     while !bytes.is_empty() {

@@ -18,6 +18,7 @@
 
 use crate::central_free_list;
 use crate::config::{C_MALLOC_ALIGN, LARGE_THRESHOLD, MIN_ALIGN, PAGE_SIZE};
+use crate::diag::double_free;
 use crate::free_list;
 use crate::front_end::{self, FAST_LIMIT};
 use crate::large;
@@ -302,13 +303,6 @@ unsafe fn check_sized_free(ptr: *mut u8, size: usize, align: usize) {
     unsafe {
         check_not_free(ptr, class, "dealloc")
     };
-}
-
-/// Aborts with `tcalloc: <caller>(): double free 0x...`.
-#[cold]
-#[inline(never)]
-pub fn double_free(caller: &'static str, ptr: *mut u8) -> ! {
-    crate::diag::fatal(format_args!("{caller}(): double free {ptr:p}"))
 }
 
 /// Aborts with `tcalloc: <caller>(): invalid pointer 0x...`.
