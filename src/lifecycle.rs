@@ -12,6 +12,11 @@
 //! held by a thread that will not exist in the child; after `fork`, release them in parent
 //! and child, and in the child
 //! forget the thread caches of the threads that did not survive.
+//!
+//! Layers below: `stats` (the exit report), `front_end` (its budget, its registry's lock and
+//! what the child forgets), `release`, the central lists, transfer caches, page heap, large
+//! blocks and metadata (their locks), `env`. It sits above the front end although the front
+//! end's first activation is what calls [`ensure_initialized`]: the one call that points up.
 
 use crate::central_free_list;
 use crate::env::Settings;

@@ -76,6 +76,8 @@ impl ThreadCache {
             }
             (*cache).key = free_list::secret();
             (*cache).link_limit = free_list::LINK_LIMIT >> 3;
+            // The one use of a layer above (see the crate docs): the first activation in the
+            // process runs the start-up.
             crate::lifecycle::ensure_initialized();
             if EXIT_GUARD.try_with(|_| ()).is_err() {
                 (*cache).state = State::Dead;
