@@ -3,8 +3,9 @@
 //!
 //! Knobs that an operator may change at run time (through environment variables) are read by
 //! `env` and start from the defaults here.
-
-use crate::size_class;
+//!
+//! The bottom layer: it uses no other module. `size_class` checks that its generated table was
+//! made for [`PAGE_SHIFT`] and [`LARGE_THRESHOLD`].
 
 // ---------------------------------------------------------------------------------------------
 // Knobs
@@ -82,9 +83,6 @@ pub const HEAP_GROWTH_PAGES: usize = HEAP_GROWTH_BYTES >> PAGE_SHIFT;
 // Checks
 // ---------------------------------------------------------------------------------------------
 
-const _: () = assert!(PAGE_SHIFT == size_class::TABLE_PAGE_SHIFT, "table made for another page");
-const _: () =
-    assert!(LARGE_THRESHOLD == size_class::TABLE_MAX_SIZE, "table made for another threshold");
 const _: () = assert!(LARGE_THRESHOLD >= 256 * 1024 && LARGE_THRESHOLD <= 1024 * 1024);
 const _: () = assert!(PAGE_SIZE % OS_PAGE_SIZE == 0);
 const _: () = assert!(SMALL_LOOKUP_MAX < LARGE_THRESHOLD && SMALL_LOOKUP_MAX % 8 == 0);

@@ -2,8 +2,10 @@
 //!
 //! The allocator cannot use `eprintln!` (it may allocate, and it panics on failure), so text is
 //! formatted into a fixed buffer on the stack and written with one `write(2)`.
+//!
+//! The bottom layer with `config`: it uses no other module (it calls `write` and `abort`
+//! itself), so that every layer, `os` included, can report a broken invariant.
 
-use crate::os;
 use core::fmt::{self, Write};
 
 /// A fixed-capacity text buffer; text beyond its capacity is dropped.
@@ -43,7 +45,7 @@ pub fn message(args: fmt::Arguments<'_>) {
     let _ = buf.write_str("tcalloc: ");
     let _ = buf.write_fmt(args);
     let _ = buf.write_str("\n");
-    os::write_stderr(buf.as_bytes());
+    write_stderr(buf.as_bytes());
 }
 
 /// Checks an invariant inside the allocator: on failure, prints `tcalloc: invariant broken:`
@@ -99,7 +101,32 @@ pub(crate) use {debug_invariant, invariant, invariant_eq};
 #[inline(never)]
 pub fn fatal(args: fmt::Arguments<'_>) -> ! {
     message(args);
-    os::abort()
+    abort()
+}
+
+/// Aborts with `tcalloc: <caller>(): double free 0x...`.
+#[cold]
+#[inline(never)]
+pub fn double_free(caller: &'static str, ptr: *mut u8) -> ! {
+    fatal(format_args!("{caller}(): double free {ptr:p}"))
+}
+
+/// Writes `bytes` to standard error, retrying short writes and ignoring failures.
+pub fn write_stderr(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: the buffer is valid for `bytes.len()` bytes.
+        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        if n <= 0 {
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+/// Ends the process at once (`SIGABRT`), without unwinding or running handlers.
+pub fn abort() -> ! {
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
 }
 
 #[cfg(test)]

@@ -24,8 +24,8 @@
 //! Layer below: `router`.
 
 use crate::config::OS_PAGE_SIZE;
+use crate::front_end;
 use crate::router;
-use crate::thread_cache;
 use core::ffi::{c_int, c_void};
 use core::ptr;
 
@@ -61,8 +61,8 @@ fn too_big(size: usize) -> bool {
 fn malloc_impl(size: usize) -> *mut c_void {
     // Small sizes first, with no other test: their path sets `errno` itself when out of
     // memory, so the pop is the whole of `malloc`.
-    if size < thread_cache::FAST_LIMIT {
-        return thread_cache::alloc_small_c(size).cast();
+    if size < front_end::FAST_LIMIT {
+        return front_end::alloc_small_c(size).cast();
     }
     malloc_other(size)
 }

@@ -47,7 +47,7 @@
 //! (the `FILE` may allocate its own buffer through `malloc`, which is safe: no allocator lock
 //! is held while writing), and the report goes out through `diag`'s stack buffer.
 //!
-//! Layers below: `router` (sizes and the validated free), `stats`, `release`, `thread_cache`
+//! Layers below: `router` (sizes and the validated free), `stats`, `release`, `front_end`
 //! (flushing the caller's cache), `size_class`, `diag`, `lifecycle` (start-up before `mallopt`
 //! changes a setting).
 
@@ -56,7 +56,7 @@ use crate::router::{self, MAX_PAGE_RUN_ALIGN};
 use crate::size_class::{class_for, SizeClass, MAX_SIZE};
 use crate::span::Length;
 use crate::stats::{self, Stats};
-use crate::{diag, lifecycle, release, thread_cache};
+use crate::{diag, front_end, lifecycle, release};
 use core::ffi::{c_int, c_void};
 use core::fmt::{self, Write};
 
@@ -148,7 +148,7 @@ fn mallinfo_impl() -> Mallinfo {
 }
 
 fn malloc_trim_impl(_pad: usize) -> c_int {
-    thread_cache::flush_current();
+    front_end::flush_current();
     c_int::from(release::release_all() > 0)
 }
 

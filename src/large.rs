@@ -359,7 +359,7 @@ pub unsafe fn free(span: *mut Span) {
         let block = (*span).block();
         // Two threads freeing the same block at once both get here; one claims it.
         if (*span).claim_block(block).is_err() {
-            crate::router::double_free("free", block as *mut u8);
+            crate::diag::double_free("free", block as *mut u8);
         }
         let m = Mapping { base: (*span).map_base, len: (*span).map_len, at_ms: 0 };
         page_map::clear(PageId::containing(block));

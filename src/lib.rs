@@ -13,29 +13,40 @@
 //!
 //! ## Layers
 //!
-//! Memory flows down on a miss and back up on a refill. Each layer is one file and only uses
-//! the layers below it:
+//! Memory flows down on a miss and back up on a refill. Each layer is one file (or folder) and
+//! only uses the layers below it, in this order, top first (`tests/layers.rs` fails on a use
+//! that points up):
 //!
 //! ```text
-//! global.rs  ffi.rs   TcAlloc: GlobalAlloc; the C malloc family      entry points
-//! ffi_glibc.rs         the rest of glibc's malloc API, C23's free_sized, jemalloc's nallocx
+//! ffi.rs ffi_glibc.rs  the C malloc family, glibc's extras, the tcalloc_* twins  entry points
+//! lib.rs               the Rust API: TcAlloc, stats(), release_free_memory(), Pool
 //! pool/                per-connection memory pools (Rust and the C mp_* API), on TcAlloc
+//! global.rs            TcAlloc: GlobalAlloc
+//! lifecycle.rs         process start-up: settings, fork handlers, the exit report
 //! stats.rs             snapshot of every layer (reads them all)
 //! router.rs            size & alignment -> class / page run / large; C free validation
-//! thread_cache.rs      per-thread free list per class, no locks on the fast path
+//! front_end/           the caches of the fast path, behind one interface (front_end/mod.rs):
+//!   thread_cache/      per-thread free list per class, no locks on the fast path
 //! release.rs           when free memory goes back to the OS (reserve, decay, on demand)
-//! central_free_list.rs per class: batches in and out under one lock, spans of objects
-//! transfer_cache.rs    per class: a stack of whole batches (O(1) hand-over between threads)
-//! page_heap.rs         spans of pages: split, coalesce, release to the OS
+//! central_free_list.rs per class and shard: spans of objects; refill/flush entry points
+//! transfer_cache.rs    per class and shard: stacks of whole batches (O(1) hand-over)
+//! page_heap.rs         spans of pages: split, coalesce, adaptive reserve, release
+//! large.rs             blocks above 1 MiB: their own mapping, an adaptive mapping cache
 //! page_map.rs          address -> span radix tree, read without locks
-//! large.rs             blocks above 1 MiB: their own mapping
 //! size_class/          the generated class table and O(1) lookups
-//! metadata.rs          the allocator's own records (span records), from `os`
+//! metadata.rs          the allocator's own records (span records, page-map leaves)
+//! span.rs              span records
+//! free_list.rs         intrusive lists of free objects, links encoded
+//! env.rs               settings from the environment
 //! os.rs                the only code that calls mmap / munmap / mremap / madvise
-//! leaves: config.rs (every tunable), env.rs (settings from the environment), span.rs
-//!         (span records), free_list.rs (intrusive lists), sync.rs (futex lock), diag.rs
-//!         (messages without allocating), lifecycle.rs (start-up, fork)
+//! sync.rs              the futex lock and its contention counters
+//! config.rs  diag.rs   every tunable; messages and invariant checks without allocating
 //! ```
+//!
+//! One call points up, by design: a thread cache's first activation runs `lifecycle`'s start-up
+//! (once per process). The start-up sets the front end's budget and registers fork handlers that
+//! lock its registry and an exit report that reads `stats`, so it cannot sit below the front end,
+//! and no code above the front end is sure to run before it.
 //!
 //! Rules that hold in every file: nothing on an allocation path allocates, panics, formats or
 //! takes a `std::sync` lock; out of memory is a null pointer; every `unsafe fn` states its
@@ -52,6 +63,7 @@ mod env;
 mod ffi;
 mod ffi_glibc;
 mod free_list;
+mod front_end;
 mod global;
 mod large;
 mod lifecycle;
@@ -66,7 +78,6 @@ mod size_class;
 mod span;
 mod stats;
 mod sync;
-mod thread_cache;
 mod transfer_cache;
 
 pub use global::TcAlloc;
@@ -86,6 +97,6 @@ pub fn check_invariants() {
 /// central transfer caches, unmaps cached large mappings and releases every free span of the
 /// page heap. Resident memory falls to what is in use plus other threads' caches.
 pub fn release_free_memory() {
-    thread_cache::flush_current();
+    front_end::flush_current();
     release::release_all();
 }

@@ -12,14 +12,19 @@
 //! held by a thread that will not exist in the child; after `fork`, release them in parent
 //! and child, and in the child
 //! forget the thread caches of the threads that did not survive.
+//!
+//! Layers below: `stats` (the exit report), `front_end` (its budget, its registry's lock and
+//! what the child forgets), `release`, the central lists, transfer caches, page heap, large
+//! blocks and metadata (their locks), `env`. It sits above the front end although the front
+//! end's first activation is what calls [`ensure_initialized`]: the one call that points up.
 
 use crate::central_free_list;
 use crate::env::Settings;
+use crate::front_end;
 use crate::large;
 use crate::metadata;
 use crate::page_heap::PAGE_HEAP;
 use crate::release;
-use crate::thread_cache;
 use crate::transfer_cache;
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -55,7 +60,7 @@ fn initialize() {
     transfer_cache::set_shards(cpus.max(1) as usize);
     let settings = Settings::from_env();
     release::configure(&settings);
-    thread_cache::set_total_budget(settings.total_thread_cache_bytes);
+    front_end::set_total_budget(settings.total_thread_cache_bytes);
     // SAFETY: the handlers are `extern "C"` functions with no arguments, as required.
     unsafe {
         libc::pthread_atfork(Some(before_fork), Some(after_fork_parent), Some(after_fork_child));
@@ -70,7 +75,7 @@ extern "C" fn print_stats_at_exit() {
 }
 
 fn locks_in_order() -> impl DoubleEndedIterator<Item = &'static crate::sync::RawLock> {
-    core::iter::once(thread_cache::registry_lock())
+    core::iter::once(front_end::registry_lock())
         .chain(transfer_cache::locks_in_use())
         .chain(central_free_list::locks_in_use())
         .chain([PAGE_HEAP.raw()])
@@ -93,7 +98,7 @@ extern "C" fn after_fork_parent() {
 
 extern "C" fn after_fork_child() {
     // SAFETY: we are the only thread of the child and hold the registry lock.
-    unsafe { thread_cache::forget_other_threads_after_fork() };
+    unsafe { front_end::forget_other_threads_after_fork() };
     for lock in locks_in_order().rev() {
         // SAFETY: the parent's forking thread (now us) took every lock before `fork`.
         unsafe { lock.unlock() };

@@ -110,24 +110,6 @@ pub unsafe fn remap(p: *mut u8, old_len: usize, new_len: usize) -> Option<NonNul
     }
 }
 
-/// Writes `bytes` to standard error, retrying short writes and ignoring failures.
-pub fn write_stderr(mut bytes: &[u8]) {
-    while !bytes.is_empty() {
-        // SAFETY: the buffer is valid for `bytes.len()` bytes.
-        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
-        if n <= 0 {
-            return;
-        }
-        bytes = &bytes[n as usize..];
-    }
-}
-
-/// Ends the process at once (`SIGABRT`), without unwinding or running handlers.
-pub fn abort() -> ! {
-    // SAFETY: abort has no preconditions.
-    unsafe { libc::abort() }
-}
-
 /// Resident set size of this process in bytes, read from `/proc/self/statm` without
 /// allocating; `None` if it cannot be read.
 pub fn resident_bytes() -> Option<usize> {

@@ -14,20 +14,23 @@
 //!
 //! Nothing here panics, prints on a normal path or allocates; failures are null pointers.
 //!
-//! Layers below: `thread_cache`, `page_heap` (page runs), `large`, `page_map`, `size_class`.
+//! Layers below: `front_end`, `page_heap` (page runs), `large`, `page_map`, `size_class`.
 
 use crate::central_free_list;
 use crate::config::{C_MALLOC_ALIGN, LARGE_THRESHOLD, MIN_ALIGN, PAGE_SIZE};
+use crate::diag::double_free;
 use crate::free_list;
+use crate::front_end::{self, FAST_LIMIT};
 use crate::large;
 use crate::page_heap::PAGE_HEAP;
 use crate::page_map;
 use crate::size_class::{self, class_for, SizeClass, MAX_SIZE, MEDIUM_SHIFT};
 use crate::span::{Length, SpanKind};
-use crate::stats::PAGE_RUN_BYTES;
-use crate::thread_cache::{self, FAST_LIMIT};
 use core::ptr;
-use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// Bytes in page runs (over-aligned blocks served as whole pages); `stats` reads it.
+pub static PAGE_RUN_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// Largest alignment served by a page run; larger alignments get their own mapping.
 pub const MAX_PAGE_RUN_ALIGN: usize = 1 << 20;
@@ -42,7 +45,7 @@ pub fn alloc(size: usize, align: usize) -> *mut u8 {
     if size >= FAST_LIMIT {
         return alloc_other(size, align);
     }
-    thread_cache::alloc_small(size)
+    front_end::alloc_small(size)
 }
 
 /// The alignment C `malloc(size)` guarantees: 16 (`alignof(max_align_t)`) for blocks larger
@@ -60,7 +63,7 @@ pub fn c_align(size: usize) -> usize {
 #[inline(always)]
 pub fn alloc_c(size: usize) -> *mut u8 {
     if size < FAST_LIMIT {
-        return thread_cache::alloc_small_c(size);
+        return front_end::alloc_small_c(size);
     }
     alloc_other(size, C_MALLOC_ALIGN)
 }
@@ -87,7 +90,7 @@ pub unsafe fn dealloc_sized(ptr: *mut u8, size: usize, align: usize) {
         return unsafe { dealloc_other(ptr, size, align) };
     }
     // SAFETY: per the caller, `ptr` is a dead block of the class of `size`.
-    unsafe { thread_cache::dealloc_small(ptr, size) }
+    unsafe { front_end::dealloc_small(ptr, size) }
 }
 
 /// Whether `size` and `align` take the medium table: classes above `FAST_LIMIT` are multiples
@@ -100,10 +103,10 @@ fn is_medium(size: usize, align: usize) -> bool {
 #[inline(never)]
 fn alloc_other(size: usize, align: usize) -> *mut u8 {
     if is_medium(size, align) {
-        return thread_cache::alloc_medium(size);
+        return front_end::alloc_medium(size);
     }
     if let Some(class) = class_for(size, align) {
-        return thread_cache::alloc(class);
+        return front_end::alloc(class);
     }
     alloc_uncached(size, align)
 }
@@ -134,11 +137,11 @@ fn alloc_page_run(size: usize, align: usize) -> *mut u8 {
 unsafe fn dealloc_other(ptr: *mut u8, size: usize, align: usize) {
     if is_medium(size, align) {
         // SAFETY: per the caller, `ptr` is a dead block of the class of `size`.
-        return unsafe { thread_cache::dealloc_medium(ptr, size) };
+        return unsafe { front_end::dealloc_medium(ptr, size) };
     }
     if let Some(class) = class_for(size, align) {
         // SAFETY: per the caller, `ptr` is a dead block of this class.
-        unsafe { thread_cache::dealloc(ptr, class) };
+        unsafe { front_end::dealloc(ptr, class) };
         return;
     }
     // SAFETY: per the caller, `ptr` is a page run or a large block.
@@ -302,13 +305,6 @@ unsafe fn check_sized_free(ptr: *mut u8, size: usize, align: usize) {
     };
 }
 
-/// Aborts with `tcalloc: <caller>(): double free 0x...`.
-#[cold]
-#[inline(never)]
-pub fn double_free(caller: &'static str, ptr: *mut u8) -> ! {
-    crate::diag::fatal(format_args!("{caller}(): double free {ptr:p}"))
-}
-
 /// Aborts with `tcalloc: <caller>(): invalid pointer 0x...`.
 #[cold]
 #[inline(never)]
@@ -330,14 +326,14 @@ unsafe fn check_not_free(ptr: *mut u8, class: SizeClass, caller: &'static str) {
     // SAFETY: objects of every class are at least 8 bytes and 8-aligned.
     let word = unsafe { ptr.cast::<usize>().read() };
     if free_list::looks_free(word) {
-        thread_cache::abort_if_cached(ptr, class, caller);
+        front_end::abort_if_cached(ptr, class, caller);
     }
 }
 
 /// Allocates `size` zeroed bytes aligned to `align`.
 pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
     let p = if let Some(class) = class_for(size, align) {
-        thread_cache::alloc(class)
+        front_end::alloc(class)
     } else if size <= MAX_SIZE && align <= MAX_PAGE_RUN_ALIGN {
         alloc_page_run(size, align)
     } else {
@@ -456,7 +452,7 @@ pub unsafe fn free_unsized(ptr: *mut u8, caller: &'static str) {
         // SAFETY: as below, for the other kinds.
         0 => unsafe { free_other(ptr, caller) },
         // SAFETY: a validated object of the class, dead per the caller (or caught as free).
-        scaled_class => unsafe { thread_cache::dealloc_checked(ptr, scaled_class, caller) },
+        scaled_class => unsafe { front_end::dealloc_checked(ptr, scaled_class, caller) },
     }
 }
 
@@ -511,7 +507,7 @@ pub unsafe fn free_checked(ptr: *mut u8, caller: &'static str, check: impl FnOnc
     check(usable);
     match block {
         // SAFETY: validated, checked not free, dead per the caller.
-        Block::Small(class) => unsafe { thread_cache::dealloc(ptr, class) },
+        Block::Small(class) => unsafe { front_end::dealloc(ptr, class) },
         // SAFETY: as above; the page run or large block is validated again on its path.
         _ => unsafe { free_span_block(ptr, caller) },
     }

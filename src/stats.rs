@@ -14,24 +14,23 @@
 //! snapshot does not count its own acquisitions (a later one does: about two per class and
 //! shard).
 //!
-//! Layers read: `thread_cache`, `central_free_list`, `transfer_cache` (lock counters),
-//! `page_heap`, `large`, `metadata`, `release` (the policy's clock), `os` (resident memory).
+//! Layers read: `router` (bytes in page runs), `front_end`, `central_free_list`,
+//! `transfer_cache` (lock counters), `page_heap`, `large`, `metadata`, `release` (the policy's
+//! clock), `os` (resident memory).
 
 use crate::central_free_list;
 use crate::config::MAX_SHARDS;
+use crate::front_end;
 use crate::large;
 use crate::metadata;
 use crate::os;
 use crate::page_heap::PAGE_HEAP;
+use crate::router::PAGE_RUN_BYTES;
 use crate::size_class::{SizeClass, NUM_CLASSES};
 use crate::sync::LockStats;
-use crate::thread_cache;
 use crate::transfer_cache;
 use core::fmt;
-use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-
-/// Bytes in page runs (over-aligned blocks served as whole pages), kept by `router`.
-pub static PAGE_RUN_BYTES: AtomicUsize = AtomicUsize::new(0);
+use core::sync::atomic::Ordering::Relaxed;
 
 /// Figures of one size class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -118,7 +117,7 @@ fn lock_stats() -> (LockFamilies, [u64; NUM_CLASSES]) {
         transfer_caches,
         page_heap: PAGE_HEAP.raw().stats(),
         large_blocks: LockStats::sum(large::locks_for_fork()),
-        thread_registry: thread_cache::registry_lock().stats(),
+        thread_registry: front_end::registry_lock().stats(),
         metadata: metadata::lock_for_fork().stats(),
     };
     (families, per_class)
@@ -184,7 +183,7 @@ pub fn stats() -> Stats {
         objects_out_bytes += out * class.size();
         central_bytes += free * class.size();
     }
-    let thread_cache_bytes = thread_cache::cached_bytes();
+    let thread_cache_bytes = front_end::cached_bytes();
     let heap = PAGE_HEAP.lock().stats();
     let large = large::stats();
     let page_runs = PAGE_RUN_BYTES.load(Relaxed);
@@ -202,7 +201,7 @@ pub fn stats() -> Stats {
         large_cache_bytes: large.cached_bytes,
         metadata_bytes: metadata.mapped_bytes,
         span_records: metadata.live_spans,
-        threads: thread_cache::live_threads(),
+        threads: front_end::live_threads(),
         process_resident_bytes: os::resident_bytes().unwrap_or(0),
         locks,
         classes,
@@ -293,7 +292,7 @@ impl fmt::Display for Stats {
 /// Checks the invariants of every shared structure and of the calling thread's cache;
 /// aborts with the offending values (see `diag::invariant!`). Takes each lock in turn.
 pub fn check_invariants() {
-    crate::thread_cache::check_current();
+    crate::front_end::check_current();
     for class in SizeClass::all() {
         central_free_list::check_invariants(class);
     }
@@ -307,7 +306,7 @@ pub fn print_to_stderr() {
     let snapshot = stats();
     let mut buf = crate::diag::StackBuf::<16384>::new();
     let _ = writeln!(buf, "{snapshot}");
-    os::write_stderr(buf.as_bytes());
+    crate::diag::write_stderr(buf.as_bytes());
 }
 
 #[cfg(test)]

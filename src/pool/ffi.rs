@@ -16,7 +16,7 @@
 //! by `mp_free`, `mp_reset_pool` or `mp_destroy_pool`, small ones only by the last two.
 
 use super::{Pool, DEFAULT_BLOCK_SIZE, POOL_ALIGN};
-use crate::TcAlloc;
+use crate::global::TcAlloc;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ffi::{c_int, c_void};
 use core::ptr;

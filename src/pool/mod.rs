@@ -61,7 +61,7 @@
 
 mod ffi;
 
-use crate::TcAlloc;
+use crate::global::TcAlloc;
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::Cell;
 use core::fmt;

@@ -21,7 +21,12 @@ mod table;
 
 pub use table::{TABLE_MAX_SIZE, TABLE_NUM_CLASSES, TABLE_PAGE_SHIFT};
 
-use crate::config::{MIN_ALIGN, PAGE_SIZE, SMALL_LOOKUP_MAX};
+use crate::config::{LARGE_THRESHOLD, MIN_ALIGN, PAGE_SHIFT, PAGE_SIZE, SMALL_LOOKUP_MAX};
+
+// The checked-in table was generated for this build's page and large threshold (the table is
+// this layer's; `config`, below it, only holds the knobs).
+const _: () = assert!(PAGE_SHIFT == TABLE_PAGE_SHIFT, "table made for another page");
+const _: () = assert!(LARGE_THRESHOLD == TABLE_MAX_SIZE, "table made for another threshold");
 
 /// Number of classes, counting the reserved class 0.
 pub const NUM_CLASSES: usize = TABLE_NUM_CLASSES;

@@ -1,0 +1,171 @@
+//! Slow start, overages and the per-list limits: how a list's `max_len` grows on a miss and
+//! shrinks when the list keeps overflowing, and the moves of objects between a list and the
+//! central lists that keep `len <= max_len` and `capacity` exact.
+
+use super::ThreadCache;
+use crate::central_free_list;
+use crate::config::{MAX_LIST_BYTES, MAX_LIST_LENGTH, MAX_LIST_OVERAGES};
+use crate::free_list;
+use crate::size_class::SizeClass;
+use core::ptr;
+
+/// The most objects the list of `class` may hold: [`MAX_LIST_LENGTH`], and at most
+/// [`MAX_LIST_BYTES`] of them, but never fewer than a batch.
+pub(super) fn list_limit(class: SizeClass) -> u32 {
+    let by_bytes = (MAX_LIST_BYTES / class.size()).max(class.batch());
+    (by_bytes as u32).min(MAX_LIST_LENGTH)
+}
+
+impl ThreadCache {
+    /// The list of `class` is empty: fetch objects from the central list and return one.
+    pub(super) fn refill(&mut self, class: SizeClass) -> *mut u8 {
+        let i = class.index();
+        // Defensive: a re-entrant free during activation may have left an object here.
+        // SAFETY: the list is well formed.
+        let object = unsafe { free_list::pop(&mut self.hot[i].head) };
+        if !object.is_null() {
+            self.hot[i].room += 1;
+            return object.cast();
+        }
+        self.note_event(class);
+        let batch = class.batch() as u32;
+        let want = self.limits[i].max_len.clamp(1, batch) as usize;
+        let (head, n) = central_free_list::refill(class, self.shard, want);
+        if n == 0 {
+            return ptr::null_mut();
+        }
+        // SAFETY: `head` is a fresh list of `n` objects; the first leaves it for the program.
+        self.hot[i].head = unsafe { free_list::next(head) };
+        // SAFETY: as above.
+        unsafe { free_list::take_object(head) };
+        let len = n as u32 - 1;
+        let max_len = self.limits[i].max_len;
+        // Slow start: double up to the batch size (a new thread reaches full batches after a
+        // handful of misses), then a batch at a time.
+        let grown = if max_len < batch {
+            (max_len * 2).clamp(1, batch)
+        } else {
+            (max_len + batch).min(MAX_LIST_LENGTH)
+        };
+        self.try_set_max_len(class, grown);
+        self.hot[i].room = (self.limits[i].max_len - len) as i32;
+        self.publish(class);
+        self.maybe_scavenge();
+        head.cast()
+    }
+
+    /// The list of `class` overflowed its `max_len`: give a batch back and adjust the limit.
+    pub(super) fn list_too_long(&mut self, class: SizeClass) {
+        let i = class.index();
+        // The object just freed is the head. It stays in the cache (the batch goes from the
+        // objects after it), so that freeing it again right away is still caught: the
+        // double-free check searches this list.
+        // The list is empty only when activation just sent its objects on.
+        // SAFETY: the list is this thread's and well formed.
+        let kept = unsafe { free_list::pop(&mut self.hot[i].head) };
+        if !kept.is_null() {
+            self.hot[i].room += 1;
+        }
+        self.note_event(class);
+        let batch = class.batch();
+        let len = self.len(class);
+        self.release(class, len.min(batch));
+        let max_len = self.limits[i].max_len;
+        if max_len < batch as u32 {
+            self.try_set_max_len(class, (max_len * 2).clamp(1, batch as u32));
+        } else if max_len > batch as u32 {
+            self.limits[i].overages += 1;
+            if self.limits[i].overages > MAX_LIST_OVERAGES {
+                self.limits[i].overages = 0;
+                self.set_max_len_and_trim(class, max_len - batch as u32);
+            }
+        }
+        if self.hot[i].room == 0 && self.len(class) > 0 {
+            self.release(class, 1);
+        }
+        // SAFETY: `kept` is a dead object of `class`, on no list.
+        unsafe {
+            if kept.is_null() {
+                // Nothing was kept.
+            } else if self.hot[i].room > 0 {
+                free_list::push(&mut self.hot[i].head, kept);
+                self.hot[i].room -= 1;
+            } else {
+                // No room at all (the budget refused the list any): it goes on alone.
+                free_list::set_next(kept, ptr::null_mut());
+                central_free_list::flush(class, self.shard, kept, 1, 0);
+            }
+        }
+        self.publish(class);
+        self.maybe_scavenge();
+    }
+
+    /// Moves the first `n` objects of the list of `class` to the central list, in batches,
+    /// and widens `room` accordingly.
+    pub(super) fn release(&mut self, class: SizeClass, mut n: usize) {
+        let i = class.index();
+        while n > 0 {
+            let chunk = n.min(class.batch());
+            // SAFETY: the list holds at least `n >= chunk` objects (callers pass at most
+            // `len`); they are dead objects of `class`.
+            unsafe {
+                let (objects, spread) =
+                    free_list::split_front_with_spread(&mut self.hot[i].head, chunk);
+                central_free_list::flush(class, self.shard, objects, chunk, spread);
+            }
+            self.hot[i].room += chunk as i32;
+            n -= chunk;
+        }
+    }
+
+    /// Raises or lowers `max_len` of `class` to `new`, keeping `capacity` within the budget
+    /// (by shrinking other lists first if needed). Returns whether it was set.
+    fn try_set_max_len(&mut self, class: SizeClass, new: u32) -> bool {
+        let i = class.index();
+        let new = new.min(list_limit(class));
+        let old = self.limits[i].max_len;
+        if new > old {
+            let extra = (new - old) as usize * class.size();
+            if self.capacity + extra > self.budget {
+                self.make_room(class, self.capacity + extra - self.budget);
+                if self.capacity + extra > self.budget {
+                    return false;
+                }
+            }
+        }
+        self.set_max_len_and_trim(class, new);
+        true
+    }
+
+    /// Sets `max_len` of `class`, releasing objects beyond it, and fixes `room` and
+    /// `capacity`.
+    pub(super) fn set_max_len_and_trim(&mut self, class: SizeClass, new: u32) {
+        let i = class.index();
+        let len = self.len(class);
+        if len > new as usize {
+            self.release(class, len - new as usize);
+        }
+        let old = self.limits[i].max_len;
+        self.capacity = self.capacity - old as usize * class.size() + new as usize * class.size();
+        self.hot[i].room += new as i32 - old as i32;
+        self.limits[i].max_len = new;
+        if new > 0 {
+            self.active |= 1 << i;
+        } else {
+            self.active &= !(1 << i);
+        }
+    }
+
+    /// The classes whose lists have a non-zero limit.
+    pub(super) fn active_classes(&self) -> impl Iterator<Item = SizeClass> {
+        let mut mask = self.active;
+        core::iter::from_fn(move || {
+            if mask == 0 {
+                return None;
+            }
+            let i = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            SizeClass::new(i)
+        })
+    }
+}
