@@ -163,18 +163,8 @@ fn build_hardened_worker(dir: &Path, workspace: &Path) -> PathBuf {
     let profile = if profile_dir == "debug" { "dev" } else { profile_dir };
     let target = workspace.join("target/hardened");
     eprintln!("building worker_tcalloc with the checks (tcalloc's `hardened` feature)");
-    let built = crate::cargo()
-        .current_dir(workspace)
-        .args(["build", "-p", "tcalloc-bench", "--profile", profile, "--bin", "worker_tcalloc"])
-        .args(["--features", "hardened", "--target-dir"])
-        .arg(&target)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !built {
-        eprintln!("the hardened build failed (see cargo's messages above)");
-        std::process::exit(2);
-    }
+    let args = ["build", "-p", "tcalloc-bench", "--profile", profile, "--bin", "worker_tcalloc"];
+    cargo_build(workspace, &args, &["--features", "hardened"], &target, None);
     crate::worker_path(&target.join(profile_dir), "tcalloc")
 }
 
@@ -183,35 +173,28 @@ fn build_hardened_worker(dir: &Path, workspace: &Path) -> PathBuf {
 fn build_unchecked_library(workspace: &Path) -> PathBuf {
     let target = workspace.join("target/preload-unchecked");
     eprintln!("building libtcalloc.so without the checks ({UNCHECKED_CFG})");
-    cargo_unchecked(
-        workspace,
-        &["build", "--release", "--lib", "-p", "tcalloc", "--features", "override"],
-        &target,
-    );
+    let args = ["build", "--release", "--lib", "-p", "tcalloc", "--features", "override"];
+    cargo_build(workspace, &args, &[], &target, Some(UNCHECKED_CFG));
     target.join("release/libtcalloc.so")
 }
 
-/// Runs cargo with `args` and `--target-dir target`, `--cfg tcalloc_unchecked` added to the
+/// Runs cargo with `args`, `more` and `--target-dir target`, with `cfg` added to the
 /// `RUSTFLAGS` this program was given (`CARGO_ENCODED_RUSTFLAGS` would override them, so it
-/// is removed).
-fn cargo_unchecked(workspace: &Path, args: &[&str], target: &Path) {
-    let mut flags = std::env::var("RUSTFLAGS").unwrap_or_default();
-    if !flags.is_empty() {
-        flags.push(' ');
+/// is removed then); exits when the build fails.
+fn cargo_build(workspace: &Path, args: &[&str], more: &[&str], target: &Path, cfg: Option<&str>) {
+    let mut cargo = crate::cargo();
+    cargo.current_dir(workspace).args(args).args(more).arg("--target-dir").arg(target);
+    if let Some(cfg) = cfg {
+        let mut flags = std::env::var("RUSTFLAGS").unwrap_or_default();
+        if !flags.is_empty() {
+            flags.push(' ');
+        }
+        flags.push_str(cfg);
+        cargo.env("RUSTFLAGS", flags).env_remove("CARGO_ENCODED_RUSTFLAGS");
     }
-    flags.push_str(UNCHECKED_CFG);
-    let built = crate::cargo()
-        .current_dir(workspace)
-        .args(args)
-        .arg("--target-dir")
-        .arg(target)
-        .env("RUSTFLAGS", flags)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let built = cargo.status().map(|s| s.success()).unwrap_or(false);
     if !built {
-        eprintln!("the unchecked build failed (see cargo's messages above)");
+        eprintln!("building into {} failed (see cargo's messages above)", target.display());
         std::process::exit(2);
     }
 }
