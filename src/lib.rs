@@ -59,6 +59,9 @@ mod metadata;
 mod os;
 mod page_heap;
 mod page_map;
+#[cfg(feature = "per-cpu")]
+#[path = "front_end/per_cpu/mod.rs"]
+mod per_cpu;
 pub mod pool;
 mod release;
 mod router;
@@ -70,6 +73,9 @@ mod thread_cache;
 mod transfer_cache;
 
 pub use global::TcAlloc;
+#[cfg(feature = "per-cpu")]
+#[doc(hidden)]
+pub use per_cpu::introspect as per_cpu_introspect;
 pub use pool::{AllocError, Pool, PoolStats};
 pub use stats::{stats, ClassStats, LockFamilies, Stats};
 pub use sync::LockStats;

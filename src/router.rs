@@ -42,6 +42,10 @@ pub fn alloc(size: usize, align: usize) -> *mut u8 {
     if size >= FAST_LIMIT {
         return alloc_other(size, align);
     }
+    #[cfg(feature = "per-cpu")]
+    if let Some(p) = ptr::NonNull::new(crate::per_cpu::alloc_small(size)) {
+        return p.as_ptr();
+    }
     thread_cache::alloc_small(size)
 }
 
@@ -86,6 +90,11 @@ pub unsafe fn dealloc_sized(ptr: *mut u8, size: usize, align: usize) {
         // SAFETY: per the caller.
         return unsafe { dealloc_other(ptr, size, align) };
     }
+    #[cfg(feature = "per-cpu")]
+    // SAFETY: per the caller, `ptr` is a dead block of the class of `size`.
+    if unsafe { crate::per_cpu::dealloc_small(ptr, size) } {
+        return;
+    }
     // SAFETY: per the caller, `ptr` is a dead block of the class of `size`.
     unsafe { thread_cache::dealloc_small(ptr, size) }
 }
@@ -100,9 +109,17 @@ fn is_medium(size: usize, align: usize) -> bool {
 #[inline(never)]
 fn alloc_other(size: usize, align: usize) -> *mut u8 {
     if is_medium(size, align) {
+        #[cfg(feature = "per-cpu")]
+        if let Some(p) = ptr::NonNull::new(crate::per_cpu::alloc_medium(size)) {
+            return p.as_ptr();
+        }
         return thread_cache::alloc_medium(size);
     }
     if let Some(class) = class_for(size, align) {
+        #[cfg(feature = "per-cpu")]
+        if let Some(p) = ptr::NonNull::new(crate::per_cpu::alloc(class)) {
+            return p.as_ptr();
+        }
         return thread_cache::alloc(class);
     }
     alloc_uncached(size, align)
@@ -133,10 +150,20 @@ fn alloc_page_run(size: usize, align: usize) -> *mut u8 {
 #[inline(never)]
 unsafe fn dealloc_other(ptr: *mut u8, size: usize, align: usize) {
     if is_medium(size, align) {
+        #[cfg(feature = "per-cpu")]
+        // SAFETY: per the caller, `ptr` is a dead block of the class of `size`.
+        if unsafe { crate::per_cpu::dealloc_medium(ptr, size) } {
+            return;
+        }
         // SAFETY: per the caller, `ptr` is a dead block of the class of `size`.
         return unsafe { thread_cache::dealloc_medium(ptr, size) };
     }
     if let Some(class) = class_for(size, align) {
+        #[cfg(feature = "per-cpu")]
+        // SAFETY: per the caller, `ptr` is a dead block of this class.
+        if unsafe { crate::per_cpu::dealloc(ptr, class) } {
+            return;
+        }
         // SAFETY: per the caller, `ptr` is a dead block of this class.
         unsafe { thread_cache::dealloc(ptr, class) };
         return;
