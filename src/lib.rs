@@ -93,5 +93,7 @@ pub fn check_invariants() {
 /// page heap. Resident memory falls to what is in use plus other threads' caches.
 pub fn release_free_memory() {
     thread_cache::flush_current();
+    #[cfg(feature = "per-cpu")]
+    per_cpu::release_all();
     release::release_all();
 }

@@ -185,6 +185,9 @@ pub fn stats() -> Stats {
         central_bytes += free * class.size();
     }
     let thread_cache_bytes = thread_cache::cached_bytes();
+    // The per-CPU caches count as thread caches: both are the front end.
+    #[cfg(feature = "per-cpu")]
+    let thread_cache_bytes = thread_cache_bytes + crate::per_cpu::cached_bytes();
     let heap = PAGE_HEAP.lock().stats();
     let large = large::stats();
     let page_runs = PAGE_RUN_BYTES.load(Relaxed);

@@ -28,9 +28,10 @@
 //!
 //! **Capacity.** A class's array may hold at most `slab::MAX_CAPACITY` objects (256 KiB worth,
 //! 1 to 512 objects); how many it may hold now (`end - begin`) starts at 0 and grows on a miss:
-//! at once to a batch (so that refills and flushes move whole batches), then a batch at a time
-//! while the CPU's capacity in bytes stays within [`PER_CPU_BYTES`] (1.5 MiB, tcmalloc's
-//! default). So a CPU caches at most `max(PER_CPU_BYTES, Σ one batch per class)`. A header is
+//! by slow start (1, 2, 4, ...) to a batch, regardless of the budget (so that refills and
+//! flushes soon move whole batches, and a class used once does not pin a batch), then a batch
+//! at a time while the CPU's capacity in bytes stays within [`PER_CPU_BYTES`] (1.5 MiB,
+//! tcmalloc's default). A refill fetches as many objects as the capacity, up to a batch. So a CPU caches at most `max(PER_CPU_BYTES, Σ one batch per class)`. A header is
 //! changed only by [`rseq::compare_and_swap_header`], a critical section that commits only on
 //! the CPU it names, so a capacity change never races with that CPU's fast paths.
 //!
@@ -245,10 +246,11 @@ impl Here {
         unsafe { rseq::push(self.offset, self.slabs, class.index(), object) }
     }
 
-    /// Grows the capacity of `class` on `self.cpu` if the class may grow: to a batch (or its
-    /// maximum) unconditionally, then a batch at a time within [`PER_CPU_BYTES`]. True if it
-    /// grew; false if it may not, or the thread is no longer on `self.cpu`, or the header
-    /// changed meanwhile.
+    /// Grows the capacity of `class` on `self.cpu` if the class may grow: by slow start up to
+    /// a batch (or the class's maximum) unconditionally (1, 2, 4, ... objects, so that a
+    /// class used once on a CPU does not pin a batch there), then a batch at a time within
+    /// [`PER_CPU_BYTES`]. True if it grew; false if it may not, or the thread is no longer on
+    /// `self.cpu`, or the header changed meanwhile.
     fn grow(self, class: SizeClass) -> bool {
         let old = self.header(class);
         let (capacity, most) = (old.capacity(), MAX_CAPACITY[class.index()] as usize);
@@ -256,7 +258,7 @@ impl Here {
         // SAFETY: `cpu` is below the number of slabs.
         let record = unsafe { slab::record(self.cpu) };
         let target = if capacity < batch {
-            batch
+            (capacity * 2).clamp(1, batch)
         } else if capacity < most
             && record.used_bytes.load(Relaxed) + batch * class.size() <= PER_CPU_BYTES
         {
@@ -322,7 +324,10 @@ extern "C" fn pop_slow(class: usize) -> *mut u8 {
         return object;
     }
     here.grow(class);
-    let (mut head, n) = central_free_list::refill(class, here.shard(), class.batch());
+    // As many as the capacity (slow start), up to a batch: a whole batch comes from a
+    // transfer cache in O(1).
+    let want = here.header(class).capacity().clamp(1, class.batch());
+    let (mut head, n) = central_free_list::refill(class, here.shard(), want);
     if n == 0 {
         return ptr::null_mut();
     }

@@ -203,6 +203,9 @@ pub unsafe fn slot(cpu: usize, slot: usize) -> *mut u8 {
 pub unsafe fn init_cpu(cpu: usize) -> bool {
     // SAFETY: per the caller.
     let record = unsafe { record(cpu) };
+    if record.state.load(Acquire) == READY {
+        return true;
+    }
     match record.state.compare_exchange(UNINIT, INITIALIZING, Acquire, Acquire) {
         Ok(_) => {}
         Err(state) => return state == READY,
