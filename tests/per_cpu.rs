@@ -112,7 +112,7 @@ fn churn(
     take: mpsc::Receiver<Block>,
     mut each_round: impl FnMut(usize),
 ) {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (thread + 1) * 0x1234_5678);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((thread + 1) * 0x1234_5678));
     let mut live: Vec<Block> = Vec::new();
     let mut seq = 0u64;
     for round in 0..rounds {
