@@ -252,7 +252,9 @@ fn threads_that_exit_leave_their_objects_to_the_next_thread_on_the_cpu() {
         return;
     }
     per_cpu::release_all();
-    assert_eq!(per_cpu::cached_bytes(), 0);
+    // The test harness's threads allocate meanwhile: a few hundred bytes.
+    let baseline = per_cpu::cached_bytes();
+    assert!(baseline < 4096, "release_all left {baseline} bytes");
     let freed: Vec<usize> = (0..8)
         .map(|t| {
             std::thread::spawn(move || {
@@ -269,7 +271,7 @@ fn threads_that_exit_leave_their_objects_to_the_next_thread_on_the_cpu() {
         .collect();
     // The threads are gone; their last frees stay cached on their CPUs.
     let cached = per_cpu::cached_bytes();
-    assert!(cached >= 128, "nothing cached after the threads exited");
+    assert!(cached >= baseline + 128 * 100, "{cached} bytes cached after the threads exited");
     per_cpu::check_invariants();
     // A new thread (on any CPU) gets those objects back first, each once.
     let reused = std::thread::spawn(move || {
@@ -288,7 +290,8 @@ fn threads_that_exit_leave_their_objects_to_the_next_thread_on_the_cpu() {
     let freed: std::collections::HashSet<usize> = freed.into_iter().collect();
     assert!(reused.iter().any(|a| freed.contains(a)), "the exited threads' objects were reused");
     per_cpu::release_all();
-    assert_eq!(per_cpu::cached_bytes(), 0, "release_all drains every CPU");
+    let left = per_cpu::cached_bytes();
+    assert!(left < 4096, "release_all drains every CPU: {left} bytes left");
     per_cpu::check_invariants();
 }
 
