@@ -80,6 +80,9 @@ mod stats;
 mod sync;
 mod transfer_cache;
 
+#[cfg(feature = "per-cpu")]
+#[doc(hidden)]
+pub use front_end::per_cpu::introspect as per_cpu_introspect;
 pub use global::TcAlloc;
 pub use pool::{AllocError, Pool, PoolStats};
 pub use stats::{stats, ClassStats, LockFamilies, Stats};

@@ -227,6 +227,9 @@ fn build_workers(dir: &Path) {
         for a in ALLOCATORS {
             cmd.arg("--bin").arg(format!("worker_{a}"));
         }
+        if cfg!(feature = "per-cpu") {
+            cmd.args(["--features", "per-cpu"]);
+        }
         cmd.arg("--manifest-path").arg(&manifest);
         if let Some(target) = dir.parent() {
             cmd.arg("--target-dir").arg(target);

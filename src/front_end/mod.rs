@@ -2,10 +2,12 @@
 //! one small interface through which the layers above (`router`, `ffi`, `stats`, `lifecycle`)
 //! reach them.
 //!
-//! Today there is one front end, the per-thread caches (`thread_cache/`); this module
-//! re-exports its entry points, so that the fast paths compile exactly as if called directly.
-//! A second front end (per-CPU caches) sits beside it as a sibling folder, and the functions
-//! below then choose between them.
+//! There are two front ends. The per-thread caches (`thread_cache/`) are the default; this
+//! module re-exports their entry points, so that the fast paths compile exactly as if called
+//! directly. The per-CPU caches on restartable sequences (`per_cpu/`) are built with the
+//! `per-cpu` feature: then the Rust entry points below try them first and fall back to the
+//! thread caches where they cannot serve (no rseq registration, `TCALLOC_PER_CPU=0`,
+//! re-entry during start-up). C `malloc` and `free` use the thread caches in every build.
 //!
 //! The interface:
 //! - fast paths: [`alloc`] / [`dealloc`] by class, [`alloc_small`] / [`dealloc_small`] by a
@@ -19,10 +21,112 @@
 //!
 //! Layers below: `release`, `central_free_list`, `transfer_cache`.
 
+#[cfg(feature = "per-cpu")]
+pub(crate) mod per_cpu;
 mod thread_cache;
 
+#[cfg(feature = "per-cpu")]
+pub use choose::{
+    alloc, alloc_medium, alloc_small, cached_bytes, dealloc, dealloc_medium, dealloc_small,
+    flush_current,
+};
 pub use thread_cache::{
-    abort_if_cached, alloc, alloc_medium, alloc_small, alloc_small_c, cached_bytes, check_current,
-    dealloc, dealloc_checked, dealloc_medium, dealloc_small, flush_current,
+    abort_if_cached, alloc_small_c, check_current, dealloc_checked,
     forget_other_threads_after_fork, live_threads, registry_lock, set_total_budget, FAST_LIMIT,
 };
+#[cfg(not(feature = "per-cpu"))]
+pub use thread_cache::{
+    alloc, alloc_medium, alloc_small, cached_bytes, dealloc, dealloc_medium, dealloc_small,
+    flush_current,
+};
+
+/// The Rust entry points with both front ends: the per-CPU caches first, the thread caches
+/// when those cannot serve.
+#[cfg(feature = "per-cpu")]
+mod choose {
+    use super::{per_cpu, thread_cache};
+    use crate::size_class::SizeClass;
+
+    /// An object of `class`; null only when out of memory.
+    #[inline(always)]
+    pub fn alloc(class: SizeClass) -> *mut u8 {
+        let p = per_cpu::alloc(class);
+        if !p.is_null() {
+            return p;
+        }
+        thread_cache::alloc(class)
+    }
+
+    /// Frees an object of `class`.
+    ///
+    /// # Safety
+    /// - `ptr` is a block of `class` handed out by this allocator and no longer used.
+    #[inline(always)]
+    pub unsafe fn dealloc(ptr: *mut u8, class: SizeClass) {
+        // SAFETY: forwarded.
+        unsafe {
+            if !per_cpu::dealloc(ptr, class) {
+                thread_cache::dealloc(ptr, class)
+            }
+        }
+    }
+
+    /// `size < FAST_LIMIT` bytes at the minimum alignment.
+    #[inline(always)]
+    pub fn alloc_small(size: usize) -> *mut u8 {
+        let p = per_cpu::alloc_small(size);
+        if !p.is_null() {
+            return p;
+        }
+        thread_cache::alloc_small(size)
+    }
+
+    /// Frees a block that [`alloc_small`] returned for `size`.
+    ///
+    /// # Safety
+    /// - `ptr` came from `alloc_small(size)` (or any block of the same class) and is dead.
+    #[inline(always)]
+    pub unsafe fn dealloc_small(ptr: *mut u8, size: usize) {
+        // SAFETY: forwarded.
+        unsafe {
+            if !per_cpu::dealloc_small(ptr, size) {
+                thread_cache::dealloc_small(ptr, size)
+            }
+        }
+    }
+
+    /// `FAST_LIMIT <= size <= MAX_SIZE` bytes at the minimum alignment.
+    #[inline(always)]
+    pub fn alloc_medium(size: usize) -> *mut u8 {
+        let p = per_cpu::alloc_medium(size);
+        if !p.is_null() {
+            return p;
+        }
+        thread_cache::alloc_medium(size)
+    }
+
+    /// Frees a block that [`alloc_medium`] returned for `size`.
+    ///
+    /// # Safety
+    /// - `ptr` came from `alloc_medium(size)` (or any block of the same class) and is dead.
+    #[inline(always)]
+    pub unsafe fn dealloc_medium(ptr: *mut u8, size: usize) {
+        // SAFETY: forwarded.
+        unsafe {
+            if !per_cpu::dealloc_medium(ptr, size) {
+                thread_cache::dealloc_medium(ptr, size)
+            }
+        }
+    }
+
+    /// Bytes held by both front ends (both are "thread caches" to the statistics).
+    pub fn cached_bytes() -> usize {
+        thread_cache::cached_bytes() + per_cpu::cached_bytes()
+    }
+
+    /// Empties the calling thread's cache and every CPU's.
+    pub fn flush_current() {
+        thread_cache::flush_current();
+        per_cpu::release_all();
+    }
+}
