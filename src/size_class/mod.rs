@@ -158,7 +158,7 @@ const _: () = {
         assert!(size <= SMALL_LOOKUP_MAX || size % (1 << MEDIUM_SHIFT) == 0);
         assert!(CLASSES[i].objects as usize * size <= CLASSES[i].pages as usize * PAGE_SIZE);
         assert!(CLASSES[i].objects >= 1 && CLASSES[i].batch >= 1);
-        // The page-map tag keeps a page's index in its span in one byte.
+        // A page-map tag holds a page's offset in its span below 256 pages.
         assert!(CLASSES[i].pages <= 256);
         i += 1;
     }
@@ -188,7 +188,7 @@ struct ObjectCheck {
 }
 
 /// Offsets from a span's start that [`SizeClass::is_object_start`] answers for: a page-map tag
-/// holds a page's index in its span in one byte.
+/// holds a page's offset in its span below 256 pages.
 pub(crate) const OBJECT_CHECK_RANGE: usize = 256 * PAGE_SIZE;
 
 static OBJECT_CHECK: [ObjectCheck; NUM_CLASSES] = {
