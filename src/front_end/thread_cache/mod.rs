@@ -136,7 +136,8 @@ pub struct ThreadCache {
     /// that it shares a cache line with the lists of the smallest classes.
     key: usize,
     /// [`free_list::LINK_LIMIT`] rotated right by 3 (2^45): the fast path's check of a link
-    /// (never changes).
+    /// (0 until the cache activates, so an `Uninit` cache's `free` skips the
+    /// double-free test; then never changes).
     link_limit: usize,
     hot: [HotList; NUM_CLASSES],
     limits: [ListLimits; NUM_CLASSES],
