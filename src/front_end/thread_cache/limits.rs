@@ -60,7 +60,8 @@ impl ThreadCache {
         // The object just freed is the head. It stays in the cache (the batch goes from the
         // objects after it), so that freeing it again right away is still caught: the
         // double-free check searches this list.
-        // The list is empty only when activation just sent its objects on.
+        // The list may be empty: a free that re-entered the allocator while the cache was
+        // being set up sent its objects on.
         // SAFETY: the list is this thread's and well formed.
         let kept = unsafe { free_list::pop(&mut self.hot[i].head) };
         if !kept.is_null() {

@@ -66,15 +66,16 @@ impl ThreadCache {
         // `Initializing` and keep out of the cache's lists.
         unsafe {
             (*cache).state = State::Initializing;
-            // From now on the lists are linked with the process's key: first send on what was
-            // pushed with the old one (an `Uninit` cache's key is 0).
+            // From now on the lists are linked with the process's key: first link afresh what
+            // was pushed with the old one (an `Uninit` cache's key is 0). It stays in the
+            // cache: the free that activates the cache is a thread's first, and freeing the
+            // same block again must find it here (the double-free search looks nowhere else).
             free_list::init_secret();
+            let key = free_list::secret();
             for class in SizeClass::all() {
-                if !(*cache).hot[class.index()].head.is_null() {
-                    (*cache).drain_inactive(class);
-                }
+                (*cache).rekey(class, key);
             }
-            (*cache).key = free_list::secret();
+            (*cache).key = key;
             (*cache).link_limit = free_list::LINK_LIMIT >> 3;
             // The one use of a layer above (see the crate docs): the first activation in the
             // process runs the start-up.
@@ -133,6 +134,20 @@ impl ThreadCache {
             }
             registry.threads -= 1;
             LIVE_THREADS.store(registry.threads, Relaxed);
+        }
+    }
+
+    /// Links the list of `class` afresh with `key` instead of the cache's `key`.
+    fn rekey(&mut self, class: SizeClass, key: usize) {
+        let old_key = self.key;
+        let mut object = self.hot[class.index()].head;
+        // SAFETY: the list holds dead objects of `class` pushed by `dealloc` with `old_key`.
+        unsafe {
+            while !object.is_null() {
+                let next = free_list::next_keyed(object, old_key);
+                free_list::set_next_keyed(object, next, key);
+                object = next;
+            }
         }
     }
 
