@@ -15,8 +15,9 @@
 //! tick ([`drain_idle`]), so that emptied spans can go back to the OS.
 //!
 //! New spans come from the page heap (lock order: central list, then page heap). Objects are
-//! carved lazily, a batch at a time in address order, so a fresh span's untouched tail costs no
-//! memory. Before carving a new span, a class may **borrow** free objects from the partly used
+//! carved lazily, in address order and a page at a time (every object that starts on a page
+//! the batch reaches), so a fresh span's untouched tail costs no memory; a page's tag is set
+//! when it is carved, so C `free` accepts only objects that a list or the program holds. Before carving a new span, a class may **borrow** free objects from the partly used
 //! spans of a slightly larger class (at most a third larger, at least as aligned, and only when
 //! that class holds at least [`BORROW_MIN_BYTES`] free): after a phase of the program frees most objects of one
 //! size, the holes are reused for the next size instead of growing the heap. A borrowed object
@@ -155,7 +156,7 @@ unsafe fn release_objects(mut head: *mut FreeObject) {
             // SAFETY: the page map records the span of every page of a `Small` span, and the
             // span cannot change while it holds this (allocated) object.
             let (start, bytes, owner) = unsafe {
-                let owner = ((*span).class_index(), (*span).shard as usize);
+                let owner = ((*span).class_index(), (*span).shard());
                 ((*span).start_address(), (*span).pages().bytes(), owner)
             };
             (low, high) = (start, start + bytes);
@@ -180,17 +181,58 @@ unsafe fn release_objects(mut head: *mut FreeObject) {
     }
 }
 
-/// Makes the in-use span `span` a span of `class`: its record and the page-map tags of its
-/// pages, which C `free` reads.
+/// Whether `object`, the start of an object of `class` (as its page's tag says), lies on its
+/// span's free list: it is free already, so freeing it is a double free (or the free of a
+/// slot carved with its page but never handed out). The cold half of the double-free check
+/// for a block that has left the thread's cache, run only when the block's first word looks
+/// like a link: it locks the list that owns the span and walks the span's list (at most the
+/// span's objects).
+#[cold]
+#[inline(never)]
+pub fn span_holds(object: *mut u8, class: SizeClass) -> bool {
+    let span = page_map::lookup(object as usize);
+    if span.is_null() {
+        return false;
+    }
+    // SAFETY: page-map entries point to metadata records, never unmapped; `shard` is atomic.
+    let shard = unsafe { (*span).shard() };
+    let _list = central(class, shard).lock();
+    // SAFETY: as above; under the lock of the list that owns the span (checked first, with the
+    // atomic fields), its free list is well formed and nobody else changes it.
+    unsafe {
+        let s = &*span;
+        let owned = s.kind() == SpanKind::Small
+            && s.class_index() == class.index()
+            && s.shard() == shard
+            && s.start_address() <= object as usize
+            && (object as usize) < s.start_address() + s.pages().bytes();
+        if !owned {
+            return false;
+        }
+        let mut p = s.free_list;
+        while !p.is_null() {
+            if p.cast() == object {
+                return true;
+            }
+            p = free_list::next(p);
+        }
+    }
+    false
+}
+
+/// Makes the in-use span `span` a span of `class`: its record and, if `tagged` (its objects
+/// are all carved at once), the page-map tags of its pages, which C `free` reads.
 ///
 /// # Safety
 /// - `span` is an in-use span from the page heap, recorded in the page map, that holds no
 ///   object of another class.
-unsafe fn own_span(span: *mut Span, class: SizeClass) {
+unsafe fn own_span(span: *mut Span, class: SizeClass, tagged: bool) {
     // SAFETY: per the caller.
     unsafe {
         (*span).set_class_index(class.index());
-        page_map::set_tags((*span).start(), (*span).pages(), class.index());
+        if tagged {
+            page_map::set_tags((*span).start(), 0..(*span).pages().0, class.index());
+        }
     }
 }
 
@@ -204,7 +246,7 @@ unsafe fn own_span(span: *mut Span, class: SizeClass) {
 pub unsafe fn regrow_span(span: *mut Span, from: SizeClass, to: SizeClass) -> bool {
     crate::diag::debug_invariant!(from.info().objects == 1 && to.info().objects == 1 && from < to);
     // SAFETY: the span is in use (it holds the caller's block), so its shard is settled.
-    let shard = unsafe { (*span).shard } as usize;
+    let shard = unsafe { (*span).shard() };
     // Lock order: central lists by increasing class, then the page heap.
     let mut old_list = central(from, shard).lock();
     let mut new_list = central(to, shard).lock();
@@ -213,7 +255,7 @@ pub unsafe fn regrow_span(span: *mut Span, from: SizeClass, to: SizeClass) -> bo
         return false;
     }
     // SAFETY: as above; the span is full (its one object is live), so it is on no list.
-    unsafe { own_span(span, to) };
+    unsafe { own_span(span, to, true) };
     old_list.spans -= 1;
     new_list.spans += 1;
     true
@@ -235,11 +277,11 @@ pub fn alloc_growable(class: SizeClass, shard: usize, room: Length) -> *mut u8 {
     // SAFETY: a fresh in-use span from the page heap; its only object is handed out at once,
     // so it is full and on no list.
     unsafe {
-        own_span(span, class);
+        own_span(span, class, true);
         (*span).free_list = ptr::null_mut();
         (*span).allocated = 1;
         (*span).carved = 1;
-        (*span).shard = shard as u32;
+        (*span).set_shard(shard);
         list.spans += 1;
         let block = (*span).start_address() as *mut FreeObject;
         // The pages may have held a free object before: clear its link, so that the block
@@ -492,16 +534,40 @@ impl CentralFreeList {
         let objects = class.info().objects as usize;
         // SAFETY: per the caller, a span of this list.
         let mut taken = unsafe { take_listed(s, n, head) };
-        let carve = (n - taken).min(objects - s.carved as usize);
-        if carve > 0 {
-            let first = s.start_address() + s.carved as usize * class.size();
-            for i in (0..carve).rev() {
+        let want = (n - taken).min(objects - s.carved as usize);
+        if want > 0 {
+            // Carve whole pages: every object that starts on a page the carve reaches, the ones
+            // not wanted onto the span's own list. Then a page is tagged (and C `free` accepts
+            // its object starts) only once all its objects are on lists or handed out: a free
+            // of a slot no one was given fails the tag test instead of handing the slot out
+            // twice later.
+            let size = class.size();
+            let first = s.carved as usize;
+            let page_end = ((first + want - 1) * size / PAGE_SIZE + 1) * PAGE_SIZE;
+            let end = page_end.div_ceil(size).min(objects);
+            let start = s.start_address();
+            let object = |i: usize| (start + i * size) as *mut FreeObject;
+            // The span's list is empty: `take_listed` took all of it before anything is carved.
+            crate::diag::debug_invariant!(s.free_list.is_null());
+            if first + want < end {
+                s.free_tail = object(end - 1);
+            }
+            for i in (first + want..end).rev() {
                 // SAFETY: objects below `objects` lie inside the span, which this list owns;
                 // never-carved objects are unused memory.
-                unsafe { free_list::push(head, (first + i * class.size()) as *mut FreeObject) };
+                unsafe { free_list::push(&mut s.free_list, object(i)) };
             }
-            s.carved += carve as u32;
-            taken += carve;
+            for i in (first..first + want).rev() {
+                // SAFETY: as above.
+                unsafe { free_list::push(head, object(i)) };
+            }
+            let pages = if end == objects { s.pages().0 } else { page_end / PAGE_SIZE };
+            // SAFETY: the span's pages are recorded in the page map; it is this list's.
+            unsafe {
+                page_map::set_tags(s.start(), first * size / PAGE_SIZE..pages, class.index())
+            };
+            s.carved = end as u32;
+            taken += want;
         }
         s.allocated += taken as u32;
         self.span_free -= taken;
@@ -571,12 +637,13 @@ impl CentralFreeList {
             return false;
         }
         // SAFETY: a fresh in-use span from the page heap; nobody else knows it yet.
+        // Untagged: pages are tagged as they are carved (`take_from_span`).
         unsafe {
-            own_span(span, class);
+            own_span(span, class, false);
             (*span).free_list = ptr::null_mut();
             (*span).allocated = 0;
             (*span).carved = 0;
-            (*span).shard = shard as u32;
+            (*span).set_shard(shard);
             self.nonempty.push(span);
         }
         self.spans += 1;
@@ -598,7 +665,7 @@ impl CentralFreeList {
             let s = unsafe { &*span };
             invariant_eq!(s.kind(), SpanKind::Small, "mismatch");
             invariant_eq!(s.class_index(), class.index(), "mismatch");
-            invariant_eq!(s.shard as usize, shard, "span on another shard's list");
+            invariant_eq!(s.shard(), shard, "span on another shard's list");
             // SAFETY: the span's free list is well formed.
             let listed = unsafe { free_list::count(s.free_list) };
             if listed > 0 {

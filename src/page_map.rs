@@ -206,14 +206,14 @@ pub fn tag(address: usize) -> Tag {
     unsafe { (*leaf).tags.get_unchecked(j).load(Ordering::Relaxed) }
 }
 
-/// Tags every page of `[start, start + pages)` as a span of small objects of class
-/// `class_index` (at most 256 pages).
+/// Tags pages `pages` (indices from `start`, the span's first page, below 256) as pages of a
+/// span of small objects of class `class_index`.
 ///
 /// # Safety
 /// - [`ensure`] succeeded for the range (the span's pages are recorded already).
-pub unsafe fn set_tags(start: PageId, pages: Length, class_index: usize) {
-    crate::diag::debug_invariant!(class_index != 0 && class_index < 256 && pages.0 <= 256);
-    for k in 0..pages.0 {
+pub unsafe fn set_tags(start: PageId, pages: core::ops::Range<usize>, class_index: usize) {
+    crate::diag::debug_invariant!(class_index != 0 && class_index < 256 && pages.end <= 256);
+    for k in pages {
         let (i, j) = split(PageId(start.0 + k));
         let leaf = ROOT[i].load(Ordering::Acquire);
         // SAFETY: the caller ensured the leaf; `j < LEAF_LEN`.

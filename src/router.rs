@@ -428,7 +428,7 @@ unsafe fn grow_in_place(ptr: *mut u8, old: SizeClass, new: SizeClass) -> Growth 
     }
     let room = class_for((new.size() * 2).min(MAX_SIZE), 1).unwrap_or(new);
     // SAFETY: the span is in use (it holds the caller's block), so its shard is settled.
-    let shard = unsafe { (*span).shard } as usize;
+    let shard = unsafe { (*span).shard() };
     let fresh = central_free_list::alloc_growable(new, shard, Length(room.info().pages as usize));
     if fresh.is_null() {
         Growth::No

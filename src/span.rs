@@ -21,7 +21,7 @@
 use crate::config::PAGE_SHIFT;
 use crate::free_list::FreeObject;
 use core::ptr;
-use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering::Relaxed};
 
 /// A page number: an address shifted right by `PAGE_SHIFT`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -97,8 +97,8 @@ impl SpanKind {
 ///   `kind == Small` and the span has a free object iff it is on its class's `nonempty` list;
 ///   a span is on at most one list, through `next`/`prev`.
 /// - For `Small`: `allocated + count(free_list) + (capacity - carved) == capacity`, where
-///   `capacity` is the class's objects per span; objects below `carved` were handed out at
-///   least once, the rest were never touched.
+///   `capacity` is the class's objects per span; objects below `carved` have been on a list
+///   or handed out (carving takes whole pages), the rest were never touched.
 /// - For `Large`: `[map_base, map_base + map_len)` is the whole OS mapping and the block the
 ///   program sees starts at `start` (only that page is in the page map).
 #[repr(C)]
@@ -119,8 +119,9 @@ pub struct Span {
     pub allocated: u32,
     /// `Small`: objects carved so far (the rest of the span is untouched).
     pub carved: u32,
-    /// `Small`: the central-list shard that owns the span (fixed while the span is in use).
-    pub shard: u32,
+    /// `Small`: the central-list shard that owns the span (fixed while the span is in use; an
+    /// atomic, since the double-free search reads it before it knows the span is in use).
+    shard: AtomicU32,
     /// `Large`: the whole OS mapping, and the block handed to the program inside it (`block`
     /// is read without a lock to validate C `free`).
     pub map_base: usize,
@@ -143,7 +144,7 @@ impl Span {
             free_tail: ptr::null_mut(),
             allocated: 0,
             carved: 0,
-            shard: 0,
+            shard: AtomicU32::new(0),
             map_base: 0,
             map_len: 0,
             block: AtomicUsize::new(0),
@@ -190,7 +191,7 @@ impl Span {
             (*this).free_tail = ptr::null_mut();
             (*this).allocated = 0;
             (*this).carved = 0;
-            (*this).shard = 0;
+            shared.set_shard(0);
             (*this).map_base = 0;
             (*this).map_len = 0;
             (*this).freed_at = 0;
@@ -240,6 +241,15 @@ impl Span {
     #[inline(always)]
     pub fn class_index(&self) -> usize {
         self.class.load(Relaxed) as usize
+    }
+    /// `Small`: the central-list shard that owns the span.
+    #[inline(always)]
+    pub fn shard(&self) -> usize {
+        self.shard.load(Relaxed) as usize
+    }
+    #[inline(always)]
+    pub fn set_shard(&self, shard: usize) {
+        self.shard.store(shard as u32, Relaxed)
     }
     #[inline(always)]
     pub fn set_class_index(&self, class: usize) {

@@ -357,12 +357,13 @@ extern "C" fn dealloc_slow(offset: usize) {
 }
 
 /// Aborts with `tcalloc: <caller>(): double free 0x…` if the calling thread's cache holds
-/// `object` on its list of `class` (it was freed already). The cold half of every double-free
-/// check: C `free`, `realloc`, `malloc_usable_size` and the `hardened` Rust `dealloc`.
+/// `object` on its list of `class`, or its span holds it on its own free list (it was freed
+/// already). The cold half of every double-free check: C `free`, `realloc`,
+/// `malloc_usable_size` and the `hardened` Rust `dealloc`.
 #[cold]
 #[inline(never)]
 pub fn abort_if_cached(object: *mut u8, class: SizeClass, caller: &'static str) {
-    if holds(object, class) {
+    if holds(object, class) || central_free_list::span_holds(object, class) {
         crate::diag::fatal(format_args!("{caller}(): double free {object:p}"));
     }
 }
