@@ -8,7 +8,9 @@
  * mallinfo, mallinfo2, malloc_stats, malloc_info, mallopt), C23's free_sized and
  * free_aligned_sized, jemalloc's nallocx and sdallocx, and malloc_good_size, so that
  * LD_PRELOAD=libtcalloc.so replaces the system allocator of any program. The prefixed twins
- * have the same semantics, errno included.
+ * have the same semantics, errno included. The heap-misuse checks (double frees, overwritten
+ * free lists: README, "Heap misuse") are built in with `override` or `hardened`; a library
+ * built with neither validates every pointer it is given but does not detect double frees.
  */
 #ifndef TCALLOC_H
 #define TCALLOC_H

@@ -41,16 +41,20 @@ pub use thread_cache::{
 };
 
 /// The Rust entry points with both front ends: the per-CPU caches first, the thread caches
-/// when those cannot serve.
+/// when those cannot serve. With `hardened` the thread caches serve everything: the
+/// double-free search reads their lists and the spans', not the per-CPU slabs.
 #[cfg(feature = "per-cpu")]
 mod choose {
     use super::{per_cpu, thread_cache};
     use crate::size_class::SizeClass;
 
+    /// Whether the per-CPU caches are tried at all.
+    const PER_CPU: bool = !cfg!(feature = "hardened");
+
     /// An object of `class`; null only when out of memory.
     #[inline(always)]
     pub fn alloc(class: SizeClass) -> *mut u8 {
-        let p = per_cpu::alloc(class);
+        let p = if PER_CPU { per_cpu::alloc(class) } else { core::ptr::null_mut() };
         if !p.is_null() {
             return p;
         }
@@ -65,7 +69,7 @@ mod choose {
     pub unsafe fn dealloc(ptr: *mut u8, class: SizeClass) {
         // SAFETY: forwarded.
         unsafe {
-            if !per_cpu::dealloc(ptr, class) {
+            if !(PER_CPU && per_cpu::dealloc(ptr, class)) {
                 thread_cache::dealloc(ptr, class)
             }
         }
@@ -74,7 +78,7 @@ mod choose {
     /// `size < FAST_LIMIT` bytes at the minimum alignment.
     #[inline(always)]
     pub fn alloc_small(size: usize) -> *mut u8 {
-        let p = per_cpu::alloc_small(size);
+        let p = if PER_CPU { per_cpu::alloc_small(size) } else { core::ptr::null_mut() };
         if !p.is_null() {
             return p;
         }
@@ -89,7 +93,7 @@ mod choose {
     pub unsafe fn dealloc_small(ptr: *mut u8, size: usize) {
         // SAFETY: forwarded.
         unsafe {
-            if !per_cpu::dealloc_small(ptr, size) {
+            if !(PER_CPU && per_cpu::dealloc_small(ptr, size)) {
                 thread_cache::dealloc_small(ptr, size)
             }
         }
@@ -98,7 +102,7 @@ mod choose {
     /// `FAST_LIMIT <= size <= MAX_SIZE` bytes at the minimum alignment.
     #[inline(always)]
     pub fn alloc_medium(size: usize) -> *mut u8 {
-        let p = per_cpu::alloc_medium(size);
+        let p = if PER_CPU { per_cpu::alloc_medium(size) } else { core::ptr::null_mut() };
         if !p.is_null() {
             return p;
         }
@@ -113,7 +117,7 @@ mod choose {
     pub unsafe fn dealloc_medium(ptr: *mut u8, size: usize) {
         // SAFETY: forwarded.
         unsafe {
-            if !per_cpu::dealloc_medium(ptr, size) {
+            if !(PER_CPU && per_cpu::dealloc_medium(ptr, size)) {
                 thread_cache::dealloc_medium(ptr, size)
             }
         }
