@@ -566,8 +566,17 @@ static MOVE_LOCK: Lock<()> = Lock::new(());
 mod tests {
     use super::*;
 
+    /// Serialises the tests here that map and unmap: one of them needs the address after its
+    /// block to stay taken, which another's `flush` or `free` could undo.
+    static MAPPING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn mapping_lock() -> std::sync::MutexGuard<'static, ()> {
+        MAPPING.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     #[test]
     fn map_record_free() {
+        let _serial = mapping_lock();
         let size = LARGE_THRESHOLD + 12345;
         let p = alloc(size, 8, false);
         assert!(!p.is_null());
@@ -584,6 +593,7 @@ mod tests {
 
     #[test]
     fn realloc_out_of_memory_leaves_the_block_where_it_was() {
+        let _serial = mapping_lock();
         let size = 2 * LARGE_THRESHOLD;
         let p = alloc(size, 8, false);
         assert!(!p.is_null());
@@ -628,6 +638,7 @@ mod tests {
 
     #[test]
     fn over_aligned_blocks() {
+        let _serial = mapping_lock();
         for align in [8192usize, 1 << 16, 1 << 20, 1 << 22] {
             let p = alloc(LARGE_THRESHOLD + 1, align, false);
             assert_eq!(p as usize % align, 0);
@@ -646,6 +657,7 @@ mod tests {
 
     #[test]
     fn realloc_moves_contents() {
+        let _serial = mapping_lock();
         let p = alloc(LARGE_THRESHOLD + 1, 8, false);
         // SAFETY: live large block, written then grown.
         unsafe {
@@ -732,6 +744,7 @@ mod tests {
 
     #[test]
     fn growing_a_cached_mapping_keeps_its_pages() {
+        let _serial = mapping_lock();
         let old = 2 * LARGE_THRESHOLD;
         let new = 5 * LARGE_THRESHOLD;
         let p = os::map(old).unwrap().as_ptr();
@@ -786,6 +799,7 @@ mod tests {
 
     #[test]
     fn repeated_blocks_reuse_one_mapping() {
+        let _serial = mapping_lock();
         let size = 6 << 20;
         let mut seen = Vec::new();
         for _ in 0..4 {
