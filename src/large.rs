@@ -9,15 +9,16 @@
 //! would pay an `mmap`, a page fault per 4 KiB and an `munmap` every time. So freed mappings
 //! may be kept, resident, in a cache and handed out again. Its size follows the program: at
 //! most [`CACHE_ENTRIES`] ranges and [`CACHE_BYTES`] bytes, or as many bytes as are mapped for
-//! live large blocks if that is more (see [`cache_limit`]; a mapping is kept only if it is at
-//! most half the limit). A program that cycles through a working set of big blocks thus finds
-//! its freed blocks resident, as glibc's programs find them in its heap once its mmap
-//! threshold has risen, while a program that frees its blocks lowers the limit as it frees and
-//! the cache unmaps what is over it at once: resident memory is never more than twice what
-//! the live large blocks need, plus [`CACHE_BYTES`]. A request takes the smallest cached range
-//! that holds it, split when the rest is worth keeping; if none does, the largest range is
-//! grown with `mremap` (moved if need be, which moves page tables, not bytes), so that only the
-//! missing tail is faulted in fresh. Freed ranges merge with cached neighbours.
+//! live large blocks if that is more, up to [`CACHE_MAX_BYTES`] (see [`cache_limit`]; a
+//! mapping is kept only if it is at most half the limit). A program that cycles through a
+//! working set of big blocks thus finds its freed blocks resident, as glibc's programs find
+//! them in its heap once its mmap threshold has risen, while a program that frees its blocks
+//! lowers the limit as it frees and the cache unmaps what is over it at once: freed large
+//! blocks never keep more resident than the live ones need, plus [`CACHE_BYTES`], and never
+//! more than [`CACHE_MAX_BYTES`]. A request takes the smallest cached range that holds it,
+//! split when the rest is worth keeping; if none does, the largest range is grown with
+//! `mremap` (moved if need be, which moves page tables, not bytes), so that only the missing
+//! tail is faulted in fresh. Freed ranges merge with cached neighbours.
 //!
 //! The cache is adaptive, like glibc's mmap threshold: it only keeps mappings while the
 //! program shows it reuses them — a large allocation that a mapping unmapped in the last
@@ -26,9 +27,12 @@
 //! are unmapped (checked on every large operation and on the release policy's tick), so the
 //! memory does go back to the OS.
 //!
-//! Measured and left out: `MADV_HUGEPAGE` on new mappings cut malloc-large's page faults from
-//! 220 000 to 30 000 but not its kernel time (0.9 to 1.1 s against 0.4 to 0.55 s: with THP
-//! `defrag=madvise` a fault may compact memory), and one run in three took twice as long.
+//! Measured (with `/usr/bin/time`) and left out: `MADV_HUGEPAGE` on new mappings cut
+//! malloc-large's page faults from 220 000 to 30 000 but not its kernel time (0.9 to 1.1 s
+//! against 0.4 to 0.55 s: with THP `defrag=madvise` a fault may compact memory), and one run
+//! in three took twice as long. Not tried: `MADV_FREE` on cached mappings, which would not
+//! lower the resident memory reported (lazily freed pages stay counted until the kernel needs
+//! them) and would cost a system call per free.
 //!
 //! Entry points: [`alloc`], [`free`], [`realloc`], [`usable_size`], [`decay`], [`flush`],
 //! [`stats`]. Layers below: `page_map`, `metadata`, `os`.
@@ -47,10 +51,14 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 pub const CACHE_BYTES: usize = 64 << 20;
 /// Beyond [`CACHE_BYTES`], the cache may keep as many bytes as are mapped for live large
 /// blocks, divided by this. On mimalloc-bench's malloc-large (at most 20 live blocks of 5 to
-/// 25 MiB), a divisor of 1 faulted 210 000 pages in and peaked at 560 MiB resident, 2 faulted
-/// 560 000 pages and peaked at 530 MiB, 4 faulted 1.1 million pages (glibc: 510 000 and 534
-/// MiB).
+/// 25 MiB; `/usr/bin/time`), a divisor of 1 faulted 210 000 pages in and peaked at 560 MiB
+/// resident, 2 faulted 560 000 pages and peaked at 530 MiB, 4 faulted 1.1 million pages
+/// (glibc: 510 000 and 534 MiB).
 pub const CACHE_LIVE_DIVISOR: usize = 1;
+/// The cache never keeps more than this, however many bytes the live blocks take: as the page
+/// heap's adaptive reserve, 1 GiB, so that a program with tens of GiB of large blocks does not
+/// keep as much again resident in freed ones.
+pub const CACHE_MAX_BYTES: usize = 1 << 30;
 /// Most mappings the cache keeps.
 pub const CACHE_ENTRIES: usize = 64;
 /// Room for every entry and the mapping being freed, evicted at once.
@@ -282,12 +290,14 @@ impl MappingCache {
     }
 }
 
-/// How many bytes the cache may keep while `live` bytes are mapped for live large blocks: the
-/// larger of [`CACHE_BYTES`] and `live / CACHE_LIVE_DIVISOR`. A mapping may be cached if it is
-/// at most half of that.
+/// How many bytes the cache may keep while `live` bytes are mapped for live large blocks:
+/// `live / CACHE_LIVE_DIVISOR`, but at least [`CACHE_BYTES`] and at most [`CACHE_MAX_BYTES`]. A
+/// mapping may be cached if it is at most half of that.
 const fn cache_limit(live: usize) -> usize {
     let relative = live / CACHE_LIVE_DIVISOR;
-    if relative > CACHE_BYTES {
+    if relative > CACHE_MAX_BYTES {
+        CACHE_MAX_BYTES
+    } else if relative > CACHE_BYTES {
         relative
     } else {
         CACHE_BYTES
@@ -717,6 +727,11 @@ mod tests {
         assert_eq!((n, cache.bytes), (3, 60 * MIB));
         assert!(cache.bytes <= CACHE_BYTES);
         cache.check_invariants();
+        // However many bytes are live, the cache keeps at most 1 GiB.
+        assert_eq!(cache_limit(300 * MIB), 300 * MIB);
+        assert_eq!(cache_limit(64 << 30), CACHE_MAX_BYTES);
+        let m = Mapping { base: 40 << 30, len: CACHE_MAX_BYTES / 2 + 4096, ..NO_MAPPING };
+        assert_eq!(cache.put(m, 80, 64 << 30, &mut evicted), 1, "over half of 1 GiB: not kept");
     }
 
     #[test]
