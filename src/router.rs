@@ -74,7 +74,13 @@ pub fn alloc_c(size: usize) -> *mut u8 {
 /// - `ptr` came from [`alloc`] (or a realloc) with this `size` and `align`, and is unused.
 #[inline(always)]
 pub unsafe fn dealloc_sized(ptr: *mut u8, size: usize, align: usize) {
-    #[cfg(any(feature = "hardened", debug_assertions))]
+    #[cfg(feature = "hardened")]
+    // SAFETY: per the caller.
+    if let Some(scaled_class) = unsafe { hardened_small_object(ptr, size, align) } {
+        // SAFETY: validated, and checked not free on the way in.
+        return unsafe { front_end::dealloc_checked(ptr, scaled_class, "dealloc") };
+    }
+    #[cfg(all(debug_assertions, not(feature = "hardened")))]
     // SAFETY: per the caller.
     unsafe {
         check_sized_free(ptr, size, align)
@@ -285,24 +291,55 @@ fn was_freed(ptr: *mut u8) -> bool {
 ///
 /// # Safety
 /// - `ptr` is a block of this allocator, or the check aborts.
-#[cfg(any(feature = "hardened", debug_assertions))]
+#[cfg(all(debug_assertions, not(feature = "hardened")))]
 #[inline]
 unsafe fn check_sized_free(ptr: *mut u8, size: usize, align: usize) {
     let Some(class) = class_for(size, align) else { return };
     let Some(found) = small_object(ptr) else { bad_pointer("dealloc", ptr) };
-    if !central_free_list::may_hold(class, found) {
-        crate::diag::fatal(format_args!(
-            "dealloc(): the layout (size {size}, align {align}) does not match the block at \
-             {ptr:p}, a {}-byte object",
-            found.size()
-        ));
+    check_layout(class, found, ptr, size, align);
+}
+
+/// Aborts unless an object of the layout's `class` may be the `found`-class object at `ptr`.
+#[cfg(any(feature = "hardened", debug_assertions))]
+#[inline(always)]
+fn check_layout(class: SizeClass, found: SizeClass, ptr: *mut u8, size: usize, align: usize) {
+    if class != found && !central_free_list::may_hold(class, found) {
+        layout_mismatch(found, ptr, size, align)
     }
-    #[cfg(feature = "hardened")]
-    // SAFETY: a validated object. Rust's `dealloc` pushes it on the list of its layout's class
-    // (not `found`, when it was borrowed from a larger class), so that is the list to search.
-    unsafe {
-        check_not_free(ptr, class, "dealloc")
-    };
+}
+
+#[cfg(any(feature = "hardened", debug_assertions))]
+#[cold]
+#[inline(never)]
+fn layout_mismatch(found: SizeClass, ptr: *mut u8, size: usize, align: usize) -> ! {
+    crate::diag::fatal(format_args!(
+        "dealloc(): the layout (size {size}, align {align}) does not match the block at \
+         {ptr:p}, a {}-byte object",
+        found.size()
+    ))
+}
+
+/// With `hardened`, Rust's `dealloc` of a small object takes C `free`'s path: the block is
+/// validated through its page's tag, its layout is checked against the block's class, and
+/// it is pushed by the checked push ([`front_end::dealloc_checked`]: the double-free test) onto
+/// the list of the block's class (a block borrowed from a larger class goes back there, as
+/// with C `free`). Returns that class times 16, or `None` for a layout no class serves (page
+/// runs and large blocks take the ordinary path).
+///
+/// # Safety
+/// - `ptr` is a block of this allocator, or the check aborts.
+#[cfg(feature = "hardened")]
+#[inline(always)]
+unsafe fn hardened_small_object(ptr: *mut u8, size: usize, align: usize) -> Option<usize> {
+    let class = class_for(size, align)?;
+    let scaled = small_object_scaled(ptr);
+    if scaled == 0 {
+        bad_pointer("dealloc", ptr);
+    }
+    // SAFETY: a class index times 16 that a page-map tag held.
+    let found = unsafe { SizeClass::from_tag(scaled / 16) };
+    check_layout(class, found, ptr, size, align);
+    Some(scaled)
 }
 
 /// Aborts with `tcalloc: <caller>(): invalid pointer 0x...`.
