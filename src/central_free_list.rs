@@ -220,6 +220,93 @@ pub fn span_holds(object: *mut u8, class: SizeClass) -> bool {
     false
 }
 
+/// Sets `s.carved` to `carved` and tags the pages that are now carved whole: a page gets its
+/// tag (and C `free` accepts its object starts on the fast path) only once every object that
+/// starts on it has been on a list or handed out, so that a free of a slot no one was given
+/// never passes for an object.
+///
+/// # Safety
+/// - `s` is a `Small` span of `class` owned by the list whose lock the caller holds;
+///   `carved` is at least `s.carved` and at most the class's objects per span.
+unsafe fn tag_carved_pages(s: &mut Span, class: SizeClass, carved: usize) {
+    let objects = class.info().objects as usize;
+    let whole = |carved: usize| {
+        if carved == objects {
+            s.pages().0
+        } else {
+            carved * class.size() / PAGE_SIZE
+        }
+    };
+    let (from, to) = (whole(s.carved as usize), whole(carved));
+    if from < to {
+        // SAFETY: the span's pages are in the page map; the caller's list owns the span.
+        unsafe { page_map::set_tags(s.start(), from..to, class.index()) };
+    }
+    s.carved = carved as u32;
+}
+
+/// C `free`'s slow path for a pointer whose page has no tag, which may be an object handed
+/// out from a page of a span that is not carved whole yet: if it is a carved object (an object
+/// start below the span's carved count), the rest of its page is carved onto the span's free
+/// list and the page tagged (unless that happened already), so that this and later frees of
+/// the page's objects take the fast path; true then, and the caller reads the tag again.
+/// False for anything else (the caller aborts). Cold: at most once per page,
+/// and only for pages whose objects are freed by address (C `free`, `realloc`,
+/// `malloc_usable_size`, `hardened` Rust `dealloc`); Rust's sized `dealloc` never reads tags.
+#[cold]
+#[inline(never)]
+pub fn complete_page(object: *mut u8) -> bool {
+    let address = object as usize;
+    let span = page_map::lookup(address);
+    if span.is_null() {
+        return false;
+    }
+    // SAFETY: page-map entries point to metadata records, never unmapped; the fields read
+    // before the lock are atomics.
+    let (class, shard) = unsafe { ((*span).class_index(), (*span).shard()) };
+    let Some(class) = SizeClass::new(class) else { return false };
+    let list = central(class, shard).lock();
+    // SAFETY: as above; the span's plain fields are read and written only under the lock of
+    // the list that owns it, which the atomic fields say this is (checked under the lock).
+    unsafe {
+        let s = &mut *span;
+        let owned = s.kind() == SpanKind::Small
+            && s.class_index() == class.index()
+            && s.shard() == shard
+            && address.wrapping_sub(s.start_address()) < s.pages().bytes();
+        if !owned {
+            return false;
+        }
+        let offset = address - s.start_address();
+        let size = class.size();
+        let objects = class.info().objects as usize;
+        let carved = s.carved as usize;
+        if offset % size != 0 || offset / size >= carved {
+            return false;
+        }
+        // A page carved whole is tagged already (by another thread since the caller looked,
+        // perhaps): the caller looks again.
+        let page_end = (offset / PAGE_SIZE + 1) * PAGE_SIZE;
+        if carved == objects || carved * size >= page_end {
+            return true;
+        }
+        // Carve every object that starts on the pointer's page onto the span's own list. The
+        // span has uncarved objects, so it is on `nonempty` and stays there; its free count
+        // (which counts uncarved objects too) does not change.
+        let end = page_end.div_ceil(size).min(objects);
+        let start = s.start_address();
+        if s.free_list.is_null() {
+            s.free_tail = (start + (end - 1) * size) as *mut FreeObject;
+        }
+        for i in (carved..end).rev() {
+            free_list::push(&mut s.free_list, (start + i * size) as *mut FreeObject);
+        }
+        tag_carved_pages(s, class, end);
+        drop(list);
+    }
+    true
+}
+
 /// Makes the in-use span `span` a span of `class`: its record and, if `tagged` (its objects
 /// are all carved at once), the page-map tags of its pages, which C `free` reads.
 ///
@@ -534,40 +621,17 @@ impl CentralFreeList {
         let objects = class.info().objects as usize;
         // SAFETY: per the caller, a span of this list.
         let mut taken = unsafe { take_listed(s, n, head) };
-        let want = (n - taken).min(objects - s.carved as usize);
-        if want > 0 {
-            // Carve whole pages: every object that starts on a page the carve reaches, the ones
-            // not wanted onto the span's own list. Then a page is tagged (and C `free` accepts
-            // its object starts) only once all its objects are on lists or handed out: a free
-            // of a slot no one was given fails the tag test instead of handing the slot out
-            // twice later.
-            let size = class.size();
-            let first = s.carved as usize;
-            let page_end = ((first + want - 1) * size / PAGE_SIZE + 1) * PAGE_SIZE;
-            let end = page_end.div_ceil(size).min(objects);
-            let start = s.start_address();
-            let object = |i: usize| (start + i * size) as *mut FreeObject;
-            // The span's list is empty: `take_listed` took all of it before anything is carved.
-            crate::diag::debug_invariant!(s.free_list.is_null());
-            if first + want < end {
-                s.free_tail = object(end - 1);
-            }
-            for i in (first + want..end).rev() {
+        let carve = (n - taken).min(objects - s.carved as usize);
+        if carve > 0 {
+            let first = s.start_address() + s.carved as usize * class.size();
+            for i in (0..carve).rev() {
                 // SAFETY: objects below `objects` lie inside the span, which this list owns;
                 // never-carved objects are unused memory.
-                unsafe { free_list::push(&mut s.free_list, object(i)) };
+                unsafe { free_list::push(head, (first + i * class.size()) as *mut FreeObject) };
             }
-            for i in (first..first + want).rev() {
-                // SAFETY: as above.
-                unsafe { free_list::push(head, object(i)) };
-            }
-            let pages = if end == objects { s.pages().0 } else { page_end / PAGE_SIZE };
-            // SAFETY: the span's pages are recorded in the page map; it is this list's.
-            unsafe {
-                page_map::set_tags(s.start(), first * size / PAGE_SIZE..pages, class.index())
-            };
-            s.carved = end as u32;
-            taken += want;
+            // SAFETY: this list owns the span.
+            unsafe { tag_carved_pages(s, class, s.carved as usize + carve) };
+            taken += carve;
         }
         s.allocated += taken as u32;
         self.span_free -= taken;

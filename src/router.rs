@@ -249,6 +249,10 @@ pub fn resolve(ptr: *mut u8) -> Block {
     // field read here is atomic.
     let s = unsafe { &*span };
     match s.kind() {
+        // An object on a page of its span not carved whole yet: tagged once completed.
+        SpanKind::Small if central_free_list::complete_page(ptr) => {
+            small_object(ptr).map_or(Block::Invalid, Block::Small)
+        }
         SpanKind::PageRun if s.start_address() == address => Block::PageRun,
         SpanKind::Large if s.block() == address => Block::Large,
         _ => Block::Invalid,
@@ -295,7 +299,9 @@ fn was_freed(ptr: *mut u8) -> bool {
 #[inline]
 unsafe fn check_sized_free(ptr: *mut u8, size: usize, align: usize) {
     let Some(class) = class_for(size, align) else { return };
-    let Some(found) = small_object(ptr) else { bad_pointer("dealloc", ptr) };
+    let found = small_object(ptr)
+        .or_else(|| central_free_list::complete_page(ptr).then(|| small_object(ptr)).flatten());
+    let Some(found) = found else { bad_pointer("dealloc", ptr) };
     check_layout(class, found, ptr, size, align);
 }
 
@@ -332,7 +338,10 @@ fn layout_mismatch(found: SizeClass, ptr: *mut u8, size: usize, align: usize) ->
 #[inline(always)]
 unsafe fn hardened_small_object(ptr: *mut u8, size: usize, align: usize) -> Option<usize> {
     let class = class_for(size, align)?;
-    let scaled = small_object_scaled(ptr);
+    let mut scaled = small_object_scaled(ptr);
+    if scaled == 0 && central_free_list::complete_page(ptr) {
+        scaled = small_object_scaled(ptr);
+    }
     if scaled == 0 {
         bad_pointer("dealloc", ptr);
     }
@@ -493,8 +502,9 @@ pub unsafe fn free_unsized(ptr: *mut u8, caller: &'static str) {
     }
 }
 
-/// [`free_unsized`] of anything but a small object: null (nothing to do), a page run or a
-/// large block, or a pointer to abort on.
+/// [`free_unsized`] of anything but a small object on a tagged page: null (nothing to do), an
+/// object on a page of its span not carved whole yet (the page is completed and tagged, and the
+/// object freed as any other), a page run or a large block, or a pointer to abort on.
 ///
 /// # Safety
 /// - as for [`free_unsized`].
@@ -503,10 +513,18 @@ pub unsafe fn free_unsized(ptr: *mut u8, caller: &'static str) {
 #[cold]
 #[inline(never)]
 unsafe extern "C" fn free_other(ptr: *mut u8, caller: &'static str) {
-    if !ptr.is_null() {
-        // SAFETY: per the caller.
-        unsafe { free_span_block(ptr, caller) }
+    if ptr.is_null() {
+        return;
     }
+    if central_free_list::complete_page(ptr) {
+        let scaled_class = small_object_scaled(ptr);
+        if scaled_class != 0 {
+            // SAFETY: validated, dead per the caller (or caught as free).
+            return unsafe { front_end::dealloc_checked(ptr, scaled_class, caller) };
+        }
+    }
+    // SAFETY: per the caller.
+    unsafe { free_span_block(ptr, caller) }
 }
 
 /// The size of the live block at `ptr` and what it is; aborts on a pointer this allocator did

@@ -551,8 +551,10 @@ pub fn check_invariants() {
         for slot in h.begin..h.current {
             // SAFETY: a slot of the CPU's slab.
             let object = unsafe { slab::slot(cpu, slot as usize) } as usize;
-            let tag = crate::page_map::tag(object) as usize & (crate::config::PAGE_SIZE - 1);
-            let span_class = SizeClass::new(tag / 16);
+            let span = crate::page_map::lookup(object);
+            // SAFETY: a metadata record (never unmapped); `class_index` is atomic.
+            let tag = if span.is_null() { 0 } else { unsafe { (*span).class_index() } };
+            let span_class = SizeClass::new(tag);
             crate::diag::invariant!(
                 object % 8 == 0 && span_class.is_some_and(|found| found.size() >= class.size()),
                 "cpu {cpu} class {k}: slot {slot} holds {object:#x}, tag {tag:#x}"
