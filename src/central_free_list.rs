@@ -263,7 +263,11 @@ pub fn complete_page(object: *mut u8) -> bool {
     }
     // SAFETY: page-map entries point to metadata records, never unmapped; the fields read
     // before the lock are atomics.
-    let (class, shard) = unsafe { ((*span).class_index(), (*span).shard()) };
+    let (kind, class, shard) = unsafe { ((*span).kind(), (*span).class_index(), (*span).shard()) };
+    // Page runs and large blocks (most pointers that come here) take no lock.
+    if kind != SpanKind::Small {
+        return false;
+    }
     let Some(class) = SizeClass::new(class) else { return false };
     let list = central(class, shard).lock();
     // SAFETY: as above; the span's plain fields are read and written only under the lock of

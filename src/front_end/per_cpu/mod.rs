@@ -553,11 +553,11 @@ pub fn check_invariants() {
             let object = unsafe { slab::slot(cpu, slot as usize) } as usize;
             let span = crate::page_map::lookup(object);
             // SAFETY: a metadata record (never unmapped); `class_index` is atomic.
-            let tag = if span.is_null() { 0 } else { unsafe { (*span).class_index() } };
-            let span_class = SizeClass::new(tag);
+            let span_index = if span.is_null() { 0 } else { unsafe { (*span).class_index() } };
+            let span_class = SizeClass::new(span_index);
             crate::diag::invariant!(
                 object % 8 == 0 && span_class.is_some_and(|found| found.size() >= class.size()),
-                "cpu {cpu} class {k}: slot {slot} holds {object:#x}, tag {tag:#x}"
+                "cpu {cpu} class {k}: slot {slot} holds {object:#x}, span class {span_index}"
             );
         }
         match counted {
