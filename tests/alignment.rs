@@ -3,19 +3,11 @@
 //! the first phase may be reused (a class borrows free objects of a slightly larger class), but
 //! never at the cost of the alignment the request asked for.
 
+mod rng;
+use rng::Rng;
+
 use std::alloc::{GlobalAlloc, Layout};
 use tcalloc::TcAlloc;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 /// Allocates `bytes` of blocks of `first`, frees 90% of them at random, then allocates
 /// `count` blocks of `second` and checks each one's alignment. Returns how many were

@@ -3,6 +3,9 @@
 //! holes are reused and resident memory barely grows; every block stays intact and apart.
 //! One test function, because resident memory is a property of the whole process.
 
+mod rng;
+use rng::Rng;
+
 use std::alloc::{GlobalAlloc, Layout};
 use tcalloc::TcAlloc;
 
@@ -14,17 +17,6 @@ const MIB: usize = 1 << 20;
 fn resident() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     statm.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 4096
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 #[test]

@@ -7,6 +7,9 @@
 //! first owner's check fails.
 #![cfg(feature = "per-cpu")]
 
+mod rng;
+use rng::Rng;
+
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
 use std::sync::{mpsc, Arc, Mutex};
@@ -84,22 +87,6 @@ impl Block {
         }
         // SAFETY: allocated with this layout, unused from here.
         unsafe { TcAlloc.dealloc(self.ptr, self.layout) };
-    }
-}
-
-/// A small deterministic random generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 

@@ -51,14 +51,30 @@ mod choose {
     /// Whether the per-CPU caches are tried at all.
     const PER_CPU: bool = !cfg!(feature = "hardened");
 
+    /// The per-CPU caches' block, else (null: they cannot serve) the thread caches'.
+    #[inline(always)]
+    fn take(per_cpu: impl FnOnce() -> *mut u8, thread_cache: impl FnOnce() -> *mut u8) -> *mut u8 {
+        let p = if PER_CPU { per_cpu() } else { core::ptr::null_mut() };
+        if p.is_null() {
+            thread_cache()
+        } else {
+            p
+        }
+    }
+
+    /// Gives a block to the per-CPU caches, else (false: they cannot take it) to the thread
+    /// caches.
+    #[inline(always)]
+    fn give(per_cpu: impl FnOnce() -> bool, thread_cache: impl FnOnce()) {
+        if !(PER_CPU && per_cpu()) {
+            thread_cache()
+        }
+    }
+
     /// An object of `class`; null only when out of memory.
     #[inline(always)]
     pub fn alloc(class: SizeClass) -> *mut u8 {
-        let p = if PER_CPU { per_cpu::alloc(class) } else { core::ptr::null_mut() };
-        if !p.is_null() {
-            return p;
-        }
-        thread_cache::alloc(class)
+        take(|| per_cpu::alloc(class), || thread_cache::alloc(class))
     }
 
     /// Frees an object of `class`.
@@ -67,22 +83,18 @@ mod choose {
     /// - `ptr` is a block of `class` handed out by this allocator and no longer used.
     #[inline(always)]
     pub unsafe fn dealloc(ptr: *mut u8, class: SizeClass) {
-        // SAFETY: forwarded.
-        unsafe {
-            if !(PER_CPU && per_cpu::dealloc(ptr, class)) {
-                thread_cache::dealloc(ptr, class)
-            }
-        }
+        give(
+            // SAFETY: forwarded.
+            || unsafe { per_cpu::dealloc(ptr, class) },
+            // SAFETY: forwarded.
+            || unsafe { thread_cache::dealloc(ptr, class) },
+        )
     }
 
     /// `size < FAST_LIMIT` bytes at the minimum alignment.
     #[inline(always)]
     pub fn alloc_small(size: usize) -> *mut u8 {
-        let p = if PER_CPU { per_cpu::alloc_small(size) } else { core::ptr::null_mut() };
-        if !p.is_null() {
-            return p;
-        }
-        thread_cache::alloc_small(size)
+        take(|| per_cpu::alloc_small(size), || thread_cache::alloc_small(size))
     }
 
     /// Frees a block that [`alloc_small`] returned for `size`.
@@ -91,22 +103,18 @@ mod choose {
     /// - `ptr` came from `alloc_small(size)` (or any block of the same class) and is dead.
     #[inline(always)]
     pub unsafe fn dealloc_small(ptr: *mut u8, size: usize) {
-        // SAFETY: forwarded.
-        unsafe {
-            if !(PER_CPU && per_cpu::dealloc_small(ptr, size)) {
-                thread_cache::dealloc_small(ptr, size)
-            }
-        }
+        give(
+            // SAFETY: forwarded.
+            || unsafe { per_cpu::dealloc_small(ptr, size) },
+            // SAFETY: forwarded.
+            || unsafe { thread_cache::dealloc_small(ptr, size) },
+        )
     }
 
     /// `FAST_LIMIT <= size <= MAX_SIZE` bytes at the minimum alignment.
     #[inline(always)]
     pub fn alloc_medium(size: usize) -> *mut u8 {
-        let p = if PER_CPU { per_cpu::alloc_medium(size) } else { core::ptr::null_mut() };
-        if !p.is_null() {
-            return p;
-        }
-        thread_cache::alloc_medium(size)
+        take(|| per_cpu::alloc_medium(size), || thread_cache::alloc_medium(size))
     }
 
     /// Frees a block that [`alloc_medium`] returned for `size`.
@@ -115,12 +123,12 @@ mod choose {
     /// - `ptr` came from `alloc_medium(size)` (or any block of the same class) and is dead.
     #[inline(always)]
     pub unsafe fn dealloc_medium(ptr: *mut u8, size: usize) {
-        // SAFETY: forwarded.
-        unsafe {
-            if !(PER_CPU && per_cpu::dealloc_medium(ptr, size)) {
-                thread_cache::dealloc_medium(ptr, size)
-            }
-        }
+        give(
+            // SAFETY: forwarded.
+            || unsafe { per_cpu::dealloc_medium(ptr, size) },
+            // SAFETY: forwarded.
+            || unsafe { thread_cache::dealloc_medium(ptr, size) },
+        )
     }
 
     /// Bytes held by both front ends (both are "thread caches" to the statistics).
