@@ -22,9 +22,9 @@
 //! free (the prefixed C `tcalloc_free` of such a build validates the pointer but does not
 //! detect a double free).
 //!
-//! The thread caches keep a copy of the key (0 until a cache is set up) and check a popped
-//! link with a rotate and one compare (rotated right by 3, a valid link is below
-//! `LINK_LIMIT >> 3`); every other reader checks [`LINK_MASK`]. Both test the same thing.
+//! The thread caches keep copies of the key and of [`LINK_MASK`] (both 0 until a cache is set
+//! up), so that the fast path checks a popped link with one `test` against a field it reaches
+//! anyway.
 //!
 //! Entry points: [`push`], [`pop`], [`next`], [`set_next`], [`split_front`], [`count`],
 //! [`looks_free`], [`take_object`]. No layer below.
@@ -52,9 +52,6 @@ pub struct FreeObject {
 
 /// Bits that are zero in every object address (user space below 2^48, 8-aligned).
 pub const LINK_MASK: usize = 0xFFFF_0000_0000_0007;
-
-/// Every object address is below this (the fast path's shorter check, without alignment).
-pub const LINK_LIMIT: usize = 1 << 48;
 
 /// The per-process key of the link encoding; 0 until [`init_secret`].
 static SECRET: AtomicUsize = AtomicUsize::new(0);

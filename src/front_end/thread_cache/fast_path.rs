@@ -80,12 +80,12 @@ fn pop(offset: usize) -> *mut u8 {
         if head.is_null() {
             return alloc_slow(offset / size_of::<HotList>());
         }
-        // Decode and check the link (see `free_list`): rotated right by 3, a valid link (below
-        // 2^48, 8-aligned) is below 2^45, so one compare with a field of the cache checks both
-        // (the mask would need its constant loaded first).
+        // Decode and check the link (see `free_list`): a valid link (below 2^48, 8-aligned)
+        // has no bit of the mask set, which one `test` with the cache's copy of the mask
+        // checks (a constant mask would need its own load first).
         let next = if free_list::CHECKS {
             let next = (*head).link_word() ^ (*cache).key;
-            if next.rotate_right(3) >= (*cache).link_limit {
+            if next & (*cache).link_mask != 0 {
                 return pop_corrupted(head);
             }
             next
@@ -198,7 +198,7 @@ pub unsafe fn dealloc_checked(ptr: *mut u8, scaled_class: usize, caller: &'stati
     unsafe {
         if free_list::CHECKS {
             let word = ptr.cast::<usize>().read() ^ (*cache).key;
-            if word.rotate_right(3) < (*cache).link_limit {
+            if word & (*cache).link_mask == 0 {
                 return dealloc_suspect(ptr, scaled_class, caller);
             }
         }

@@ -135,10 +135,12 @@ pub struct ThreadCache {
     /// program linking tcalloc reaches through its GOT: two loads instead of one). First, so
     /// that it shares a cache line with the lists of the smallest classes.
     key: usize,
-    /// [`free_list::LINK_LIMIT`] rotated right by 3 (2^45): the fast path's check of a link
-    /// (0 until the cache activates, so an `Uninit` cache's `free` skips the
-    /// double-free test; then never changes).
-    link_limit: usize,
+    /// [`free_list::LINK_MASK`]: the fast path's check of a link (no bit of it set in a valid
+    /// one). 0 until the cache activates, so that the cache is all zeros (`.tbss`); an
+    /// `Uninit` cache's lists are empty, so its pops never read it, and its first `free` takes
+    /// the double-free search (every word passes for a link) before the push that activates
+    /// it. It never changes after that.
+    link_mask: usize,
     hot: [HotList; NUM_CLASSES],
     limits: [ListLimits; NUM_CLASSES],
     state: State,
@@ -178,7 +180,7 @@ impl ThreadCache {
             prev: ptr::null_mut(),
             published_bytes: AtomicUsize::new(0),
             key: 0,
-            link_limit: 0,
+            link_mask: 0,
         }
     }
 
@@ -201,7 +203,7 @@ impl ThreadCache {
             c += 1;
         }
         self.key == 0
-            && self.link_limit == 0
+            && self.link_mask == 0
             && self.state as u8 == 0
             && self.capacity == 0
             && self.budget == 0

@@ -76,7 +76,7 @@ impl ThreadCache {
                 (*cache).rekey(class, key);
             }
             (*cache).key = key;
-            (*cache).link_limit = free_list::LINK_LIMIT >> 3;
+            (*cache).link_mask = free_list::LINK_MASK;
             // The one use of a layer above (see the crate docs): the first activation in the
             // process runs the start-up.
             crate::lifecycle::ensure_initialized();
