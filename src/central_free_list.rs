@@ -240,7 +240,7 @@ unsafe fn tag_carved_pages(s: &mut Span, class: SizeClass, carved: usize) {
     let (from, to) = (whole(s.carved as usize), whole(carved));
     if from < to {
         // SAFETY: the span's pages are in the page map; the caller's list owns the span.
-        unsafe { page_map::set_tags(s.start(), from..to, class.index()) };
+        unsafe { page_map::set_tags(s, from..to, class.index()) };
     }
     s.carved = carved as u32;
 }
@@ -322,7 +322,7 @@ unsafe fn own_span(span: *mut Span, class: SizeClass, tagged: bool) {
     unsafe {
         (*span).set_class_index(class.index());
         if tagged {
-            page_map::set_tags((*span).start(), 0..(*span).pages().0, class.index());
+            page_map::set_tags(span, 0..(*span).pages().0, class.index());
         }
     }
 }

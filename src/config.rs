@@ -35,6 +35,13 @@ pub const MAX_EXACT_PAGES: usize = 128;
 /// The page heap grows from the OS by at least this many bytes at a time, aligned to it.
 pub const HEAP_GROWTH_BYTES: usize = 4 << 20;
 
+/// Address space reserved for the page heap's arena (see `page_heap`): 32 GiB, inaccessible
+/// and unbacked until the heap grows into it. C `free` validates objects of the arena through
+/// a flat index of 8 bytes per page (`page_map`), 32 MiB of address space that the OS backs
+/// only where touched. A heap that outgrows the arena, or a process that cannot reserve it,
+/// maps further chunks anywhere; their frees take a slower path.
+pub const ARENA_BYTES: usize = 32 << 30;
+
 /// Most objects one thread-cache list may hold.
 pub const MAX_LIST_LENGTH: u32 = 32768;
 

@@ -1,5 +1,5 @@
-//! The OS behind one small contract: the only module that calls `mmap`, `munmap`, `mremap` and
-//! `madvise`.
+//! The OS behind one small contract: the only module that calls `mmap`, `munmap`, `mremap`,
+//! `mprotect` and `madvise`.
 //!
 //! Preconditions, stated once for every function here: addresses and lengths passed in are
 //! multiples of [`OS_PAGE_SIZE`] and lengths are non-zero. Errors are returned (`None` or
@@ -39,8 +39,48 @@ pub fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
     if align == OS_PAGE_SIZE {
         return map(len);
     }
+    trim_to(len, align, map(len.checked_add(align)?)?)
+}
+
+/// Reserves `len` bytes of address space aligned to `align` (a power of two, at least the OS
+/// page), with no access and no memory behind it: it costs the process address space only
+/// (and no overcommit charge) until [`commit`] opens parts of it.
+pub fn reserve(len: usize, align: usize) -> Option<NonNull<u8>> {
+    crate::diag::debug_invariant!(align.is_power_of_two() && align >= OS_PAGE_SIZE);
     let total = len.checked_add(align)?;
-    let base = map(total)?.as_ptr() as usize;
+    // SAFETY: as in `map`; the mapping is inaccessible.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            total,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    trim_to(len, align, NonNull::new(p.cast())?)
+}
+
+/// Opens `[p, p + len)` of a [`reserve`]d range for reading and writing (zeroed memory, as
+/// from [`map`], accounted as it is); false when the kernel refuses.
+///
+/// # Safety
+/// - `[p, p + len)` lies in a range that [`reserve`] returned and was not committed before.
+pub unsafe fn commit(p: *mut u8, len: usize) -> bool {
+    crate::diag::debug_invariant!(p as usize % OS_PAGE_SIZE == 0 && len % OS_PAGE_SIZE == 0);
+    // SAFETY: by the caller's contract the range is reserved by us and holds nothing.
+    unsafe { libc::mprotect(p.cast(), len, libc::PROT_READ | libc::PROT_WRITE) == 0 }
+}
+
+/// The `len` bytes aligned to `align` inside the fresh mapping at `mapped` of `len + align`
+/// bytes; the slack on both sides is unmapped.
+fn trim_to(len: usize, align: usize, mapped: NonNull<u8>) -> Option<NonNull<u8>> {
+    let total = len + align;
+    let base = mapped.as_ptr() as usize;
     let start = (base + align - 1) & !(align - 1);
     let end = start + len;
     if start > base {
@@ -108,6 +148,16 @@ pub unsafe fn remap(p: *mut u8, old_len: usize, new_len: usize) -> Option<NonNul
     } else {
         NonNull::new(q.cast())
     }
+}
+
+/// The process's limit on address space (`RLIMIT_AS`) in bytes, `None` if unlimited.
+pub fn address_space_limit() -> Option<usize> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a valid out-parameter.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } != 0 {
+        return None;
+    }
+    (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur as usize)
 }
 
 /// Resident set size of this process in bytes, read from `/proc/self/statm` without

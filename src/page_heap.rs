@@ -44,7 +44,7 @@ const MAX_ADAPTIVE_PAGES: usize = (1 << 30) / PAGE_SIZE;
 pub const ADAPTIVE_WINDOW_MS: u64 = 100;
 
 /// The process's page heap.
-pub static PAGE_HEAP: Lock<PageHeap> = Lock::new(PageHeap::new());
+pub static PAGE_HEAP: Lock<PageHeap> = Lock::new(PageHeap::in_arena());
 
 /// Byte counts of the page heap.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -89,6 +89,9 @@ pub struct PageHeap {
     /// How soon a reuse must follow a release to count, and how long the adaptive part lasts
     /// without one: the decay time, but at most [`ADAPTIVE_WINDOW_MS`].
     window_ms: u64,
+    /// Whether the heap grows into the arena (the process's heap does; the arena is one, and
+    /// a second heap's chunks beside the first's would coalesce with them).
+    arena: bool,
     /// Deallocations so far, to run `check_invariants` now and then in debug builds.
     #[cfg(debug_assertions)]
     debug_ops: usize,
@@ -108,6 +111,7 @@ impl Default for PageHeap {
 }
 
 impl PageHeap {
+    /// A heap that maps its chunks anywhere (tests make their own).
     pub const fn new() -> PageHeap {
         PageHeap {
             free: [const { SpanList::new() }; MAX_EXACT_PAGES + 1],
@@ -122,9 +126,15 @@ impl PageHeap {
             adaptive_pages: 0,
             last_reuse_ms: 0,
             window_ms: ADAPTIVE_WINDOW_MS,
+            arena: false,
             #[cfg(debug_assertions)]
             debug_ops: 0,
         }
+    }
+
+    /// The process's heap, which takes its chunks from the arena while it can.
+    const fn in_arena() -> PageHeap {
+        PageHeap { arena: true, ..PageHeap::new() }
     }
 
     fn list(&mut self, kind: SpanKind, pages: Length) -> &mut SpanList {
@@ -481,13 +491,17 @@ impl PageHeap {
         if record.is_null() {
             return false;
         }
-        let memory = os::map_aligned(bytes, HEAP_GROWTH_BYTES);
+        let from_arena = if self.arena { arena::take(bytes) } else { None };
+        let memory = from_arena.or_else(|| os::map_aligned(bytes, HEAP_GROWTH_BYTES));
         let start = memory.map(|m| PageId::containing(m.as_ptr() as usize));
         let chunk = Length(bytes / PAGE_SIZE);
         let Some(start) = start.filter(|&s| page_map::ensure(s, chunk)) else {
-            if let Some(m) = memory {
+            match (from_arena, memory) {
+                // SAFETY: the chunk was just taken and never handed out.
+                (Some(m), _) => unsafe { arena::put_back(m.as_ptr(), bytes) },
                 // SAFETY: the chunk was just mapped and never handed out.
-                unsafe { os::unmap(m.as_ptr(), bytes) };
+                (None, Some(m)) => unsafe { os::unmap(m.as_ptr(), bytes) },
+                (None, None) => {}
             }
             // SAFETY: the record was never used.
             unsafe { metadata::delete_span(record) };
@@ -617,6 +631,101 @@ impl PageHeap {
         invariant_eq!(free, self.free_pages, "free page count");
         invariant_eq!(returned, self.returned_pages, "returned page count");
         invariant_eq!(free + returned + self.in_use_pages, self.system_pages, "page totals");
+    }
+}
+
+/// The arena: one region of address space reserved up front
+/// ([`ARENA_BYTES`](crate::config::ARENA_BYTES)), from which the page heap takes its chunks in
+/// order, so that C `free` can validate its objects through the page map's flat arena index.
+/// Chunks are opened with `mprotect` as they are taken; a heap that outgrows the arena, or a
+/// process that cannot reserve it, maps its further chunks anywhere. Under a limit on address
+/// space (`RLIMIT_AS`) the reservation takes at most a quarter of it, and a refused one is
+/// halved down to 64 MiB before the heap goes without.
+pub mod arena {
+    use crate::config::{ARENA_BYTES, HEAP_GROWTH_BYTES, PAGE_SIZE};
+    use crate::os;
+    use crate::page_map;
+    use crate::sync::Lock;
+    use core::ptr::NonNull;
+
+    struct Arena {
+        /// Whether the reservation was tried.
+        tried: bool,
+        /// The next chunk, the end and the length of the reservation (all 0 without one).
+        next: usize,
+        end: usize,
+        len: usize,
+    }
+
+    static ARENA: Lock<Arena> = Lock::new(Arena { tried: false, next: 0, end: 0, len: 0 });
+
+    const _: () = assert!(page_map::ARENA_UNUSED_PAGES * PAGE_SIZE <= HEAP_GROWTH_BYTES);
+
+    /// The smallest arena worth reserving: 16 chunks.
+    const MIN_ARENA_BYTES: usize = 16 * HEAP_GROWTH_BYTES;
+
+    /// The next `bytes` of the arena (a multiple of `HEAP_GROWTH_BYTES`), opened for reading
+    /// and writing; `None` when there is no arena or it is used up.
+    pub fn take(bytes: usize) -> Option<NonNull<u8>> {
+        let mut arena = ARENA.lock();
+        if !arena.tried {
+            arena.tried = true;
+            // Under a limit on address space, at most a quarter of it (the rest of the heap
+            // can still grow anywhere; large blocks, stacks and libraries need it too).
+            let most = os::address_space_limit().map_or(ARENA_BYTES, |limit| limit / 4);
+            let mut len = ARENA_BYTES;
+            while len > most {
+                len /= 2;
+            }
+            while len >= MIN_ARENA_BYTES {
+                if let Some(base) = os::reserve(len, HEAP_GROWTH_BYTES) {
+                    let base = base.as_ptr() as usize;
+                    page_map::set_arena(base);
+                    // The first chunk stays closed: its first pages' index words are the
+                    // index's zero record.
+                    arena.next = base + HEAP_GROWTH_BYTES;
+                    arena.end = base + len;
+                    arena.len = len;
+                    break;
+                }
+                len /= 2;
+            }
+        }
+        if arena.end - arena.next < bytes {
+            return None;
+        }
+        let chunk = arena.next as *mut u8;
+        // SAFETY: the range lies in the reservation, after every chunk taken so far.
+        if !unsafe { os::commit(chunk, bytes) } {
+            return None;
+        }
+        arena.next += bytes;
+        NonNull::new(chunk)
+    }
+
+    /// Bytes of address space reserved for the arena (0 without one), and bytes of it the heap
+    /// took (the first, closed chunk included).
+    pub fn bytes() -> (usize, usize) {
+        let arena = ARENA.lock();
+        match arena.end {
+            0 => (0, 0),
+            end => {
+                let base = end - arena.len;
+                (arena.len, arena.next - base)
+            }
+        }
+    }
+
+    /// Gives back the chunk that [`take`] returned last, which was never used; it stays open
+    /// and is taken again next.
+    ///
+    /// # Safety
+    /// - `[p, p + bytes)` is the last chunk [`take`] returned, and nothing uses it.
+    pub unsafe fn put_back(p: *mut u8, bytes: usize) {
+        let mut arena = ARENA.lock();
+        if arena.next == p as usize + bytes {
+            arena.next = p as usize;
+        }
     }
 }
 

@@ -15,16 +15,28 @@
 //!   (class and page index) and never the span record, so validating and freeing a small
 //!   object costs two dependent loads and no read of memory that other threads rewrite.
 //!
+//! **The arena index.** The page heap takes its memory from one reserved region, the arena
+//! ([`ARENA_BYTES`](crate::config::ARENA_BYTES), see `page_heap`), as long as it can. For the
+//! pages of the arena a second, flat map serves C `free`'s fast path ([`arena_object`]): one
+//! word per page, the distance from the index itself to the [`FreeCheck`] record of the
+//! page's span (in the span record), or 0 where the page has no tag. Distance 0 leads to the
+//! index's own first four words, which stay zero (the arena's first pages are never handed
+//! out), so such a page needs no test of its own: the zero record passes no address. Validating
+//! a small object is then a subtraction, a compare, one load from the index and the record's
+//! test, with no branch for a missing leaf; the tags serve everything else (and chunks
+//! outside the arena). [`set_tags`] and [`clear_tags`] keep both in step.
+//!
 //! Entry points: [`get`], [`lookup`], [`tag`], [`ensure`], [`set`], [`set_range`], [`clear`],
-//! [`set_tags`], [`clear_tags`]. Layer
-//! below: `os` (for leaves), `metadata` (accounting).
+//! [`set_tags`], [`clear_tags`], [`set_arena`], [`arena_object`]. Layers below: `size_class`
+//! (the object test), `os` (for leaves), `metadata` (accounting).
 
-use crate::config::{ADDRESS_BITS, PAGE_SHIFT};
+use crate::config::{ADDRESS_BITS, ARENA_BYTES, PAGE_SHIFT};
 use crate::metadata;
 use crate::os;
-use crate::span::{Length, PageId, Span};
+use crate::size_class;
+use crate::span::{FreeCheck, Length, PageId, Span};
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 const LEAF_BITS: usize = 18;
 const ROOT_BITS: usize = ADDRESS_BITS - PAGE_SHIFT - LEAF_BITS;
@@ -206,32 +218,130 @@ pub fn tag(address: usize) -> Tag {
     unsafe { (*leaf).tags.get_unchecked(j).load(Ordering::Relaxed) }
 }
 
-/// Tags pages `pages` (indices from `start`, the span's first page, below 256) as pages of a
-/// span of small objects of class `class_index`.
+/// Tags pages `pages` (indices from the first page of `span`, below 256) as pages of a span
+/// of small objects of class `class_index`; in the arena, also sets the span's [`FreeCheck`]
+/// record and points the pages' index words at it.
 ///
 /// # Safety
-/// - [`ensure`] succeeded for the range (the span's pages are recorded already).
-pub unsafe fn set_tags(start: PageId, pages: core::ops::Range<usize>, class_index: usize) {
+/// - `span` is a live record; [`ensure`] succeeded for its pages (they are recorded already).
+pub unsafe fn set_tags(span: *mut Span, pages: core::ops::Range<usize>, class_index: usize) {
     crate::diag::debug_invariant!(class_index != 0 && class_index < 256 && pages.end <= 256);
+    // SAFETY: per the caller.
+    let s = unsafe { &*span };
+    let start = s.start();
+    if in_arena(start) {
+        let (factor, limit) = size_class::object_check(class_index);
+        s.check.set(start.address(), factor, limit, class_index << TAG_CLASS_SHIFT);
+    }
+    // The record's distance from the index; the provenance of `span` is exposed, for
+    // `arena_object` to read the record back through it.
+    let distance = (ptr::addr_of!(s.check) as usize).wrapping_sub(ARENA_INDEX.as_ptr() as usize);
     for k in pages {
-        let (i, j) = split(PageId(start.0 + k));
+        let page = PageId(start.0 + k);
+        let (i, j) = split(page);
         let leaf = ROOT[i].load(Ordering::Acquire);
         // SAFETY: the caller ensured the leaf; `j < LEAF_LEN`.
         unsafe { (*leaf).tags.get_unchecked(j).store(make_tag(class_index, k), Ordering::Relaxed) };
+        if let Some(word) = arena_word(page) {
+            word.store(distance, Ordering::Relaxed);
+        }
     }
 }
 
-/// Clears the tags of `[start, start + pages)`.
+/// Clears the tags of `[start, start + pages)` (and their arena index words).
 ///
 /// # Safety
 /// - [`ensure`] succeeded for the range.
 pub unsafe fn clear_tags(start: PageId, pages: Length) {
     for k in 0..pages.0 {
-        let (i, j) = split(PageId(start.0 + k));
+        let page = PageId(start.0 + k);
+        let (i, j) = split(page);
         let leaf = ROOT[i].load(Ordering::Acquire);
         // SAFETY: the caller ensured the leaf; `j < LEAF_LEN`.
         unsafe { (*leaf).tags.get_unchecked(j).store(0, Ordering::Relaxed) };
+        if let Some(word) = arena_word(page) {
+            word.store(0, Ordering::Relaxed);
+        }
     }
+}
+
+/// Pages in the arena, and words in its index.
+const ARENA_PAGES: usize = ARENA_BYTES >> PAGE_SHIFT;
+
+/// The arena's first address; 0 until [`set_arena`] (every address then maps to an index word
+/// that is never set, or beyond the index).
+static ARENA_BASE: AtomicUsize = AtomicUsize::new(0);
+
+/// `ARENA_BASE` negated (wrapping), for [`arena_object`].
+static ARENA_BASE_NEG: AtomicUsize = AtomicUsize::new(0);
+
+/// The arena index (see the module docs): for page `k` of the arena, the distance from this
+/// array to the [`FreeCheck`] record of its span, or 0. The first four words are the zero
+/// record that distance 0 names: never set, since pages `0..4` of the arena are never used.
+static ARENA_INDEX: [AtomicUsize; ARENA_PAGES] = [const { AtomicUsize::new(0) }; ARENA_PAGES];
+
+/// Pages at the start of the arena that are never handed out (their index words are the zero
+/// record).
+pub const ARENA_UNUSED_PAGES: usize =
+    core::mem::size_of::<FreeCheck>() / core::mem::size_of::<AtomicUsize>();
+
+/// Records `base` (aligned to a page) as the start of the arena, once, before any of its pages
+/// is tagged. Pages `0..ARENA_UNUSED_PAGES` of it must never be.
+pub fn set_arena(base: usize) {
+    crate::diag::debug_invariant!(base % (1 << PAGE_SHIFT) == 0 && base != 0);
+    crate::diag::debug_invariant!(ARENA_BASE.load(Ordering::Relaxed) == 0, "arena set twice");
+    ARENA_BASE.store(base, Ordering::Relaxed);
+    ARENA_BASE_NEG.store(base.wrapping_neg(), Ordering::Relaxed);
+}
+
+/// The arena's first address (0 before the page heap reserved it), for tests.
+#[cfg(test)]
+pub fn arena_base() -> usize {
+    ARENA_BASE.load(Ordering::Relaxed)
+}
+
+/// Whether `page` lies in the arena.
+fn in_arena(page: PageId) -> bool {
+    let base = ARENA_BASE.load(Ordering::Relaxed);
+    base != 0 && page.address().wrapping_sub(base) < ARENA_BYTES
+}
+
+/// The index word of `page`, if it lies in the arena.
+fn arena_word(page: PageId) -> Option<&'static AtomicUsize> {
+    if !in_arena(page) {
+        return None;
+    }
+    let k = (page.address() - ARENA_BASE.load(Ordering::Relaxed)) >> PAGE_SHIFT;
+    crate::diag::debug_invariant!(k >= ARENA_UNUSED_PAGES, "arena page {k} is never used");
+    Some(&ARENA_INDEX[k])
+}
+
+/// C `free`'s validation of `address` in the arena: 16 times its class if it is the start of
+/// an object on a tagged page of a span of small objects there, else `None` (anything
+/// outside the arena too: the caller then asks the tags). A subtraction and a compare, one
+/// load from the index, and the record's test (`FreeCheck::object`); no branch for pages with
+/// nothing recorded, whose word leads to the zero record.
+#[inline(always)]
+pub fn arena_object(address: usize) -> Option<usize> {
+    // The base is kept negated, so that the compiler can add the address to the register it
+    // loads it into (it does not fold an atomic load into arithmetic).
+    let k = address.wrapping_add(ARENA_BASE_NEG.load(Ordering::Relaxed)) >> PAGE_SHIFT;
+    // The index's last word is never read: against a bound that is not a power of two, the
+    // test is one compare of `k`, which the page number needs anyway.
+    if k >= ARENA_PAGES - 1 {
+        return None;
+    }
+    let index = ARENA_INDEX.as_ptr();
+    // SAFETY: `k < ARENA_PAGES`.
+    let distance = unsafe { (*index.add(k)).load(Ordering::Relaxed) };
+    // SAFETY: a word is 0 (the zero record at the start of the index) or the distance to the
+    // record of a span whose provenance `set_tags` exposed; records live in metadata, never
+    // unmapped, and are read through atomics only (a stale word names a record that may have
+    // been reused, which at worst accepts a pointer that is not a live block, as a stale tag
+    // would).
+    let check: &FreeCheck =
+        unsafe { &*ptr::with_exposed_provenance((index as usize).wrapping_add(distance)) };
+    check.object(address)
 }
 
 /// Records `span` for `page`.

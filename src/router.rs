@@ -338,7 +338,8 @@ fn layout_mismatch(found: SizeClass, ptr: *mut u8, size: usize, align: usize) ->
 #[inline(always)]
 unsafe fn hardened_small_object(ptr: *mut u8, size: usize, align: usize) -> Option<usize> {
     let class = class_for(size, align)?;
-    let mut scaled = small_object_scaled(ptr);
+    let mut scaled =
+        page_map::arena_object(ptr as usize).unwrap_or_else(|| small_object_scaled(ptr));
     if scaled == 0 && central_free_list::complete_page(ptr) {
         scaled = small_object_scaled(ptr);
     }
@@ -490,21 +491,23 @@ unsafe fn grow_in_place(ptr: *mut u8, old: SizeClass, new: SizeClass) -> Growth 
 /// # Safety
 /// - If `ptr` is a block of this allocator, it is unused.
 ///
-/// Null is a page-map miss like any pointer that is not a small object, so `free(NULL)` is
-/// answered on the cold path and costs the fast path nothing.
+/// The fast path validates objects of the page heap's arena through the page map's arena
+/// index ([`page_map::arena_object`]); everything else, null included (so `free(NULL)` costs
+/// the fast path nothing), takes the cold path.
 #[inline(always)]
 pub unsafe fn free_unsized(ptr: *mut u8, caller: &'static str) {
-    match small_object_scaled(ptr) {
-        // SAFETY: as below, for the other kinds.
-        0 => unsafe { free_other(ptr, caller) },
+    match page_map::arena_object(ptr as usize) {
         // SAFETY: a validated object of the class, dead per the caller (or caught as free).
-        scaled_class => unsafe { front_end::dealloc_checked(ptr, scaled_class, caller) },
+        Some(scaled_class) => unsafe { front_end::dealloc_checked(ptr, scaled_class, caller) },
+        // SAFETY: as below, for the other kinds.
+        None => unsafe { free_other(ptr, caller) },
     }
 }
 
-/// [`free_unsized`] of anything but a small object on a tagged page: null (nothing to do), an
-/// object on a page of its span not carved whole yet (the page is completed and tagged, and the
-/// object freed as any other), a page run or a large block, or a pointer to abort on.
+/// [`free_unsized`] of anything but a small object on a tagged page of the arena: null
+/// (nothing to do), a small object outside the arena (validated through its tag), an object on
+/// a page of its span not carved whole yet (the page is completed and tagged, and the object
+/// freed as any other), a page run or a large block, or a pointer to abort on.
 ///
 /// # Safety
 /// - as for [`free_unsized`].
@@ -515,6 +518,11 @@ pub unsafe fn free_unsized(ptr: *mut u8, caller: &'static str) {
 unsafe extern "C" fn free_other(ptr: *mut u8, caller: &'static str) {
     if ptr.is_null() {
         return;
+    }
+    let scaled_class = small_object_scaled(ptr);
+    if scaled_class != 0 {
+        // SAFETY: validated, dead per the caller (or caught as free).
+        return unsafe { front_end::dealloc_checked(ptr, scaled_class, caller) };
     }
     if central_free_list::complete_page(ptr) {
         let scaled_class = small_object_scaled(ptr);
@@ -633,4 +641,56 @@ pub unsafe fn realloc_unsized(
         }
     }
     fresh
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::size_class::SizeClass;
+
+    /// C `free`'s two ways to validate a small object agree: for every address in and around
+    /// an object of every class (objects of the process heap, in the arena), the arena index
+    /// gives the class exactly where the page's tag does, and nothing elsewhere. Also
+    /// addresses that are no object: the arena's unused first pages, null, the top of the
+    /// address space, the stack.
+    #[test]
+    fn the_arena_index_and_the_tags_agree() {
+        let mut held = Vec::new();
+        for class in SizeClass::all() {
+            let size = class.size();
+            let p = front_end::alloc(class);
+            assert!(!p.is_null());
+            // Completes the object's page if it was carved in part (as C `free` would).
+            assert_eq!(resolve(p), Block::Small(class), "class {}", class.index());
+            let a = p as usize;
+            assert_eq!(page_map::arena_object(a), Some(class.index() * 16), "{size}: {p:p}");
+            let step = if size <= 4096 { 1 } else { 64 };
+            let from = a.saturating_sub(size + 64) & !(PAGE_SIZE - 1);
+            for probe in (from..a + 2 * size + 64).step_by(step) {
+                let by_tag = small_object_scaled(probe as *mut u8);
+                let by_index = page_map::arena_object(probe).unwrap_or(0);
+                assert_eq!(by_index, by_tag, "class size {size}: {probe:#x} (object {a:#x})");
+            }
+            held.push((p, class));
+        }
+        let (reserved, used) = crate::page_heap::arena::bytes();
+        assert!(reserved >= 1 << 30 && used > 0, "the process heap lies in the arena");
+        let stack = 0u64;
+        for wild in [0, 8, usize::MAX, usize::MAX - 7, 1 << 47, &stack as *const u64 as usize] {
+            assert_eq!(page_map::arena_object(wild), None, "{wild:#x}");
+        }
+        // The arena's first chunk is never handed out; its first words are the zero record.
+        let base = page_map::arena_base();
+        for probe in (base..base + 8 * PAGE_SIZE).step_by(8) {
+            assert_eq!(page_map::arena_object(probe), None, "{probe:#x}");
+        }
+        let end = base + reserved;
+        for probe in [end - PAGE_SIZE, end - 8, end, end + 4096] {
+            assert_eq!(page_map::arena_object(probe), None, "{probe:#x}");
+        }
+        for (p, class) in held {
+            // SAFETY: a live block of `class`, freed once.
+            unsafe { front_end::dealloc(p, class) };
+        }
+    }
 }

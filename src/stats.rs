@@ -145,6 +145,12 @@ pub struct Stats {
     pub large_blocks: usize,
     /// Bytes of freed large mappings kept for reuse.
     pub large_cache_bytes: usize,
+    /// Address space reserved for the page heap's arena (no memory: see the README's "How it
+    /// is built"); 0 if the process could not reserve it, and then every C `free` takes the
+    /// slower path.
+    pub arena_reserved_bytes: usize,
+    /// Bytes of the arena the page heap has taken (its chunks beyond are mapped elsewhere).
+    pub arena_used_bytes: usize,
     /// Bytes mapped for the allocator's own metadata.
     pub metadata_bytes: usize,
     /// Span records in use (one per span of pages and per large block).
@@ -188,7 +194,10 @@ pub fn stats() -> Stats {
     let large = large::stats();
     let page_runs = PAGE_RUN_BYTES.load(Relaxed);
     let metadata = metadata::stats();
+    let (arena_reserved_bytes, arena_used_bytes) = crate::page_heap::arena::bytes();
     Stats {
+        arena_reserved_bytes,
+        arena_used_bytes,
         allocated_bytes: (objects_out_bytes + page_runs + large.mapped_bytes)
             .saturating_sub(thread_cache_bytes),
         thread_cache_bytes,
@@ -260,6 +269,8 @@ impl fmt::Display for Stats {
         for (name, bytes) in rows {
             writeln!(f, "{name:<24}{}", Bytes(bytes))?;
         }
+        writeln!(f, "{:<24}{}", "arena reserved", Bytes(self.arena_reserved_bytes))?;
+        writeln!(f, "{:<24}{}", "arena used", Bytes(self.arena_used_bytes))?;
         writeln!(f, "{:<24}{:>13}", "large blocks", self.large_blocks)?;
         writeln!(f, "{:<24}{:>13}", "span records", self.span_records)?;
         writeln!(f, "{:<24}{:>13}", "threads with a cache", self.threads)?;

@@ -8,7 +8,14 @@ use common::{library, text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The probe program, compiled once per test process (tests run in parallel: compiling it
+/// again while another test runs it fails with "text file busy").
 fn compile() -> PathBuf {
+    static PROGRAM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PROGRAM.get_or_init(compile_now).clone()
+}
+
+fn compile_now() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("probe_free");
     let status = Command::new("cc")
@@ -26,10 +33,56 @@ fn run(mode: &str) -> Output {
     Command::new(compile()).arg(mode).env("LD_PRELOAD", library()).output().expect("run")
 }
 
+/// [`run`] with the address space limited to 200 MiB, too little for the page heap's arena
+/// (which takes at most a quarter of the limit, and at least 64 MiB): every `free` then
+/// validates through the page's tag.
+fn run_without_arena(mode: &str) -> Output {
+    run_limited(mode, 200 << 20)
+}
+
+/// [`run`] with the address space limited to `bytes`.
+fn run_limited(mode: &str, bytes: u64) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(compile());
+    command.arg(mode).env("LD_PRELOAD", library());
+    // SAFETY: `setrlimit` is async-signal-safe and touches no state of the parent.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    command.output().expect("run")
+}
+
+/// The report's `arena reserved` line, trimmed.
+fn arena_line(out: &Output) -> String {
+    let stderr = text(&out.stderr);
+    let line = stderr.lines().find(|l| l.starts_with("arena reserved"));
+    line.unwrap_or_else(|| panic!("no arena line in {stderr}")).to_string()
+}
+
 fn stopped_with(out: &Output, expected: &str) -> bool {
     use std::os::unix::process::ExitStatusExt;
     out.status.signal() == Some(libc::SIGABRT) && text(&out.stderr).contains(expected)
 }
+
+/// Asserts that the run of `what` stopped with one of the `expected` messages.
+fn assert_stopped(out: &Output, expected: &[&str], what: &str) {
+    assert!(
+        expected.iter().any(|e| stopped_with(out, e)),
+        "{what}: {:?}\n{}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+const INVALID: &str = "tcalloc: free(): invalid pointer 0x";
+const DOUBLE: &str = "tcalloc: free(): double free 0x";
 
 /// Holds: every interior offset, the bytes around the object on its pages, high bits, kernel
 /// and non-canonical addresses, small integers, TLS and static addresses stop the program.
@@ -47,15 +100,7 @@ fn every_offset_that_is_not_an_object_start_stops_the_program() {
 #[test]
 fn free_of_a_slot_never_handed_out_stops_the_program() {
     for mode in ["uncarved-2048-1", "uncarved-2048-3", "uncarved-20480-1"] {
-        let out = run(mode);
-        assert!(
-            stopped_with(&out, "tcalloc: free(): invalid pointer 0x")
-                || stopped_with(&out, "tcalloc: free(): double free 0x"),
-            "{mode}: {:?}\n{}{}",
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr)
-        );
+        assert_stopped(&run(mode), &[INVALID, DOUBLE], mode);
     }
 }
 
@@ -64,12 +109,36 @@ fn free_of_a_slot_never_handed_out_stops_the_program() {
 /// second free did not look, and the block was handed out twice).
 #[test]
 fn double_free_as_a_fresh_threads_first_call_stops_the_program() {
-    let out = run("fresh-thread");
-    assert!(
-        stopped_with(&out, "tcalloc: free(): double free 0x"),
-        "{:?}\n{}{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_stopped(&run("fresh-thread"), &[DOUBLE], "fresh-thread");
+}
+
+/// A double free among blocks of every small size stops the program (with the arena, and
+/// through the tags without it).
+#[test]
+fn double_free_stops_the_program_with_and_without_the_arena() {
+    assert_stopped(&run("twice"), &[DOUBLE], "twice");
+    assert_stopped(&run_without_arena("twice"), &[DOUBLE], "twice, without the arena");
+}
+
+/// Where the arena cannot be reserved, the heap maps its chunks elsewhere and C `free`
+/// validates through the tags: the same probes stop the program (and the report says that
+/// there is no arena, so the probes did not pass through it).
+#[test]
+fn without_the_arena_free_validates_through_the_tags() {
+    let with = run("stats");
+    assert!(with.status.success());
+    assert!(arena_line(&with).contains("GiB"), "{}", arena_line(&with));
+    let without = run_without_arena("stats");
+    assert!(without.status.success(), "{:?} {}", without.status, text(&without.stderr));
+    assert!(arena_line(&without).ends_with(" 0   B"), "{}", arena_line(&without));
+    // Under a limit of 2 GiB, the arena takes a quarter of it.
+    let limited = run_limited("stats", 2 << 30);
+    assert!(arena_line(&limited).ends_with(" 512.00 MiB"), "{}", arena_line(&limited));
+
+    let out = run_without_arena("sweep");
+    let stdout = text(&out.stdout);
+    assert!(out.status.success() && stdout.contains("accepted 0"), "{stdout}{}", text(&out.stderr));
+    for mode in ["uncarved-2048-1", "uncarved-20480-1", "fresh-thread"] {
+        assert_stopped(&run_without_arena(mode), &[INVALID, DOUBLE], mode);
+    }
 }

@@ -228,6 +228,14 @@ pub(crate) unsafe fn is_object_start_scaled(scaled_class: usize, offset: usize) 
 }
 const _: () = assert!(core::mem::size_of::<ObjectCheck>() == 16);
 
+/// The `(factor, limit)` of the object-start test of class `class_index` (below
+/// [`NUM_CLASSES`], not 0): an offset `x` below [`OBJECT_CHECK_RANGE`] from the start of a span
+/// of the class is an object's iff `x * factor < limit` (64-bit, wrapping).
+pub(crate) fn object_check(class_index: usize) -> (u64, u64) {
+    let check = &OBJECT_CHECK[class_index];
+    (check.factor, check.limit)
+}
+
 impl SizeClass {
     /// The alignment every object of this class has, and so the most that a request served
     /// by it may rely on: objects sit at multiples of `size()` from a page boundary, so this is

@@ -11,6 +11,9 @@
  *                allocates the class until the span is used up: prints "duplicate" when a
  *                block is handed out twice while live. Exits 0 if nothing stopped it.
  *   fresh-thread a thread that never called malloc frees a block twice, back to back.
+ *   twice        frees a block of each of a few sizes (and one of every small size) and
+ *                frees the first of them again.
+ *   stats        mallocs and frees a few blocks, then prints malloc_stats() (on stderr).
  */
 #include <malloc.h>
 #include <pthread.h>
@@ -182,6 +185,22 @@ static int fresh_thread(void) {
     return 0;
 }
 
+static int twice(void) {
+    void *blocks[1025];
+    for (int i = 0; i <= 1024; i++) blocks[i] = opaque(malloc(i));
+    for (int i = 1024; i >= 0; i--) free(blocks[i]);
+    void *p = opaque(malloc(64));
+    free(p);
+    free(opaque(p));
+    return 0;
+}
+
+static int stats(void) {
+    for (int i = 1; i <= 4096; i *= 2) free(opaque(malloc(i)));
+    malloc_stats();
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
     if (!strcmp(mode, "sweep")) return sweep();
@@ -192,6 +211,8 @@ int main(int argc, char **argv) {
         return uncarved(size, slot);
     }
     if (!strcmp(mode, "fresh-thread")) return fresh_thread();
+    if (!strcmp(mode, "twice")) return twice();
+    if (!strcmp(mode, "stats")) return stats();
     fprintf(stderr, "unknown mode %s\n", mode);
     return 2;
 }
