@@ -57,6 +57,9 @@ pub struct PageHeapStats {
     pub returned_bytes: usize,
     /// Bytes in spans handed out (objects and page runs).
     pub in_use_bytes: usize,
+    /// Address space reserved for the arena (0 without one), and bytes of it taken.
+    pub arena_reserved_bytes: usize,
+    pub arena_used_bytes: usize,
 }
 
 /// The page heap.
@@ -89,9 +92,8 @@ pub struct PageHeap {
     /// How soon a reuse must follow a release to count, and how long the adaptive part lasts
     /// without one: the decay time, but at most [`ADAPTIVE_WINDOW_MS`].
     window_ms: u64,
-    /// Whether the heap grows into the arena (the process's heap does; the arena is one, and
-    /// a second heap's chunks beside the first's would coalesce with them).
-    arena: bool,
+    /// Where the process's heap takes its chunks first.
+    arena: arena::Arena,
     /// Deallocations so far, to run `check_invariants` now and then in debug builds.
     #[cfg(debug_assertions)]
     debug_ops: usize,
@@ -126,7 +128,7 @@ impl PageHeap {
             adaptive_pages: 0,
             last_reuse_ms: 0,
             window_ms: ADAPTIVE_WINDOW_MS,
-            arena: false,
+            arena: arena::Arena::new(false),
             #[cfg(debug_assertions)]
             debug_ops: 0,
         }
@@ -134,7 +136,7 @@ impl PageHeap {
 
     /// The process's heap, which takes its chunks from the arena while it can.
     const fn in_arena() -> PageHeap {
-        PageHeap { arena: true, ..PageHeap::new() }
+        PageHeap { arena: arena::Arena::new(true), ..PageHeap::new() }
     }
 
     fn list(&mut self, kind: SpanKind, pages: Length) -> &mut SpanList {
@@ -491,14 +493,14 @@ impl PageHeap {
         if record.is_null() {
             return false;
         }
-        let from_arena = if self.arena { arena::take(bytes) } else { None };
+        let from_arena = self.arena.take(bytes);
         let memory = from_arena.or_else(|| os::map_aligned(bytes, HEAP_GROWTH_BYTES));
         let start = memory.map(|m| PageId::containing(m.as_ptr() as usize));
         let chunk = Length(bytes / PAGE_SIZE);
         let Some(start) = start.filter(|&s| page_map::ensure(s, chunk)) else {
             match (from_arena, memory) {
                 // SAFETY: the chunk was just taken and never handed out.
-                (Some(m), _) => unsafe { arena::put_back(m.as_ptr(), bytes) },
+                (Some(m), _) => unsafe { self.arena.put_back(m.as_ptr(), bytes) },
                 // SAFETY: the chunk was just mapped and never handed out.
                 (None, Some(m)) => unsafe { os::unmap(m.as_ptr(), bytes) },
                 (None, None) => {}
@@ -587,6 +589,8 @@ impl PageHeap {
             free_bytes: self.free_pages * PAGE_SIZE,
             returned_bytes: self.returned_pages * PAGE_SIZE,
             in_use_bytes: self.in_use_pages * PAGE_SIZE,
+            arena_reserved_bytes: self.arena.bytes().0,
+            arena_used_bytes: self.arena.bytes().1,
         }
     }
 
@@ -635,20 +639,24 @@ impl PageHeap {
 }
 
 /// The arena: one region of address space reserved up front
-/// ([`ARENA_BYTES`](crate::config::ARENA_BYTES)), from which the page heap takes its chunks in
-/// order, so that C `free` can validate its objects through the page map's flat arena index.
-/// Chunks are opened with `mprotect` as they are taken; a heap that outgrows the arena, or a
-/// process that cannot reserve it, maps its further chunks anywhere. Under a limit on address
-/// space (`RLIMIT_AS`) the reservation takes at most a quarter of it, and a refused one is
-/// halved down to 64 MiB before the heap goes without.
-pub mod arena {
+/// ([`ARENA_BYTES`](crate::config::ARENA_BYTES)), from which the process's page heap takes
+/// its chunks in order, so that C `free` can validate its objects through the page map's flat
+/// arena index. Chunks are opened with `mprotect` as they are taken; a heap that outgrows the
+/// arena, or a process that cannot reserve it, maps its further chunks anywhere. Under a limit
+/// on address space (`RLIMIT_AS`) the reservation takes at most a quarter of it, and a refused
+/// one is halved down to 64 MiB before the heap goes without. Part of the page heap, under its
+/// lock (which the fork handlers hold).
+mod arena {
     use crate::config::{ARENA_BYTES, HEAP_GROWTH_BYTES, PAGE_SIZE};
     use crate::os;
     use crate::page_map;
-    use crate::sync::Lock;
     use core::ptr::NonNull;
 
-    struct Arena {
+    pub struct Arena {
+        /// Whether this heap grows into the arena (the process's heap does; the arena is one
+        /// per process, and a second heap's chunks beside the first's would coalesce with
+        /// them).
+        enabled: bool,
         /// Whether the reservation was tried.
         tried: bool,
         /// The next chunk, the end and the length of the reservation (all 0 without one).
@@ -657,19 +665,39 @@ pub mod arena {
         len: usize,
     }
 
-    static ARENA: Lock<Arena> = Lock::new(Arena { tried: false, next: 0, end: 0, len: 0 });
-
     const _: () = assert!(page_map::ARENA_UNUSED_PAGES * PAGE_SIZE <= HEAP_GROWTH_BYTES);
 
     /// The smallest arena worth reserving: 16 chunks.
     const MIN_ARENA_BYTES: usize = 16 * HEAP_GROWTH_BYTES;
 
-    /// The next `bytes` of the arena (a multiple of `HEAP_GROWTH_BYTES`), opened for reading
-    /// and writing; `None` when there is no arena or it is used up.
-    pub fn take(bytes: usize) -> Option<NonNull<u8>> {
-        let mut arena = ARENA.lock();
-        if !arena.tried {
-            arena.tried = true;
+    impl Arena {
+        pub const fn new(enabled: bool) -> Arena {
+            Arena { enabled, tried: false, next: 0, end: 0, len: 0 }
+        }
+
+        /// The next `bytes` of the arena (a multiple of `HEAP_GROWTH_BYTES`), opened for
+        /// reading and writing; `None` when there is no arena or it is used up.
+        pub fn take(&mut self, bytes: usize) -> Option<NonNull<u8>> {
+            if !self.enabled {
+                return None;
+            }
+            if !self.tried {
+                self.tried = true;
+                self.reserve();
+            }
+            if self.end - self.next < bytes {
+                return None;
+            }
+            let chunk = self.next as *mut u8;
+            // SAFETY: the range lies in the reservation, after every chunk taken so far.
+            if !unsafe { os::commit(chunk, bytes) } {
+                return None;
+            }
+            self.next += bytes;
+            NonNull::new(chunk)
+        }
+
+        fn reserve(&mut self) {
             // Under a limit on address space, at most a quarter of it (the rest of the heap
             // can still grow anywhere; large blocks, stacks and libraries need it too).
             let most = os::address_space_limit().map_or(ARENA_BYTES, |limit| limit / 4);
@@ -683,48 +711,33 @@ pub mod arena {
                     page_map::set_arena(base);
                     // The first chunk stays closed: its first pages' index words are the
                     // index's zero record.
-                    arena.next = base + HEAP_GROWTH_BYTES;
-                    arena.end = base + len;
-                    arena.len = len;
-                    break;
+                    self.next = base + HEAP_GROWTH_BYTES;
+                    self.end = base + len;
+                    self.len = len;
+                    return;
                 }
                 len /= 2;
             }
         }
-        if arena.end - arena.next < bytes {
-            return None;
-        }
-        let chunk = arena.next as *mut u8;
-        // SAFETY: the range lies in the reservation, after every chunk taken so far.
-        if !unsafe { os::commit(chunk, bytes) } {
-            return None;
-        }
-        arena.next += bytes;
-        NonNull::new(chunk)
-    }
 
-    /// Bytes of address space reserved for the arena (0 without one), and bytes of it the heap
-    /// took (the first, closed chunk included).
-    pub fn bytes() -> (usize, usize) {
-        let arena = ARENA.lock();
-        match arena.end {
-            0 => (0, 0),
-            end => {
-                let base = end - arena.len;
-                (arena.len, arena.next - base)
+        /// Bytes of address space reserved for the arena (0 without one), and bytes of it
+        /// the heap took (the first, closed chunk included).
+        pub fn bytes(&self) -> (usize, usize) {
+            match self.end {
+                0 => (0, 0),
+                end => (self.len, self.next - (end - self.len)),
             }
         }
-    }
 
-    /// Gives back the chunk that [`take`] returned last, which was never used; it stays open
-    /// and is taken again next.
-    ///
-    /// # Safety
-    /// - `[p, p + bytes)` is the last chunk [`take`] returned, and nothing uses it.
-    pub unsafe fn put_back(p: *mut u8, bytes: usize) {
-        let mut arena = ARENA.lock();
-        if arena.next == p as usize + bytes {
-            arena.next = p as usize;
+        /// Gives back the chunk that [`take`](Self::take) returned last, which was never
+        /// used; it stays open and is taken again next.
+        ///
+        /// # Safety
+        /// - `[p, p + bytes)` is the last chunk `take` returned, and nothing uses it.
+        pub unsafe fn put_back(&mut self, p: *mut u8, bytes: usize) {
+            if self.next == p as usize + bytes {
+                self.next = p as usize;
+            }
         }
     }
 }

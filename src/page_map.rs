@@ -27,7 +27,8 @@
 //! outside the arena). [`set_tags`] and [`clear_tags`] keep both in step.
 //!
 //! Entry points: [`get`], [`lookup`], [`tag`], [`ensure`], [`set`], [`set_range`], [`clear`],
-//! [`set_tags`], [`clear_tags`], [`set_arena`], [`arena_object`]. Layers below: `size_class`
+//! [`set_tags`], [`clear_tags`], [`set_object_check`], [`set_arena`], [`arena_object`]. Layers
+//! below: `size_class`
 //! (the object test), `os` (for leaves), `metadata` (accounting).
 
 use crate::config::{ADDRESS_BITS, ARENA_BYTES, PAGE_SHIFT};
@@ -218,9 +219,25 @@ pub fn tag(address: usize) -> Tag {
     unsafe { (*leaf).tags.get_unchecked(j).load(Ordering::Relaxed) }
 }
 
+/// Sets the [`FreeCheck`] record of `span` for objects of class `class_index`: when the span
+/// becomes one of small objects (or grows in place into a larger class), before its pages
+/// are tagged with [`set_tags`] and while no object of it is live, since `free` reads the
+/// record with plain loads.
+///
+/// # Safety
+/// - `span` is a live record of a span that holds no live object, or whose one live object
+///   the caller owns.
+pub unsafe fn set_object_check(span: *mut Span, class_index: usize) {
+    crate::diag::debug_invariant!(class_index != 0 && class_index < 256);
+    // SAFETY: per the caller.
+    let s = unsafe { &*span };
+    let (factor, limit) = size_class::object_check(class_index);
+    s.check.set(s.start_address(), factor, limit, class_index << TAG_CLASS_SHIFT);
+}
+
 /// Tags pages `pages` (indices from the first page of `span`, below 256) as pages of a span
-/// of small objects of class `class_index`; in the arena, also sets the span's [`FreeCheck`]
-/// record and points the pages' index words at it.
+/// of small objects of class `class_index`, and points their arena index words (in the arena)
+/// at the span's [`FreeCheck`] record, which [`set_object_check`] set.
 ///
 /// # Safety
 /// - `span` is a live record; [`ensure`] succeeded for its pages (they are recorded already).
@@ -229,10 +246,10 @@ pub unsafe fn set_tags(span: *mut Span, pages: core::ops::Range<usize>, class_in
     // SAFETY: per the caller.
     let s = unsafe { &*span };
     let start = s.start();
-    if in_arena(start) {
-        let (factor, limit) = size_class::object_check(class_index);
-        s.check.set(start.address(), factor, limit, class_index << TAG_CLASS_SHIFT);
-    }
+    crate::diag::debug_invariant!(
+        s.check.scaled_class.load(Ordering::Relaxed) == class_index << TAG_CLASS_SHIFT,
+        "the span's object check is not set for class {class_index}"
+    );
     // The record's distance from the index; the provenance of `span` is exposed, for
     // `arena_object` to read the record back through it.
     let distance = (ptr::addr_of!(s.check) as usize).wrapping_sub(ARENA_INDEX.as_ptr() as usize);

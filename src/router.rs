@@ -673,7 +673,8 @@ mod tests {
             }
             held.push((p, class));
         }
-        let (reserved, used) = crate::page_heap::arena::bytes();
+        let heap = PAGE_HEAP.lock().stats();
+        let (reserved, used) = (heap.arena_reserved_bytes, heap.arena_used_bytes);
         assert!(reserved >= 1 << 30 && used > 0, "the process heap lies in the arena");
         let stack = 0u64;
         for wild in [0, 8, usize::MAX, usize::MAX - 7, 1 << 47, &stack as *const u64 as usize] {

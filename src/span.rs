@@ -129,7 +129,8 @@ pub struct Span {
     block: AtomicUsize,
     /// `Free`/`Returned`: a tick of the page heap's clock when the span was freed.
     pub freed_at: u64,
-    /// `Small`, in the arena: what C `free` reads to validate an object (zero otherwise).
+    /// `Small`: what C `free` reads to validate an object through the arena index (zero
+    /// before the span is first one of small objects).
     pub check: FreeCheck,
 }
 
@@ -164,10 +165,11 @@ impl FreeCheck {
     /// The fields are read with plain loads, which the compiler folds into the subtraction,
     /// the multiplication and the compare (it keeps an atomic load apart: three more
     /// instructions on C `free`'s path). A record changes only when its span becomes one of
-    /// small objects (before any of its objects exists) or grows in place (while its one object
-    /// is owned by the thread growing it), so a read can meet a write only in a `free` of a
-    /// pointer that is not a live block, which C leaves undefined; even then the loads are
-    /// aligned words, which the machine reads whole.
+    /// small objects (before any of its objects exists: `page_map::set_object_check`), grows
+    /// in place (while its one object is owned by the thread growing it) or is reset for
+    /// reuse (after every index word that named it was cleared), so a read can meet a write
+    /// only in a `free` of a pointer that is not a live block, which C leaves undefined; even
+    /// then the loads are aligned words, which the machine reads whole.
     #[inline(always)]
     pub fn object(&self, address: usize) -> Option<usize> {
         // SAFETY: the pointers are valid (fields of `self`); see above for the races.

@@ -194,10 +194,9 @@ pub fn stats() -> Stats {
     let large = large::stats();
     let page_runs = PAGE_RUN_BYTES.load(Relaxed);
     let metadata = metadata::stats();
-    let (arena_reserved_bytes, arena_used_bytes) = crate::page_heap::arena::bytes();
     Stats {
-        arena_reserved_bytes,
-        arena_used_bytes,
+        arena_reserved_bytes: heap.arena_reserved_bytes,
+        arena_used_bytes: heap.arena_used_bytes,
         allocated_bytes: (objects_out_bytes + page_runs + large.mapped_bytes)
             .saturating_sub(thread_cache_bytes),
         thread_cache_bytes,
