@@ -38,29 +38,39 @@ use crate::transfer_cache;
 use core::ptr;
 use crossbeam_utils::CachePadded;
 
-/// The span side of every class, by class (entry 0 unused) and shard: each thread carves from
-/// the spans of its own shard, so threads on different shards do not contend for one lock.
-static CENTRAL: [[CachePadded<Lock<CentralFreeList>>; MAX_SHARDS]; NUM_CLASSES] =
-    [const { [const { CachePadded::new(Lock::new(CentralFreeList::new())) }; MAX_SHARDS] };
-        NUM_CLASSES];
+/// The span side of every class, by shard and class (entry 0 unused): each thread carves from
+/// the spans of its own shard, so threads on different shards do not contend for one lock. A
+/// shard's classes lie together, so that a program that uses a few classes writes a few pages
+/// of this table, not one page per class (a class's 32 shards of 128 bytes fill one).
+static CENTRAL: [[CachePadded<Lock<CentralFreeList>>; NUM_CLASSES]; MAX_SHARDS] =
+    [const { [const { CachePadded::new(Lock::new(CentralFreeList::new())) }; NUM_CLASSES] };
+        MAX_SHARDS];
 
 /// The span side of `class` in `shard`.
 #[inline]
 pub fn central(class: SizeClass, shard: usize) -> &'static Lock<CentralFreeList> {
-    &CENTRAL[class.index()][shard % MAX_SHARDS]
+    &CENTRAL[shard % MAX_SHARDS][class.index()]
+}
+
+/// The span sides of `class` in the first `n` shards.
+fn centrals(
+    class: SizeClass,
+    n: usize,
+) -> impl DoubleEndedIterator<Item = &'static Lock<CentralFreeList>> {
+    CENTRAL[..n].iter().map(move |row| &*row[class.index()])
 }
 
 /// Every span lock, by class from class 1, then by shard (all [`MAX_SHARDS`] of them), for
 /// the statistics.
 pub fn locks() -> impl DoubleEndedIterator<Item = &'static crate::sync::RawLock> {
-    CENTRAL[1..].iter().flat_map(|shards| shards.iter().map(|l| l.raw()))
+    SizeClass::all().flat_map(|class| centrals(class, MAX_SHARDS).map(|l| l.raw()))
 }
 
 /// The span locks of the shards in use, for the fork handlers (a shard beyond
 /// `transfer_cache::shards()` is never locked: every shard number is taken modulo it).
 pub fn locks_in_use() -> impl DoubleEndedIterator<Item = &'static crate::sync::RawLock> {
     let n = transfer_cache::shards();
-    CENTRAL[1..].iter().flat_map(move |shards| shards[..n].iter().map(|l| l.raw()))
+    SizeClass::all().flat_map(move |class| centrals(class, n).map(|l| l.raw()))
 }
 
 /// Takes up to `want` objects of `class` for a thread whose shard is `shard`: a whole batch
@@ -450,7 +460,9 @@ pub fn drain_idle(before: u64) {
 /// Figures of `class`: its spans (all shards) and its transfer caches.
 pub fn stats(class: SizeClass) -> CentralStats {
     let mut total = CentralStats::default();
-    for list in &CENTRAL[class.index()] {
+    // Only the shards in use: locking the others would write (and so back) pages of the
+    // table that nothing else touches.
+    for list in centrals(class, transfer_cache::shards()) {
         let s = list.lock().span_stats();
         total.spans += s.spans;
         total.span_free_objects += s.span_free_objects;
@@ -461,7 +473,7 @@ pub fn stats(class: SizeClass) -> CentralStats {
 
 /// Checks the invariants of `class`'s spans and transfer caches.
 pub fn check_invariants(class: SizeClass) {
-    for (shard, list) in CENTRAL[class.index()].iter().enumerate() {
+    for (shard, list) in centrals(class, MAX_SHARDS).enumerate() {
         list.lock().check_invariants(class, shard);
     }
     transfer_cache::check_class(class, |batch| {
