@@ -460,9 +460,12 @@ pub fn drain_idle(before: u64) {
 /// Figures of `class`: its spans (all shards) and its transfer caches.
 pub fn stats(class: SizeClass) -> CentralStats {
     let mut total = CentralStats::default();
-    // Only the shards in use: locking the others would write (and so back) pages of the
-    // table that nothing else touches.
-    for list in centrals(class, transfer_cache::shards()) {
+    // Only lists that were ever locked (a read of the counter): locking the others would
+    // write, and so back, pages of the table that nothing else touches.
+    for list in centrals(class, MAX_SHARDS) {
+        if list.raw().stats().acquisitions == 0 {
+            continue;
+        }
         let s = list.lock().span_stats();
         total.spans += s.spans;
         total.span_free_objects += s.span_free_objects;

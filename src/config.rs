@@ -39,7 +39,8 @@ pub const HEAP_GROWTH_BYTES: usize = 4 << 20;
 /// and unbacked until the heap grows into it. C `free` validates objects of the arena through
 /// a flat index of 8 bytes per page (`page_map`), 32 MiB of address space that the OS backs
 /// only where touched. A heap that outgrows the arena, or a process that cannot reserve it,
-/// maps further chunks anywhere; their frees take a slower path.
+/// maps further chunks anywhere; their frees take a slower path (unless they happen to lie in
+/// the 32 GiB window after a smaller arena, which the index covers too).
 pub const ARENA_BYTES: usize = 32 << 30;
 
 /// Most objects one thread-cache list may hold.

@@ -7,6 +7,7 @@
 //! | `TCALLOC_FREE_RESERVE_BYTES` | 16 MiB | free pages the page heap keeps backed; beyond that, freed pages go back at once |
 //! | `TCALLOC_DECAY_MS` | `1000` | free pages and cached large mappings idle this long go back to the OS |
 //! | `TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES` | 64 MiB | cap on all thread caches together (a thread gets an equal share, between 512 KiB and 8 MiB) |
+//! | `TCALLOC_ARENA_BYTES` | 32 GiB | address space the page heap reserves for its arena (at most 32 GiB; below 64 MiB, `0` included, none) |
 //!
 //! Byte values accept a `k`, `m` or `g` suffix (powers of 1024). A malformed value is ignored
 //! with a one-line warning on stderr.
@@ -103,6 +104,23 @@ impl Settings {
             Some((self.decay_ms as f64 / self.release_rate) as u64)
         }
     }
+}
+
+/// `TCALLOC_ARENA_BYTES`, read when the page heap first grows (it may come before the rest of
+/// the start-up): the arena's size before the page heap's own bounds, `default` when unset or
+/// malformed (with a warning).
+pub fn arena_bytes(default: usize) -> usize {
+    // SAFETY: as in `Settings::from_env`.
+    let value = unsafe { libc::getenv(c"TCALLOC_ARENA_BYTES".as_ptr()) };
+    if value.is_null() {
+        return default;
+    }
+    // SAFETY: a NUL-terminated string from getenv.
+    let v = unsafe { CStr::from_ptr(value) }.to_bytes();
+    parse_bytes(v).unwrap_or_else(|| {
+        warn("TCALLOC_ARENA_BYTES", v);
+        default
+    })
 }
 
 #[cold]

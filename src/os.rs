@@ -66,7 +66,9 @@ pub fn reserve(len: usize, align: usize) -> Option<NonNull<u8>> {
 }
 
 /// Opens `[p, p + len)` of a [`reserve`]d range for reading and writing (zeroed memory, as
-/// from [`map`], accounted as it is); false when the kernel refuses.
+/// from [`map`]); false when the kernel refuses. The range keeps the reservation's
+/// `MAP_NORESERVE`, so unlike [`map`]'s memory it is charged to the overcommit account only
+/// under strict overcommit (`vm.overcommit_memory = 2`, which ignores the flag).
 ///
 /// # Safety
 /// - `[p, p + len)` lies in a range that [`reserve`] returned and was not committed before.

@@ -642,10 +642,12 @@ impl PageHeap {
 /// ([`ARENA_BYTES`](crate::config::ARENA_BYTES)), from which the process's page heap takes
 /// its chunks in order, so that C `free` can validate its objects through the page map's flat
 /// arena index. Chunks are opened with `mprotect` as they are taken; a heap that outgrows the
-/// arena, or a process that cannot reserve it, maps its further chunks anywhere. Under a limit
-/// on address space (`RLIMIT_AS`) the reservation takes at most a quarter of it, and a refused
-/// one is halved down to 64 MiB before the heap goes without. Part of the page heap, under its
-/// lock (which the fork handlers hold).
+/// arena, or a process that cannot reserve it, maps its further chunks anywhere. The
+/// reservation is at most `TCALLOC_ARENA_BYTES` and, under a limit on address space
+/// (`RLIMIT_AS`), a quarter of it; a refused one is halved down to 64 MiB before the heap goes
+/// without. (A program that lowers `RLIMIT_AS` after it started to allocate finds the
+/// reservation counted against its new limit: `TCALLOC_ARENA_BYTES` sizes it down or, at 0,
+/// turns it off.) Part of the page heap, under its lock (which the fork handlers hold).
 mod arena {
     use crate::config::{ARENA_BYTES, HEAP_GROWTH_BYTES, PAGE_SIZE};
     use crate::os;
@@ -698,9 +700,11 @@ mod arena {
         }
 
         fn reserve(&mut self) {
-            // Under a limit on address space, at most a quarter of it (the rest of the heap
-            // can still grow anywhere; large blocks, stacks and libraries need it too).
-            let most = os::address_space_limit().map_or(ARENA_BYTES, |limit| limit / 4);
+            // `TCALLOC_ARENA_BYTES` first; then, under a limit on address space, at most a
+            // quarter of it (the rest of the heap can still grow anywhere; large blocks,
+            // stacks and libraries need it too).
+            let setting = crate::env::arena_bytes(ARENA_BYTES).min(ARENA_BYTES);
+            let most = os::address_space_limit().map_or(setting, |limit| setting.min(limit / 4));
             let mut len = ARENA_BYTES;
             while len > most {
                 len /= 2;

@@ -168,8 +168,10 @@ impl FreeCheck {
     /// small objects (before any of its objects exists: `page_map::set_object_check`), grows
     /// in place (while its one object is owned by the thread growing it) or is reset for
     /// reuse (after every index word that named it was cleared), so a read can meet a write
-    /// only in a `free` of a pointer that is not a live block, which C leaves undefined; even
-    /// then the loads are aligned words, which the machine reads whole.
+    /// only in a `free` of a pointer that is not a live block (a stale pointer freed while its
+    /// span is reused), which C leaves undefined. Such a `free` may then read fields of two
+    /// uses of the record (each an aligned word, read whole) and take or reject the pointer
+    /// by a mix of both; the tag path has the same window between its load and its test.
     #[inline(always)]
     pub fn object(&self, address: usize) -> Option<usize> {
         // SAFETY: the pointers are valid (fields of `self`); see above for the races.

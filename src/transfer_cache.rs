@@ -265,9 +265,13 @@ pub fn pop_idle(class: SizeClass, before: u64) -> Option<*mut FreeObject> {
     None
 }
 
-/// Batches of `class` held in all shards.
+/// Batches of `class` held in all shards. A stack never locked holds none and is not locked
+/// here either (that would write, and so back, a page of the table that nothing else uses).
 pub fn batches(class: SizeClass) -> usize {
-    stacks(class, SHARDS.load(Relaxed)).map(|s| s.lock().batches()).sum()
+    stacks(class, SHARDS.load(Relaxed))
+        .filter(|s| s.raw().stats().acquisitions != 0)
+        .map(|s| s.lock().batches())
+        .sum()
 }
 
 /// Every stack's lock, by class from class 1, then by shard (all [`MAX_SHARDS`] of them), for

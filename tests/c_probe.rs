@@ -42,9 +42,17 @@ fn run_without_arena(mode: &str) -> Output {
 
 /// [`run`] with the address space limited to `bytes`.
 fn run_limited(mode: &str, bytes: u64) -> Output {
+    run_limited_filled(mode, bytes, 0)
+}
+
+/// [`run_limited`] after `fill_mib` MiB of 64-byte blocks (`PROBE_FILL_MB`).
+fn run_limited_filled(mode: &str, bytes: u64, fill_mib: usize) -> Output {
     use std::os::unix::process::CommandExt;
     let mut command = Command::new(compile());
     command.arg(mode).env("LD_PRELOAD", library());
+    if fill_mib > 0 {
+        command.env("PROBE_FILL_MB", fill_mib.to_string());
+    }
     // SAFETY: `setrlimit` is async-signal-safe and touches no state of the parent.
     unsafe {
         command.pre_exec(move || {
@@ -60,9 +68,14 @@ fn run_limited(mode: &str, bytes: u64) -> Output {
 
 /// The report's `arena reserved` line, trimmed.
 fn arena_line(out: &Output) -> String {
+    report_line(out, "arena reserved")
+}
+
+/// The line of the statistics report (on stderr) that starts with `start`.
+fn report_line(out: &Output, start: &str) -> String {
     let stderr = text(&out.stderr);
-    let line = stderr.lines().find(|l| l.starts_with("arena reserved"));
-    line.unwrap_or_else(|| panic!("no arena line in {stderr}")).to_string()
+    let line = stderr.lines().find(|l| l.starts_with(start));
+    line.unwrap_or_else(|| panic!("no {start:?} line in {stderr}")).to_string()
 }
 
 fn stopped_with(out: &Output, expected: &str) -> bool {
@@ -140,5 +153,41 @@ fn without_the_arena_free_validates_through_the_tags() {
     assert!(out.status.success() && stdout.contains("accepted 0"), "{stdout}{}", text(&out.stderr));
     for mode in ["uncarved-2048-1", "uncarved-20480-1", "fresh-thread"] {
         assert_stopped(&run_without_arena(mode), &[INVALID, DOUBLE], mode);
+    }
+}
+
+/// A heap that outgrows its arena (256 MiB under a 1 GiB limit, filled with 300 MiB of
+/// blocks) maps its further chunks elsewhere: blocks on both sides are validated, so the
+/// probes stop the program as everywhere.
+#[test]
+fn beyond_a_used_up_arena_free_validates_as_inside() {
+    const LIMIT: u64 = 1 << 30;
+    let out = run_limited_filled("stats", LIMIT, 300);
+    assert!(out.status.success(), "{:?} {}", out.status, text(&out.stderr));
+    assert!(arena_line(&out).ends_with(" 256.00 MiB"), "{}", arena_line(&out));
+    let used = report_line(&out, "arena used");
+    assert!(used.ends_with(" 256.00 MiB"), "the arena is used up: {used}");
+
+    let out = run_limited_filled("sweep", LIMIT, 300);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success() && stdout.contains("accepted 0"), "{stdout}{}", text(&out.stderr));
+    assert_stopped(&run_limited_filled("twice", LIMIT, 300), &[DOUBLE], "twice, beyond the arena");
+    for mode in ["uncarved-2048-1", "uncarved-20480-1"] {
+        assert_stopped(&run_limited_filled(mode, LIMIT, 300), &[INVALID, DOUBLE], mode);
+    }
+}
+
+/// `TCALLOC_ARENA_BYTES` sizes the arena (at most 32 GiB), and 0 turns it off.
+#[test]
+fn the_arena_follows_its_setting() {
+    for (value, expected) in [("0", " 0   B"), ("128m", " 128.00 MiB"), ("64g", " 32.00 GiB")] {
+        let out = Command::new(compile())
+            .arg("stats")
+            .env("LD_PRELOAD", library())
+            .env("TCALLOC_ARENA_BYTES", value)
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{value}: {:?} {}", out.status, text(&out.stderr));
+        assert!(arena_line(&out).ends_with(expected), "{value}: {}", arena_line(&out));
     }
 }

@@ -14,6 +14,10 @@
  *   twice        frees a block of each of a few sizes (and one of every small size) and
  *                frees the first of them again.
  *   stats        mallocs and frees a few blocks, then prints malloc_stats() (on stderr).
+ *
+ * With PROBE_FILL_MB=n in the environment, n MiB of 64-byte blocks are allocated (and kept)
+ * first: enough to use up a small arena, so that the probe's own blocks come from chunks
+ * mapped beyond it.
  */
 #include <malloc.h>
 #include <pthread.h>
@@ -203,6 +207,11 @@ static int stats(void) {
 
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
+    const char *fill = getenv("PROBE_FILL_MB");
+    if (fill) {
+        size_t blocks = (strtoul(fill, NULL, 10) << 20) / 64;
+        for (size_t i = 0; i < blocks; i++) opaque(malloc(64));
+    }
     if (!strcmp(mode, "sweep")) return sweep();
     if (!strncmp(mode, "uncarved-", 9)) {
         char *end;
