@@ -51,7 +51,8 @@ pub struct Options {
     #[arg(long)]
     quick: bool,
     /// Only these programs: names as the table lists them (`larsonN`), or the start of a name
-    /// (`larson` for both larson programs, `cache` for the four cache programs).
+    /// (`larson` for both larson programs, `cache` for the four cache programs). The tables go
+    /// to a temporary directory unless --out is given.
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     programs: Vec<String>,
     /// Threads of the N-thread programs, `procs` in the suite's bench.sh [default: the number
@@ -770,6 +771,18 @@ fn load_average() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Where the tables go: `out` if given; else a temporary directory for a `--quick` run or a
+/// run of some programs only (a partial table must not replace the full one); else
+/// `default_out`.
+fn out_dir(out: Option<&Path>, quick: bool, partial: bool, default_out: &Path) -> PathBuf {
+    match out {
+        Some(out) => out.to_path_buf(),
+        None if quick => std::env::temp_dir().join("tcalloc-mimalloc-bench-quick"),
+        None if partial => std::env::temp_dir().join("tcalloc-mimalloc-bench-partial"),
+        None => default_out.to_path_buf(),
+    }
+}
+
 /// The command: builds `libtcalloc.so`, runs the plan, writes `mimalloc-bench.md` and
 /// `.csv` into `out` (with `--quick` and no `--out`, into a temporary directory instead of
 /// `default_out`).
@@ -782,11 +795,7 @@ pub fn run(options: &Options, out: Option<&Path>, default_out: &Path) {
         );
         std::process::exit(2);
     });
-    let out = match out {
-        Some(out) => out.to_path_buf(),
-        None if plan.quick => std::env::temp_dir().join("tcalloc-mimalloc-bench-quick"),
-        None => default_out.to_path_buf(),
-    };
+    let out = out_dir(out, plan.quick, !options.programs.is_empty(), default_out);
     std::fs::create_dir_all(&out).expect("create the output directory");
     for s in &plan.skipped {
         eprintln!("not run: {s}");
@@ -848,6 +857,16 @@ pub fn run(options: &Options, out: Option<&Path>, default_out: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partial_and_quick_runs_keep_the_results_folder() {
+        let results = Path::new("bench/results");
+        let given = Path::new("/somewhere");
+        assert_eq!(out_dir(None, false, false, results), results);
+        assert_eq!(out_dir(Some(given), true, true, results), given);
+        assert!(out_dir(None, false, true, results).starts_with(std::env::temp_dir()));
+        assert!(out_dir(None, true, false, results).starts_with(std::env::temp_dir()));
+    }
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
