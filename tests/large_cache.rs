@@ -49,7 +49,10 @@ fn release(p: *mut u8, size: usize) {
 
 /// malloc-large in small: 8 live blocks of 5 to 25 MiB, each replaced by a new one of a random
 /// size, 300 times. Before the cache followed the live bytes, about a third of the pages
-/// written were faulted in fresh; now a few percent are.
+/// written were faulted in fresh; now 6 to 11% are (13 runs on 2026-11-26: the share moves
+/// with timing, as the release tick gives idle cached mappings back), so the bound is a sixth:
+/// clear of that spread (a tenth failed one run in three), far below the third it guards
+/// against.
 fn a_working_set_of_big_blocks_stays_resident() {
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut random_size = || {
@@ -79,7 +82,7 @@ fn a_working_set_of_big_blocks_stays_resident() {
         );
     }
     let faults = (minor_faults() - faults_before) as usize;
-    assert!(faults * 10 < pages_written, "{faults} pages faulted in for {pages_written} written");
+    assert!(faults * 6 < pages_written, "{faults} pages faulted in for {pages_written} written");
     for (p, size) in live {
         release(p, size);
     }
