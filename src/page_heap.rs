@@ -661,10 +661,10 @@ mod arena {
         enabled: bool,
         /// Whether the reservation was tried.
         tried: bool,
-        /// The next chunk, the end and the length of the reservation (all 0 without one).
+        /// The start of the reservation, its next chunk and its end (all 0 without one).
+        base: usize,
         next: usize,
         end: usize,
-        len: usize,
     }
 
     const _: () = assert!(page_map::ARENA_UNUSED_PAGES * PAGE_SIZE <= HEAP_GROWTH_BYTES);
@@ -674,7 +674,7 @@ mod arena {
 
     impl Arena {
         pub const fn new(enabled: bool) -> Arena {
-            Arena { enabled, tried: false, next: 0, end: 0, len: 0 }
+            Arena { enabled, tried: false, base: 0, next: 0, end: 0 }
         }
 
         /// The next `bytes` of the arena (a multiple of `HEAP_GROWTH_BYTES`), opened for
@@ -715,9 +715,9 @@ mod arena {
                     page_map::set_arena(base);
                     // The first chunk stays closed: its first pages' index words are the
                     // index's zero record.
+                    self.base = base;
                     self.next = base + HEAP_GROWTH_BYTES;
                     self.end = base + len;
-                    self.len = len;
                     return;
                 }
                 len /= 2;
@@ -727,10 +727,7 @@ mod arena {
         /// Bytes of address space reserved for the arena (0 without one), and bytes of it
         /// the heap took (the first, closed chunk included).
         pub fn bytes(&self) -> (usize, usize) {
-            match self.end {
-                0 => (0, 0),
-                end => (self.len, self.next - (end - self.len)),
-            }
+            (self.end - self.base, self.next - self.base)
         }
 
         /// Gives back the chunk that [`take`](Self::take) returned last, which was never

@@ -285,12 +285,16 @@ pub unsafe fn clear_tags(start: PageId, pages: Length) {
 /// Pages in the arena, and words in its index.
 const ARENA_PAGES: usize = ARENA_BYTES >> PAGE_SHIFT;
 
-/// The arena's first address; 0 until [`set_arena`] (every address then maps to an index word
-/// that is never set, or beyond the index).
-static ARENA_BASE: AtomicUsize = AtomicUsize::new(0);
-
-/// `ARENA_BASE` negated (wrapping), for [`arena_object`].
+/// The arena's first address, negated (wrapping), so that [`arena_object`] can add the address
+/// to the register the compiler loads it into (it does not fold an atomic load into
+/// arithmetic); 0 until [`set_arena`] (every address then maps to an index word that is never
+/// set, or beyond the index).
 static ARENA_BASE_NEG: AtomicUsize = AtomicUsize::new(0);
+
+/// The arena's first address (0 before [`set_arena`]).
+fn arena_start() -> usize {
+    ARENA_BASE_NEG.load(Ordering::Relaxed).wrapping_neg()
+}
 
 /// The arena index (see the module docs): for page `k` of the arena, the distance from this
 /// array to the [`FreeCheck`] record of its span, or 0. The first four words are the zero
@@ -306,20 +310,19 @@ pub const ARENA_UNUSED_PAGES: usize =
 /// is tagged. Pages `0..ARENA_UNUSED_PAGES` of it must never be.
 pub fn set_arena(base: usize) {
     crate::diag::debug_invariant!(base % (1 << PAGE_SHIFT) == 0 && base != 0);
-    crate::diag::debug_invariant!(ARENA_BASE.load(Ordering::Relaxed) == 0, "arena set twice");
-    ARENA_BASE.store(base, Ordering::Relaxed);
+    crate::diag::debug_invariant!(arena_start() == 0, "arena set twice");
     ARENA_BASE_NEG.store(base.wrapping_neg(), Ordering::Relaxed);
 }
 
 /// The arena's first address (0 before the page heap reserved it), for tests.
 #[cfg(test)]
 pub fn arena_base() -> usize {
-    ARENA_BASE.load(Ordering::Relaxed)
+    arena_start()
 }
 
 /// Whether `page` lies in the arena.
 fn in_arena(page: PageId) -> bool {
-    let base = ARENA_BASE.load(Ordering::Relaxed);
+    let base = arena_start();
     base != 0 && page.address().wrapping_sub(base) < ARENA_BYTES
 }
 
@@ -328,7 +331,7 @@ fn arena_word(page: PageId) -> Option<&'static AtomicUsize> {
     if !in_arena(page) {
         return None;
     }
-    let k = (page.address() - ARENA_BASE.load(Ordering::Relaxed)) >> PAGE_SHIFT;
+    let k = (page.address() - arena_start()) >> PAGE_SHIFT;
     crate::diag::debug_invariant!(k >= ARENA_UNUSED_PAGES, "arena page {k} is never used");
     Some(&ARENA_INDEX[k])
 }
@@ -340,8 +343,6 @@ fn arena_word(page: PageId) -> Option<&'static AtomicUsize> {
 /// nothing recorded, whose word leads to the zero record.
 #[inline(always)]
 pub fn arena_object(address: usize) -> Option<usize> {
-    // The base is kept negated, so that the compiler can add the address to the register it
-    // loads it into (it does not fold an atomic load into arithmetic).
     let k = address.wrapping_add(ARENA_BASE_NEG.load(Ordering::Relaxed)) >> PAGE_SHIFT;
     // The index's last word is never read: against a bound that is not a power of two, the
     // test is one compare of `k`, which the page number needs anyway.
