@@ -1,6 +1,7 @@
 //! Real programs under `LD_PRELOAD=libtcalloc.so` produce the same output and exit status as
 //! without it: Python running part of its own regression suite, sqlite3 on 300 000 rows, git
-//! on a repository of 3 000 files, perl, gcc compiling and running a program, and sort.
+//! on a repository of 3 000 files, perl, gcc compiling and running a program, a C++ program that
+//! throws, and sort; and the library brings no other library into the process.
 //!
 //! A program that is not installed fails the test under CI (`CI` set: `.ci/run` installs them
 //! all). Elsewhere the test is skipped with a `SKIPPED <test>: <reason>` line on the terminal:
@@ -258,6 +259,56 @@ fn gcc_compiles_and_the_program_runs() {
     });
     assert!(plain.status.success(), "{}", text(&plain.stderr));
     assert_same("gcc and its program", &plain, &preloaded);
+}
+
+#[test]
+fn cpp_exceptions_unwind_through_the_programs_own_unwinder() {
+    // libtcalloc.so carries libgcc's unwinder inside it (build.rs), kept local: a C++ program's
+    // throws must still find their handlers, and the objects their unwinding destroys are
+    // freed through tcalloc.
+    if !available("c++") {
+        return;
+    }
+    let dir = scratch("cpp");
+    std::fs::write(
+        dir.join("prog.cpp"),
+        "#include <cstdio>\n#include <stdexcept>\n#include <string>\n#include <vector>\n\
+         static int down(int n) { std::vector<std::string> v(n, std::string(40, 'x'));\n\
+         if (n == 0) throw std::runtime_error(\"bottom of \" + std::to_string(v.size()));\n\
+         return down(n - 1) + (int)v.size(); }\n\
+         int main() { long caught = 0; for (int i = 0; i < 20000; i++) {\n\
+         try { down(i % 50); } catch (const std::exception &e) { caught += std::string(e.what()).size(); } }\n\
+         std::printf(\"%ld\\n\", caught); return 0; }\n",
+    )
+    .unwrap();
+    let built =
+        Command::new("c++").current_dir(&dir).args(["-O2", "-o", "prog", "prog.cpp"]).output();
+    let built = built.expect("run c++");
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    let (plain, preloaded) = both(|| Command::new(dir.join("prog")));
+    assert!(plain.status.success(), "{}", text(&plain.stderr));
+    assert_eq!(text(&plain.stdout).trim(), "220000");
+    assert_same("a C++ program that throws", &plain, &preloaded);
+}
+
+#[test]
+fn the_library_loads_nothing_but_itself() {
+    // Linked without libgcc_s.so.1 (build.rs): preloaded into a program that needs only libc,
+    // the process maps libc, the loader and libtcalloc.so, and no other library.
+    let maps = Command::new("cat").arg("/proc/self/maps").env("LD_PRELOAD", library()).output();
+    let maps = text(&maps.expect("run cat").stdout);
+    assert!(maps.contains("libtcalloc.so"), "not preloaded:\n{maps}");
+    let libraries: std::collections::BTreeSet<&str> = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter_map(|path| path.rsplit('/').next())
+        .filter(|name| name.contains(".so"))
+        .collect();
+    let expected = |name: &&str| {
+        name.starts_with("libc.so") || name.starts_with("ld-linux") || *name == "libtcalloc.so"
+    };
+    let others: Vec<_> = libraries.iter().filter(|name| !expected(name)).collect();
+    assert!(others.is_empty(), "libtcalloc.so brought in {others:?}");
 }
 
 #[test]

@@ -1,0 +1,41 @@
+//! Links `libtcalloc.so` without `libgcc_s.so.1`.
+//!
+//! Rust's standard library refers to the unwinder (`_Unwind_Resume`, `_Unwind_Backtrace`, ...),
+//! which on Linux with glibc is `libgcc_s.so.1`. Preloaded into every process, that library
+//! costs a mapping and its relocations at start-up and about 80 KiB of resident memory (its
+//! text, faulted in around the pages the loader touches), for code that tcalloc never runs: a
+//! panic in the C library aborts. The unwinder's archive, `libgcc_eh.a`, linked whole into the
+//! shared library instead, defines those symbols inside it; the linker's `--as-needed` (which
+//! rustc passes) then drops `libgcc_s` from its dependencies, and rustc's export list keeps the
+//! unwinder's symbols local, so a C++ program's exceptions still go through its own
+//! `libgcc_s`.
+//!
+//! Only the cdylib is linked so; the rlib (Rust programs, the tests) is not touched. Where the
+//! C compiler does not know the archive (another libc, another compiler), nothing changes.
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=CC");
+    let os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    let libc = env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
+    if os != "linux" || libc != "gnu" {
+        return;
+    }
+    let Some(archive) = unwinder_archive() else { return };
+    println!("cargo:rustc-link-arg-cdylib=-Wl,--whole-archive");
+    println!("cargo:rustc-link-arg-cdylib={}", archive.display());
+    println!("cargo:rustc-link-arg-cdylib=-Wl,--no-whole-archive");
+}
+
+/// Where the C compiler keeps `libgcc_eh.a`: an absolute path that exists, or `None`.
+fn unwinder_archive() -> Option<PathBuf> {
+    let cc = env::var("CC").unwrap_or_else(|_| "cc".into());
+    let out = Command::new(cc).arg("-print-file-name=libgcc_eh.a").output().ok()?;
+    let path = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    // A compiler that does not have the file prints its bare name back.
+    (out.status.success() && path.is_absolute() && path.is_file()).then_some(path)
+}
