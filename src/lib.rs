@@ -61,6 +61,8 @@ mod config;
 mod diag;
 mod env;
 mod ffi;
+#[cfg(feature = "override")]
+mod ffi_cxx;
 mod ffi_glibc;
 mod free_list;
 mod front_end;

@@ -160,6 +160,48 @@ fn overwritten_free_list_links_stop_the_program() {
     }
 }
 
+/// Compiles `tests/c/cxx_test.cpp` (C++17) into the temporary directory, once per process
+/// (tests run in parallel, and one writing the program while another runs it fails).
+fn cxx_test() -> &'static Path {
+    static PROGRAM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PROGRAM.get_or_init(|| compile_cxx("cxx_test"))
+}
+
+/// Compiles `tests/c/<name>.cpp` (C++17) into the temporary directory.
+fn compile_cxx(name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c").join(format!("{name}.cpp"));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let status = Command::new("c++")
+        .args(["-O2", "-std=c++17", "-Wno-free-nonheap-object", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .expect("run c++ (install g++)");
+    assert!(status.success(), "compiling {} failed", src.display());
+    out
+}
+
+#[test]
+fn cxx_operators_under_ld_preload() {
+    let out = run(cxx_test(), &[], true);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "cxx_test failed:\n{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("ok   all 20 operators resolve to libtcalloc"), "{stdout}");
+    assert!(stdout.contains("ok   new of more than PTRDIFF_MAX throws"), "{stdout}");
+    assert!(stdout.contains("0 failure(s)"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn cxx_delete_of_a_bad_pointer_stops_the_program() {
+    let program = cxx_test();
+    assert_stops(program, "bad-delete", "tcalloc: operator delete(): invalid pointer");
+    assert_stops(program, "interior-delete", "tcalloc: operator delete(): invalid pointer");
+    assert_stops(program, "double-delete", "tcalloc: operator delete(): double free");
+}
+
 #[test]
 fn exported_symbols() {
     let out = Command::new("nm").args(["-D", "--defined-only"]).arg(library()).output();

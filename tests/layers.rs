@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// its own level or above.
 const LAYERS: &[&[&str]] = &[
     // The C ABI: the malloc family, glibc's extras and the prefixed twins of the Rust API.
-    &["ffi", "ffi_glibc"],
+    &["ffi", "ffi_cxx", "ffi_glibc"],
     // The crate root: the Rust API (`TcAlloc`, `stats()`, `release_free_memory`, `Pool`).
     &["lib"],
     &["pool"],

@@ -12,8 +12,9 @@
 //! The interface:
 //! - fast paths: [`alloc`] / [`dealloc`] by class, [`alloc_small`] / [`dealloc_small`] by a
 //!   size below [`FAST_LIMIT`], [`alloc_medium`] / [`dealloc_medium`] by a larger size,
-//!   [`alloc_small_c`] (C `malloc`'s alignment) and [`dealloc_checked`] (C `free`'s push of a
-//!   validated object);
+//!   [`alloc_small_c`] (C `malloc`'s alignment; [`alloc_small_c_or`] with the caller's slow
+//!   path, for C++ `operator new`) and [`dealloc_checked`] (C `free`'s push of a validated
+//!   object);
 //! - the cold double-free search [`abort_if_cached`];
 //! - statistics: [`cached_bytes`], [`live_threads`], [`check_current`];
 //! - life cycle: [`flush_current`], [`set_total_budget`], and for the `fork` handlers
@@ -30,6 +31,8 @@ pub use choose::{
     alloc, alloc_medium, alloc_small, cached_bytes, dealloc, dealloc_medium, dealloc_small,
     flush_current,
 };
+#[cfg(feature = "override")]
+pub use thread_cache::alloc_small_c_or;
 pub use thread_cache::{
     abort_if_cached, alloc_small_c, check_current, dealloc_checked,
     forget_other_threads_after_fork, live_threads, registry_lock, set_total_budget, FAST_LIMIT,

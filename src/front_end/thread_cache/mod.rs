@@ -63,6 +63,8 @@ mod scavenge;
 mod tls;
 
 pub use budget::set_total_budget;
+#[cfg(feature = "override")]
+pub use fast_path::alloc_small_c_or;
 pub use fast_path::{
     abort_if_cached, alloc, alloc_medium, alloc_small, alloc_small_c, dealloc, dealloc_checked,
     dealloc_medium, dealloc_small, FAST_LIMIT,
