@@ -1,5 +1,5 @@
 //! `tcalloc-bench instructions`: instructions per 64-byte allocation and free, counted by
-//! valgrind's callgrind, in two tables written to `instructions.md`.
+//! valgrind's callgrind, in three tables written to `instructions.md`.
 //!
 //! - **Rust pair**: `GlobalAlloc::alloc` + `dealloc` of a 64-byte layout in each worker binary
 //!   (`worker_<allocator> fastpath <n>`), each worker with its allocator as
@@ -8,6 +8,9 @@
 //!   without preload (glibc) and with `LD_PRELOAD` of `libtcalloc.so` (built here with the
 //!   `override` feature, as the preload comparison builds it) and of Debian's packaged
 //!   jemalloc, mimalloc and tcmalloc where they are installed.
+//! - **C++ pair**: `new` of 64 bytes + sized `delete` (`worker_glibc fastpath-cxx <n>`), under
+//!   the same preloads: the allocator's own operators where its library defines them, the
+//!   C++ runtime's (calling `malloc` and `free`) where not.
 //!
 //! Each count is the callgrind total for 2M pairs minus the total for 1M pairs, so that
 //! start-up and exit cancel out, divided by the 1M extra pairs ("with the loop"); the same
@@ -64,9 +67,24 @@ pub fn run(dir: &Path, out: &Path) {
         c_rows.push(CRow { preload: p, per_pair, with_loop });
     }
 
+    let mut cxx_rows = Vec::new();
+    for p in &preloads {
+        let (per_pair, with_loop) = per_pair(|mode, n| {
+            let mode = if mode { "fastpath-cxx" } else { "fastpath-cxx-empty" };
+            callgrind(&worker, Some(p), mode, n)
+        });
+        eprintln!(
+            "C++  {:<9} {per_pair:6.1} instructions per pair ({with_loop:.1} with the loop)",
+            p.name
+        );
+        cxx_rows.push(CRow { preload: p, per_pair, with_loop });
+    }
+
     let mut text = report::instructions_markdown(&rust_rows);
     text.push('\n');
-    text.push_str(&c_markdown(&c_rows));
+    text.push_str(&c_markdown(&c_rows, C_TITLE));
+    text.push('\n');
+    text.push_str(&c_markdown(&cxx_rows, CXX_TITLE));
     println!("{text}");
     std::fs::write(out.join("instructions.md"), text).expect("write instructions.md");
     eprintln!("wrote {}", out.join("instructions.md").display());
@@ -114,12 +132,23 @@ struct CRow<'a> {
     with_loop: f64,
 }
 
-/// The C table, in the Rust table's form plus the library each row preloaded.
-fn c_markdown(rows: &[CRow]) -> String {
-    let mut out = String::from(
-        "Instructions per `malloc(64)` + `free` pair through the C ABI (`worker_glibc \
-         fastpath-c`), each allocator preloaded with `LD_PRELOAD` (glibc: none), counted by \
-         callgrind the same way.\n\n\
+/// The C table's title.
+const C_TITLE: &str = "Instructions per `malloc(64)` + `free` pair through the C ABI \
+    (`worker_glibc fastpath-c`), each allocator preloaded with `LD_PRELOAD` (glibc: none), \
+    counted by callgrind the same way.";
+
+/// The C++ table's title.
+const CXX_TITLE: &str = "Instructions per C++ `new` of 64 bytes + sized `delete` pair \
+    (`worker_glibc fastpath-cxx`: `operator new(size_t)` and `operator delete(void *, \
+    size_t)` called through pointers to whichever definitions a C++ program would reach, \
+    the preloaded library's or else the C++ runtime's, which call `malloc` and `free`), \
+    counted the same way.";
+
+/// A table of preloaded pairs (C or C++), in the Rust table's form plus the library each row
+/// preloaded.
+fn c_markdown(rows: &[CRow], title: &str) -> String {
+    let mut out = format!(
+        "{title}\n\n\
          | allocator | instructions per pair | with the benchmark loop | library |\n\
          | --- | ---: | ---: | --- |\n",
     );
@@ -165,7 +194,8 @@ mod tests {
             CRow { preload: &tcalloc, per_pair: 88.0, with_loop: 95.0 },
             CRow { preload: &glibc, per_pair: 100.3, with_loop: 107.0 },
         ];
-        let text = c_markdown(&rows);
+        let text = c_markdown(&rows, CXX_TITLE);
+        assert!(text.starts_with(CXX_TITLE), "{text}");
         assert!(text.contains("| tcalloc | 88.0 | 95.0 | `libtcalloc.so` |"), "{text}");
         assert!(text.contains("| glibc | 100.3 | 107.0 | (none) |"), "{text}");
     }

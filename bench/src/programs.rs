@@ -9,7 +9,8 @@
 //! <n>` runs the same loop without allocating, to subtract the loop's own instructions.
 //! `fastpath-c <n>` and `fastpath-c-empty <n>` are the same through the C ABI: `malloc(64)`
 //! and `free` from the C library, whichever allocator `LD_PRELOAD` put behind them (run by
-//! `worker_glibc`, whose own Rust allocations go to `malloc` too).
+//! `worker_glibc`, whose own Rust allocations go to `malloc` too); `fastpath-cxx <n>` and
+//! `fastpath-cxx-empty <n>` through C++'s `operator new` and sized `operator delete`.
 //! `worker_<allocator> scaling <workload> <threads> [divisor]` runs a workload of
 //! `crate::scaling_workloads` on `threads` threads and prints its throughput.
 
@@ -121,6 +122,8 @@ pub fn worker_main<A: GlobalAlloc + Sync>(a: &'static A) {
         "fastpath-empty" => fastpath(a, count(), false),
         "fastpath-c" => fastpath_c::<true>(count()),
         "fastpath-c-empty" => fastpath_c::<false>(count()),
+        "fastpath-cxx" => fastpath_cxx::<true>(count()),
+        "fastpath-cxx-empty" => fastpath_cxx::<false>(count()),
         "scaling" => crate::scaling_workloads::worker(a, &args[2..]),
         _ => match run(a, name, divisor) {
             Some(sum) => sum,
@@ -170,6 +173,58 @@ fn fastpath_c<const ALLOCATE: bool>(n: usize) -> usize {
                 let p = libc::malloc(64);
                 escape(p);
                 libc::free(p);
+            }
+        } else {
+            escape(std::ptr::null_mut());
+        }
+    }
+    n
+}
+
+/// C++'s `operator new(size_t)`.
+type OperatorNew = unsafe extern "C" fn(usize) -> *mut libc::c_void;
+/// C++'s sized `operator delete(void *, size_t)`.
+type OperatorDelete = unsafe extern "C" fn(*mut libc::c_void, usize);
+
+/// The operators a C++ program's calls reach: the C++ runtime (`libstdc++.so.6`) is loaded,
+/// and the names looked up in the global scope, where a preloaded library's definitions come
+/// before the runtime's own.
+fn cxx_operators() -> (OperatorNew, OperatorDelete) {
+    // SAFETY: loading the C++ runtime runs only its initialisers; the two names are looked
+    // up with the types the Itanium C++ ABI gives them.
+    unsafe {
+        let runtime = libc::dlopen(c"libstdc++.so.6".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+        if runtime.is_null() {
+            eprintln!(
+                "fastpath-cxx needs the C++ runtime, libstdc++.so.6 (apt-get install libstdc++6)"
+            );
+            std::process::exit(2);
+        }
+        let new = libc::dlsym(libc::RTLD_DEFAULT, c"_Znwm".as_ptr());
+        let delete = libc::dlsym(libc::RTLD_DEFAULT, c"_ZdlPvm".as_ptr());
+        assert!(
+            !new.is_null() && !delete.is_null(),
+            "the C++ runtime lacks operator new or delete"
+        );
+        let new = std::mem::transmute::<*mut libc::c_void, OperatorNew>(new);
+        let delete = std::mem::transmute::<*mut libc::c_void, OperatorDelete>(delete);
+        (new, delete)
+    }
+}
+
+/// `n` pairs of C++ `new` of 64 bytes and sized `delete` (or the bare loop), as
+/// [`fastpath_c`]: what `auto *p = new T; use(p); delete p;` compiles to, for a 64-byte `T`,
+/// called through pointers to the operators. Returns `n`.
+#[inline(never)]
+fn fastpath_cxx<const ALLOCATE: bool>(n: usize) -> usize {
+    let (new, delete) = cxx_operators();
+    for _ in 0..n {
+        if ALLOCATE {
+            // SAFETY: `new` of 64 bytes, deleted once, right away, with its size.
+            unsafe {
+                let p = new(64);
+                escape(p);
+                delete(p, 64);
             }
         } else {
             escape(std::ptr::null_mut());
