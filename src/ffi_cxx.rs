@@ -172,7 +172,7 @@ macro_rules! new {
             const SYMBOL: &CStr = c_name(concat!($symbol, "\0"));
             if size < FAST_LIMIT {
                 // SAFETY: forwarded.
-                let slow = || unsafe { new_slow(SYMBOL, size) };
+                let slow = |_| unsafe { new_slow(SYMBOL, size) };
                 return front_end::alloc_small_c_or(size, slow).cast();
             }
             // SAFETY: forwarded.

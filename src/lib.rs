@@ -19,6 +19,7 @@
 //!
 //! ```text
 //! ffi.rs ffi_glibc.rs  the C malloc family, glibc's extras, the tcalloc_* twins  entry points
+//! ffi_cxx.rs           C++ operator new and delete (with override)
 //! lib.rs               the Rust API: TcAlloc, stats(), release_free_memory(), Pool
 //! pool/                per-connection memory pools (Rust and the C mp_* API), on TcAlloc
 //! global.rs            TcAlloc: GlobalAlloc

@@ -67,16 +67,24 @@ const _: () = assert!(FAST_LIMIT <= crate::config::SMALL_LOOKUP_MAX + 1);
 /// Pops from the list at byte offset `offset` of the calling thread's cache.
 #[inline(always)]
 fn pop(offset: usize) -> *mut u8 {
-    pop_or(offset, || alloc_slow(offset / size_of::<HotList>()))
+    pop_or(offset, |class| alloc_slow(class))
 }
 
-/// [`pop`], with `slow()` (a refill) in place of [`alloc_slow`] when the list is empty or the
-/// thread has no cache yet.
+/// Marks the branch that calls it as rarely taken, as a call of the `#[cold]` [`alloc_slow`]
+/// does when it is not hidden behind a closure: the pop then stays in line in the caller's
+/// loop, and the refill out of it.
+#[cold]
 #[inline(always)]
-fn pop_or(offset: usize, slow: impl FnOnce() -> *mut u8) -> *mut u8 {
+fn cold_path() {}
+
+/// [`pop`], with `slow(class index)` (a refill) in place of [`alloc_slow`] when the list is
+/// empty or the thread has no cache yet.
+#[inline(always)]
+fn pop_or(offset: usize, slow: impl FnOnce(usize) -> *mut u8) -> *mut u8 {
     let cache = cache_fast();
     if cache.is_null() {
-        return slow();
+        cold_path();
+        return slow(offset / size_of::<HotList>());
     }
     // SAFETY: the cache is this thread's; `offset` is the offset of one of its lists (a class
     // index times the list size); the list's objects are free objects of the class, whose
@@ -85,7 +93,8 @@ fn pop_or(offset: usize, slow: impl FnOnce() -> *mut u8) -> *mut u8 {
         let list = (*cache).hot.as_mut_ptr().byte_add(offset);
         let head = (*list).head;
         if head.is_null() {
-            return slow();
+            cold_path();
+            return slow(offset / size_of::<HotList>());
         }
         // Decode and check the link (see `free_list`): a valid link (below 2^48, 8-aligned)
         // has no bit of the mask set, which one `test` with the cache's copy of the mask
@@ -313,11 +322,11 @@ pub fn alloc_small_c(size: usize) -> *mut u8 {
     pop(unsafe { *FAST_OFFSET_C.get_unchecked(size) } as usize)
 }
 
-/// [`alloc_small_c`] whose slow path is `slow()` (C++ `operator new`: its own answer to running
-/// out of memory, and no register kept across the pop for it).
+/// [`alloc_small_c`] whose slow path is `slow(class index)` (C++ `operator new`: its own
+/// answer to running out of memory, and no register kept across the pop for it).
 #[cfg(feature = "override")]
 #[inline(always)]
-pub fn alloc_small_c_or(size: usize, slow: impl FnOnce() -> *mut u8) -> *mut u8 {
+pub fn alloc_small_c_or(size: usize, slow: impl FnOnce(usize) -> *mut u8) -> *mut u8 {
     crate::diag::debug_invariant!(size < FAST_LIMIT);
     // SAFETY: `size < FAST_LIMIT`, the table's length.
     pop_or(unsafe { *FAST_OFFSET_C.get_unchecked(size) } as usize, slow)
