@@ -10,8 +10,13 @@
 //! unwinder's symbols local, so a C++ program's exceptions still go through its own
 //! `libgcc_s`.
 //!
-//! Only the cdylib is linked so; the rlib (Rust programs, the tests) is not touched. Where the
-//! C compiler does not know the archive (another libc, another compiler), nothing changes.
+//! Only with the `override` feature, the build of the drop-in C library: cargo passes a
+//! `rustc-link-arg-cdylib` on to the cdylibs of crates that depend on this one too (cargo
+//! issue 9562), and a Rust cdylib that only uses `TcAlloc` must keep its own unwinder, or a C++
+//! exception passing through its frames would meet an unwinder of another copy. The rlib (Rust
+//! programs, the tests) is never linked so. Where the C compiler does not know the archive
+//! (another libc, another compiler), or the build is a cross build (the host's compiler would
+//! name the host's archive), nothing changes.
 
 use std::env;
 use std::path::PathBuf;
@@ -22,7 +27,9 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CC");
     let os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let libc = env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
-    if os != "linux" || libc != "gnu" {
+    let cross = env::var("TARGET").ok() != env::var("HOST").ok();
+    let override_build = env::var_os("CARGO_FEATURE_OVERRIDE").is_some();
+    if os != "linux" || libc != "gnu" || cross || !override_build {
         return;
     }
     let Some(archive) = unwinder_archive() else { return };

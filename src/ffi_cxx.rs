@@ -7,12 +7,35 @@
 //! | --- | --- |
 //! | `new(n)`, `new[](n)` | a block as `malloc(n)` gives (`n == 0` too: a unique pointer) |
 //! | `new(n, align_val_t a)` | a block aligned to `a` (and at least to what `malloc(n)` guarantees) |
-//! | out of memory | the C++ runtime's own operator of the same form is called (found with `dlsym(RTLD_NEXT, …)`): it retries through `malloc`, runs the program's `new_handler`, and throws `std::bad_alloc`, or for a `nothrow` form returns null; with no C++ runtime loaded after tcalloc, the throwing forms abort with `tcalloc: operator new(): out of memory` and the `nothrow` forms return null |
+//! | out of memory | the C++ runtime's own operator of the same form is called: it retries through `malloc`, runs the program's `new_handler`, and throws `std::bad_alloc`, or for a `nothrow` form returns null; with no C++ runtime to be found, the throwing forms abort with `tcalloc: operator new(): out of memory` and the `nothrow` forms return null |
 //! | `new(n, align_val_t a)` with `a` not a power of two | abort with `tcalloc: operator new(): invalid alignment` |
 //! | every `delete` form | `free(p)`, validated as `free` validates, with `operator delete` in the message: a pointer tcalloc never handed out or a double free aborts. The size and alignment of the sized and aligned forms are not checked (the C++ runtime ignores them too) |
+//! | a program that defines some of the operators itself | every form is the C++ runtime's (see below) |
 //!
-//! The throwing forms are `extern "C-unwind"`: the C++ runtime's `std::bad_alloc` passes
-//! through them to the program's handler.
+//! **Programs that replace operators.** The standard lets a program define its own `new` and
+//! `delete` (to track its allocations, say), and the forms it leaves out call the ones it
+//! defines: the runtime's sized `delete` calls the plain `delete`, its `new[]` the plain `new`.
+//! tcalloc's forms would break that pairing (a block of the program's `new`, with its header,
+//! freed by tcalloc's sized `delete`). So the first call of any form looks each name up in the
+//! process (`dlsym(RTLD_DEFAULT, …)`): if one of them is not tcalloc's, every form of tcalloc's
+//! from then on calls the C++ runtime's of the same form, which calls the program's or
+//! `malloc`/`free`, exactly as without tcalloc's operators. Until that look-up has found them
+//! all tcalloc's, `new`'s fast-path limit is 0 and `delete` takes its slow path, so the check
+//! costs the fast paths nothing but the limit's load (a compare with memory instead of a
+//! constant) and one test in `delete`.
+//!
+//! **Finding the C++ runtime.** `dlsym(RTLD_NEXT, …)` finds it where the program links it;
+//! for one opened with `dlopen(RTLD_LOCAL)` (a Python extension in C++), or whose constructors
+//! are still running, the runtime is looked up by its name (`libstdc++.so.6`, `libc++.so.1`)
+//! among the loaded objects (`RTLD_NOLOAD`).
+//!
+//! **Exceptions.** The throwing forms are `extern "C-unwind"`: the C++ runtime's
+//! `std::bad_alloc` passes through them (and through [`new_slow`] and the `*_by_runtime`
+//! functions) to the program's handler. None of these frames may need a cleanup (no value with
+//! `Drop` alive across the runtime's call): a frame with a cleanup would have the unwinder
+//! call Rust's personality routine, which this library links against its own copy of libgcc's
+//! unwinder (`build.rs`), not the copy that raised the exception, and the program would abort.
+//! `tests/c/cxx_test.cpp` throws through them.
 //!
 //! Layers below: `router`, `front_end` (the thread cache's pop, as `malloc`'s), `diag`.
 
@@ -20,6 +43,7 @@ use crate::diag;
 use crate::front_end::{self, FAST_LIMIT};
 use crate::router;
 use core::ffi::{c_void, CStr};
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering::Relaxed};
 
 /// A symbol name with its terminating NUL, as a `CStr`.
 const fn c_name(name: &'static str) -> &'static CStr {
@@ -31,6 +55,62 @@ const fn c_name(name: &'static str) -> &'static CStr {
 
 /// The C++ runtime's `std::nothrow_t` argument: never read.
 type Nothrow = *const c_void;
+
+/// `new`'s fast-path limit: [`FAST_LIMIT`] once every operator of the process was found to be
+/// tcalloc's, 0 before that and when the program replaced one (every call then takes the slow
+/// path). `delete` takes its slow path while it is 0.
+static NEW_LIMIT: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether the operators were looked up yet, and what was found.
+static OPERATORS: AtomicU8 = AtomicU8::new(NOT_LOOKED_UP);
+const NOT_LOOKED_UP: u8 = 0;
+const TCALLOCS: u8 = 1;
+const REPLACED: u8 = 2;
+
+/// Whether the calls must go to the C++ runtime's operators: the program replaced one of
+/// them. Looks the operators up on the first call.
+#[cold]
+#[inline(never)]
+fn forwarding() -> bool {
+    match OPERATORS.load(Relaxed) {
+        TCALLOCS => false,
+        REPLACED => true,
+        _ => look_up_operators(),
+    }
+}
+
+/// Looks each operator up in the process and says whether one is not tcalloc's. (Taking the
+/// address of tcalloc's own definition would not do: an exported function's address is read
+/// from the GOT, which names the definition that won, so the object each one found lives in is
+/// compared with this library's.)
+#[cold]
+#[inline(never)]
+fn look_up_operators() -> bool {
+    let ours = object_of(look_up_operators as *const c_void);
+    let replaced = ALL.iter().any(|name| {
+        // SAFETY: a symbol lookup; it may allocate, which re-enters tcalloc with no lock held.
+        let found = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+        !found.is_null() && object_of(found) != ours
+    });
+    // Racing first calls find the same answer; the last store wins with it.
+    OPERATORS.store(if replaced { REPLACED } else { TCALLOCS }, Relaxed);
+    if !replaced {
+        NEW_LIMIT.store(FAST_LIMIT, Relaxed);
+    }
+    replaced
+}
+
+/// The base address of the loaded object that holds `address` (null if none does).
+fn object_of(address: *const c_void) -> *mut c_void {
+    // SAFETY: `dladdr` only reads the loader's tables and writes `info`.
+    unsafe {
+        let mut info: libc::Dl_info = core::mem::zeroed();
+        if libc::dladdr(address, &mut info) == 0 {
+            return core::ptr::null_mut();
+        }
+        info.dli_fbase
+    }
+}
 
 /// The alignment C `malloc(size)` gives, or `align` if larger. Aborts on an alignment that is
 /// not a power of two (`std::align_val_t` must be one).
@@ -48,14 +128,12 @@ fn too_big(size: usize) -> bool {
     size > isize::MAX as usize
 }
 
-/// The aligned forms' allocation; null when out of memory.
+/// A size the C++ runtime gets for a request tcalloc could not serve: the same, but no more
+/// than `PTRDIFF_MAX + 1`, still impossible, which the runtime's aligned `new` cannot round up
+/// past `SIZE_MAX` to a tiny block (libstdc++ 12's does: `(size + align - 1) & ~(align - 1)`).
 #[inline(always)]
-fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
-    let align = alignment(align, size);
-    if too_big(size) {
-        return core::ptr::null_mut();
-    }
-    router::alloc(size, align)
+fn for_runtime(size: usize) -> usize {
+    size.min(isize::MAX as usize + 1)
 }
 
 #[cold]
@@ -64,12 +142,55 @@ fn bad_alignment(align: usize) -> ! {
     diag::fatal(format_args!("operator new(): invalid alignment {align}"))
 }
 
-/// The next definition of `symbol` after this library: the C++ runtime's own operator.
+/// One operator of the C++ runtime: its name, and its definition once found.
+struct Runtime {
+    symbol: &'static CStr,
+    found: AtomicPtr<c_void>,
+}
+
+impl Runtime {
+    const fn new(symbol: &'static CStr) -> Self {
+        Runtime { symbol, found: AtomicPtr::new(core::ptr::null_mut()) }
+    }
+
+    /// The C++ runtime's own definition: the next one after this library, else the one in a
+    /// loaded C++ runtime library that is not in the global scope. Null if there is none.
+    /// Looked up once (a forwarding program calls it on every allocation).
+    #[inline]
+    fn get(&self) -> *mut c_void {
+        let found = self.found.load(Relaxed);
+        if !found.is_null() {
+            return found;
+        }
+        let found = look_up_runtime(self.symbol);
+        self.found.store(found, Relaxed);
+        found
+    }
+}
+
 #[cold]
 #[inline(never)]
-fn next(symbol: &CStr) -> *mut c_void {
-    // SAFETY: a symbol lookup; `dlsym` may allocate, which re-enters tcalloc with no lock held.
-    unsafe { libc::dlsym(libc::RTLD_NEXT, symbol.as_ptr()) }
+fn look_up_runtime(symbol: &CStr) -> *mut c_void {
+    // SAFETY: symbol lookups; they may allocate, which re-enters tcalloc with no lock held.
+    unsafe {
+        let next = libc::dlsym(libc::RTLD_NEXT, symbol.as_ptr());
+        if !next.is_null() {
+            return next;
+        }
+        for library in [c"libstdc++.so.6", c"libc++.so.1"] {
+            let handle = libc::dlopen(library.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
+            if handle.is_null() {
+                continue;
+            }
+            // The library's own definition: a handle's lookup starts with the library itself.
+            let found = libc::dlsym(handle, symbol.as_ptr());
+            libc::dlclose(handle);
+            if !found.is_null() {
+                return found;
+            }
+        }
+        core::ptr::null_mut()
+    }
 }
 
 #[cold]
@@ -78,37 +199,39 @@ fn no_runtime(size: usize) -> ! {
     diag::fatal(format_args!("operator new(): out of memory ({size} bytes)"))
 }
 
-/// `new(size)` past the thread cache's pop: `malloc`'s path, then [`new_failed`].
+/// `new(size)` past the thread cache's pop: the C++ runtime's when forwarding, else `malloc`'s
+/// path, then the runtime's when out of memory.
 #[cold]
 #[inline(never)]
-unsafe fn new_slow(symbol: &CStr, size: usize) -> *mut u8 {
-    let p = if too_big(size) { core::ptr::null_mut() } else { router::alloc_c(size) };
+unsafe fn new_slow(runtime: &Runtime, size: usize) -> *mut u8 {
+    let p =
+        if forwarding() || too_big(size) { core::ptr::null_mut() } else { router::alloc_c(size) };
     if p.is_null() {
         // SAFETY: forwarded.
-        return unsafe { new_failed(symbol, size) }.cast();
+        return unsafe { new_by_runtime(runtime, size) }.cast();
     }
     p
 }
 
-/// `new(size)` after tcalloc ran out of memory: the C++ runtime's, which throws.
+/// The C++ runtime's `new(size)` (which throws when out of memory).
 #[cold]
 #[inline(never)]
-unsafe fn new_failed(symbol: &CStr, size: usize) -> *mut c_void {
-    let f = next(symbol);
+unsafe fn new_by_runtime(runtime: &Runtime, size: usize) -> *mut c_void {
+    let f = runtime.get();
     if f.is_null() {
         no_runtime(size);
     }
     // SAFETY: the C++ runtime's operator of this form: `void *(size_t)`.
     let f: unsafe extern "C-unwind" fn(usize) -> *mut c_void = unsafe { core::mem::transmute(f) };
     // SAFETY: as above.
-    unsafe { f(size) }
+    unsafe { f(for_runtime(size)) }
 }
 
-/// `new(size, align)` after tcalloc ran out of memory: the C++ runtime's, which throws.
+/// The C++ runtime's `new(size, align)`.
 #[cold]
 #[inline(never)]
-unsafe fn new_aligned_failed(symbol: &CStr, size: usize, align: usize) -> *mut c_void {
-    let f = next(symbol);
+unsafe fn new_aligned_by_runtime(runtime: &Runtime, size: usize, align: usize) -> *mut c_void {
+    let f = runtime.get();
     if f.is_null() {
         no_runtime(size);
     }
@@ -116,15 +239,14 @@ unsafe fn new_aligned_failed(symbol: &CStr, size: usize, align: usize) -> *mut c
     let f: unsafe extern "C-unwind" fn(usize, usize) -> *mut c_void =
         unsafe { core::mem::transmute(f) };
     // SAFETY: as above.
-    unsafe { f(size, align) }
+    unsafe { f(for_runtime(size), align) }
 }
 
-/// `new(size, nothrow)` after tcalloc ran out of memory: the C++ runtime's (it runs the
-/// `new_handler`), else null.
+/// The C++ runtime's `new(size, nothrow)` (it runs the `new_handler`), else null.
 #[cold]
 #[inline(never)]
-unsafe fn new_nothrow_failed(symbol: &CStr, size: usize, nothrow: Nothrow) -> *mut c_void {
-    let f = next(symbol);
+unsafe fn new_nothrow_by_runtime(runtime: &Runtime, size: usize, nothrow: Nothrow) -> *mut c_void {
+    let f = runtime.get();
     if f.is_null() {
         return core::ptr::null_mut();
     }
@@ -132,19 +254,19 @@ unsafe fn new_nothrow_failed(symbol: &CStr, size: usize, nothrow: Nothrow) -> *m
     let f: unsafe extern "C-unwind" fn(usize, Nothrow) -> *mut c_void =
         unsafe { core::mem::transmute(f) };
     // SAFETY: as above.
-    unsafe { f(size, nothrow) }
+    unsafe { f(for_runtime(size), nothrow) }
 }
 
-/// `new(size, align, nothrow)` after tcalloc ran out of memory: as [`new_nothrow_failed`].
+/// The C++ runtime's `new(size, align, nothrow)`, else null.
 #[cold]
 #[inline(never)]
-unsafe fn new_aligned_nothrow_failed(
-    symbol: &CStr,
+unsafe fn new_aligned_nothrow_by_runtime(
+    runtime: &Runtime,
     size: usize,
     align: usize,
     nothrow: Nothrow,
 ) -> *mut c_void {
-    let f = next(symbol);
+    let f = runtime.get();
     if f.is_null() {
         return core::ptr::null_mut();
     }
@@ -153,7 +275,17 @@ unsafe fn new_aligned_nothrow_failed(
     let f: unsafe extern "C-unwind" fn(usize, usize, Nothrow) -> *mut c_void =
         unsafe { core::mem::transmute(f) };
     // SAFETY: as above.
-    unsafe { f(size, align, nothrow) }
+    unsafe { f(for_runtime(size), align, nothrow) }
+}
+
+/// The aligned forms' allocation; null when out of memory.
+#[inline(always)]
+fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
+    let align = alignment(align, size);
+    if too_big(size) {
+        return core::ptr::null_mut();
+    }
+    router::alloc(size, align)
 }
 
 /// Defines the throwing and `nothrow` forms of one `operator new`.
@@ -169,14 +301,14 @@ macro_rules! new {
         /// - As for the C++ operator.
         #[export_name = $symbol]
         pub unsafe extern "C-unwind" fn $name(size: usize) -> *mut c_void {
-            const SYMBOL: &CStr = c_name(concat!($symbol, "\0"));
-            if size < FAST_LIMIT {
+            static RUNTIME: Runtime = Runtime::new(c_name(concat!($symbol, "\0")));
+            if size < NEW_LIMIT.load(Relaxed) {
                 // SAFETY: forwarded.
-                let slow = |_| unsafe { new_slow(SYMBOL, size) };
+                let slow = |_| unsafe { new_slow(&RUNTIME, size) };
                 return front_end::alloc_small_c_or(size, slow).cast();
             }
             // SAFETY: forwarded.
-            unsafe { new_slow(SYMBOL, size) }.cast()
+            unsafe { new_slow(&RUNTIME, size) }.cast()
         }
 
         /// The `nothrow` form.
@@ -185,12 +317,15 @@ macro_rules! new {
         /// - As for the C++ operator.
         #[export_name = $nothrow_symbol]
         pub unsafe extern "C-unwind" fn $nothrow_name(size: usize, nothrow: Nothrow) -> *mut c_void {
-            let p = router::alloc_c(size);
+            static RUNTIME: Runtime = Runtime::new(c_name(concat!($nothrow_symbol, "\0")));
+            let p = if forwarding_now() || too_big(size) {
+                core::ptr::null_mut()
+            } else {
+                router::alloc_c(size)
+            };
             if p.is_null() {
                 // SAFETY: forwarded.
-                return unsafe {
-                    new_nothrow_failed(c_name(concat!($nothrow_symbol, "\0")), size, nothrow)
-                };
+                return unsafe { new_nothrow_by_runtime(&RUNTIME, size, nothrow) };
             }
             p.cast()
         }
@@ -210,10 +345,11 @@ macro_rules! new_aligned {
         /// - As for the C++ operator.
         #[export_name = $symbol]
         pub unsafe extern "C-unwind" fn $name(size: usize, align: usize) -> *mut c_void {
-            let p = alloc_aligned(size, align);
+            static RUNTIME: Runtime = Runtime::new(c_name(concat!($symbol, "\0")));
+            let p = if forwarding_now() { core::ptr::null_mut() } else { alloc_aligned(size, align) };
             if p.is_null() {
                 // SAFETY: forwarded.
-                return unsafe { new_aligned_failed(c_name(concat!($symbol, "\0")), size, align) };
+                return unsafe { new_aligned_by_runtime(&RUNTIME, size, align) };
             }
             p.cast()
         }
@@ -228,17 +364,24 @@ macro_rules! new_aligned {
             align: usize,
             nothrow: Nothrow,
         ) -> *mut c_void {
-            let p = alloc_aligned(size, align);
+            static RUNTIME: Runtime = Runtime::new(c_name(concat!($nothrow_symbol, "\0")));
+            let p = if forwarding_now() { core::ptr::null_mut() } else { alloc_aligned(size, align) };
             if p.is_null() {
                 // SAFETY: forwarded.
                 return unsafe {
-                    let symbol = c_name(concat!($nothrow_symbol, "\0"));
-                    new_aligned_nothrow_failed(symbol, size, align, nothrow)
+                    new_aligned_nothrow_by_runtime(&RUNTIME, size, align, nothrow)
                 };
             }
             p.cast()
         }
     )*};
+}
+
+/// [`forwarding`], for the forms without a fast path of their own: one load once the
+/// operators were found to be tcalloc's.
+#[inline(always)]
+fn forwarding_now() -> bool {
+    NEW_LIMIT.load(Relaxed) == 0 && forwarding()
 }
 
 new! {
@@ -259,8 +402,9 @@ new_aligned! {
     operator_new_array_aligned_nothrow = "_ZnamSt11align_val_tRKSt9nothrow_t";
 }
 
-/// Defines `operator delete` forms: each frees its pointer as `free` does; the other
-/// arguments (size, alignment, `nothrow`) are not used.
+/// Defines `operator delete` forms: each frees its pointer as `free` does, the other
+/// arguments (size, alignment, `nothrow`) unused; or, when forwarding, calls the C++ runtime's
+/// form with all of them.
 macro_rules! delete {
     ($(
         $(#[$doc:meta])*
@@ -272,6 +416,25 @@ macro_rules! delete {
         /// - As for the C++ operator.
         #[export_name = $symbol]
         pub unsafe extern "C" fn $name(ptr: *mut c_void $(, $arg: $ty)*) {
+            if NEW_LIMIT.load(Relaxed) == 0 {
+                #[cold]
+                #[inline(never)]
+                unsafe fn slow(ptr: *mut c_void $(, $arg: $ty)*) {
+                    static RUNTIME: Runtime = Runtime::new(c_name(concat!($symbol, "\0")));
+                    let f = if forwarding() { RUNTIME.get() } else { core::ptr::null_mut() };
+                    if f.is_null() {
+                        // SAFETY: as in the fast path below.
+                        return unsafe { router::free_unsized(ptr.cast(), "operator delete") };
+                    }
+                    let f: unsafe extern "C" fn(*mut c_void $(, $ty)*) =
+                        // SAFETY: the C++ runtime's operator of this form.
+                        unsafe { core::mem::transmute(f) };
+                    // SAFETY: forwarded.
+                    unsafe { f(ptr $(, $arg)*) }
+                }
+                // SAFETY: forwarded.
+                return unsafe { slow(ptr $(, $arg)*) };
+            }
             $(let _ = $arg;)*
             // SAFETY: the C++ contract: `ptr` is null or a live block of `new`, now dead;
             // anything else is caught by `free`'s validation.
@@ -308,3 +471,27 @@ delete! {
     operator_delete_array_aligned_nothrow = "_ZdaPvSt11align_val_tRKSt9nothrow_t"
         (align: usize, nothrow: Nothrow);
 }
+
+/// Every operator's name.
+static ALL: [&CStr; 20] = [
+    c"_Znwm",
+    c"_ZnwmRKSt9nothrow_t",
+    c"_Znam",
+    c"_ZnamRKSt9nothrow_t",
+    c"_ZnwmSt11align_val_t",
+    c"_ZnwmSt11align_val_tRKSt9nothrow_t",
+    c"_ZnamSt11align_val_t",
+    c"_ZnamSt11align_val_tRKSt9nothrow_t",
+    c"_ZdlPv",
+    c"_ZdaPv",
+    c"_ZdlPvm",
+    c"_ZdaPvm",
+    c"_ZdlPvRKSt9nothrow_t",
+    c"_ZdaPvRKSt9nothrow_t",
+    c"_ZdlPvSt11align_val_t",
+    c"_ZdaPvSt11align_val_t",
+    c"_ZdlPvmSt11align_val_t",
+    c"_ZdaPvmSt11align_val_t",
+    c"_ZdlPvSt11align_val_tRKSt9nothrow_t",
+    c"_ZdaPvSt11align_val_tRKSt9nothrow_t",
+];

@@ -169,12 +169,19 @@ fn cxx_test() -> &'static Path {
 
 /// Compiles `tests/c/<name>.cpp` (C++17) into the temporary directory.
 fn compile_cxx(name: &str) -> PathBuf {
+    compile_cxx_with(name, name, &[])
+}
+
+/// Compiles `tests/c/<name>.cpp` (C++17) into the temporary directory as `out`, with `extra`
+/// arguments.
+fn compile_cxx_with(name: &str, out: &str, extra: &[&str]) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c").join(format!("{name}.cpp"));
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(out);
     let status = Command::new("c++")
         .args(["-O2", "-std=c++17", "-Wno-free-nonheap-object", "-o"])
         .arg(&out)
         .arg(&src)
+        .args(extra)
         .arg("-ldl")
         .status()
         .expect("run c++ (install g++)");
@@ -200,6 +207,32 @@ fn cxx_delete_of_a_bad_pointer_stops_the_program() {
     assert_stops(program, "bad-delete", "tcalloc: operator delete(): invalid pointer");
     assert_stops(program, "interior-delete", "tcalloc: operator delete(): invalid pointer");
     assert_stops(program, "double-delete", "tcalloc: operator delete(): double free");
+}
+
+#[test]
+fn cxx_programs_that_replace_new_and_delete_keep_them() {
+    // The program defines only the plain new and delete; the sized delete of its containers,
+    // its nothrow and array forms must reach them, as without tcalloc.
+    let program = compile_cxx("cxx_replaced");
+    for preload in [false, true] {
+        let out = run(&program, &[], preload);
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "preload {preload}: {stdout}\n{}", text(&out.stderr));
+        assert_eq!(stdout.trim(), "live 0, every block through the program's new", "{preload}");
+    }
+}
+
+#[test]
+fn cxx_library_opened_with_rtld_local_gets_bad_alloc() {
+    // A C++ library opened with RTLD_LOCAL (as Python opens extensions): its runtime is not in
+    // the global scope, and running out of memory must still throw, not abort.
+    let plugin = compile_cxx_with("cxx_plugin", "libcxx_plugin.so", &["-shared", "-fPIC"]);
+    let host = compile("cxx_host");
+    let out = run(&host, &[plugin.to_str().unwrap()], true);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("nothrow new of too much: null"), "{stdout}");
+    assert!(stdout.contains("new of too much: bad_alloc caught"), "{stdout}");
 }
 
 #[test]

@@ -147,6 +147,17 @@ static int all() {
         threw = true;
     }
     check(threw, "aligned new[] of more than PTRDIFF_MAX throws std::bad_alloc");
+    threw = false;
+    try {
+        /* The C++ runtime's aligned new rounds the size up to the alignment, which wraps to 0
+           past SIZE_MAX (libstdc++ 12): tcalloc must not hand it a size it can wrap. */
+        sink = ::operator new(SIZE_MAX, std::align_val_t(64));
+    } catch (const std::bad_alloc &) {
+        threw = true;
+    }
+    check(threw, "aligned new of SIZE_MAX throws std::bad_alloc");
+    check(::operator new[](SIZE_MAX - 8, std::align_val_t(64), std::nothrow) == nullptr,
+          "aligned nothrow new[] of SIZE_MAX - 8 is null");
     check(::operator new(huge(), std::nothrow) == nullptr, "nothrow new of too much is null");
     check(::operator new[](huge(), std::align_val_t(64), std::nothrow) == nullptr,
           "aligned nothrow new[] of too much is null");
