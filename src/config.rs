@@ -53,8 +53,10 @@ pub const MAX_LIST_BYTES: usize = 2 << 20;
 /// A list whose length overruns its limit this many times shrinks by a batch.
 pub const MAX_LIST_OVERAGES: u32 = 3;
 
-/// Default byte budget of one thread's cache.
-pub const THREAD_CACHE_BYTES: usize = 8 << 20;
+/// Default byte budget of one thread's cache (as gperftools'). At 8 MiB, mstress (threads
+/// created 25 times over, each slow-starting its cache) peaked at 18.5 MiB against 14.7, with
+/// no measurable gain in speed on the multi-threaded programs.
+pub const THREAD_CACHE_BYTES: usize = 4 << 20;
 
 /// Smallest budget a thread's cache is cut down to when many threads share the total.
 pub const MIN_THREAD_CACHE_BYTES: usize = 512 << 10;
