@@ -204,8 +204,11 @@ fn no_runtime(size: usize) -> ! {
 #[cold]
 #[inline(never)]
 unsafe fn new_slow(runtime: &Runtime, size: usize) -> *mut u8 {
-    let p =
-        if forwarding() || too_big(size) { core::ptr::null_mut() } else { router::alloc_c(size) };
+    let p = if forwarding_to(runtime) || too_big(size) {
+        core::ptr::null_mut()
+    } else {
+        router::alloc_c(size)
+    };
     if p.is_null() {
         // SAFETY: forwarded.
         return unsafe { new_by_runtime(runtime, size) }.cast();
@@ -318,7 +321,7 @@ macro_rules! new {
         #[export_name = $nothrow_symbol]
         pub unsafe extern "C-unwind" fn $nothrow_name(size: usize, nothrow: Nothrow) -> *mut c_void {
             static RUNTIME: Runtime = Runtime::new(c_name(concat!($nothrow_symbol, "\0")));
-            let p = if forwarding_now() || too_big(size) {
+            let p = if forwarding_to(&RUNTIME) || too_big(size) {
                 core::ptr::null_mut()
             } else {
                 router::alloc_c(size)
@@ -346,7 +349,11 @@ macro_rules! new_aligned {
         #[export_name = $symbol]
         pub unsafe extern "C-unwind" fn $name(size: usize, align: usize) -> *mut c_void {
             static RUNTIME: Runtime = Runtime::new(c_name(concat!($symbol, "\0")));
-            let p = if forwarding_now() { core::ptr::null_mut() } else { alloc_aligned(size, align) };
+            let p = if forwarding_to(&RUNTIME) {
+                core::ptr::null_mut()
+            } else {
+                alloc_aligned(size, align)
+            };
             if p.is_null() {
                 // SAFETY: forwarded.
                 return unsafe { new_aligned_by_runtime(&RUNTIME, size, align) };
@@ -365,7 +372,11 @@ macro_rules! new_aligned {
             nothrow: Nothrow,
         ) -> *mut c_void {
             static RUNTIME: Runtime = Runtime::new(c_name(concat!($nothrow_symbol, "\0")));
-            let p = if forwarding_now() { core::ptr::null_mut() } else { alloc_aligned(size, align) };
+            let p = if forwarding_to(&RUNTIME) {
+                core::ptr::null_mut()
+            } else {
+                alloc_aligned(size, align)
+            };
             if p.is_null() {
                 // SAFETY: forwarded.
                 return unsafe {
@@ -377,11 +388,13 @@ macro_rules! new_aligned {
     )*};
 }
 
-/// [`forwarding`], for the forms without a fast path of their own: one load once the
-/// operators were found to be tcalloc's.
+/// Whether this call goes to `runtime`, the C++ runtime's form of the operator: the program
+/// replaced an operator ([`forwarding`]) and the runtime's form exists (a program that brings
+/// every operator it uses has none, and tcalloc's serves). One load once the operators were
+/// found to be tcalloc's.
 #[inline(always)]
-fn forwarding_now() -> bool {
-    NEW_LIMIT.load(Relaxed) == 0 && forwarding()
+fn forwarding_to(runtime: &Runtime) -> bool {
+    NEW_LIMIT.load(Relaxed) == 0 && forwarding() && !runtime.get().is_null()
 }
 
 new! {
@@ -421,7 +434,7 @@ macro_rules! delete {
                 #[inline(never)]
                 unsafe fn slow(ptr: *mut c_void $(, $arg: $ty)*) {
                     static RUNTIME: Runtime = Runtime::new(c_name(concat!($symbol, "\0")));
-                    let f = if forwarding() { RUNTIME.get() } else { core::ptr::null_mut() };
+                    let f = if forwarding_to(&RUNTIME) { RUNTIME.get() } else { core::ptr::null_mut() };
                     if f.is_null() {
                         // SAFETY: as in the fast path below.
                         return unsafe { router::free_unsized(ptr.cast(), "operator delete") };
