@@ -54,31 +54,8 @@ pub fn run(dir: &Path, out: &Path) {
     // tcalloc first, as in the Rust table.
     preloads.sort_by_key(|p| p.name != "tcalloc");
     let worker = crate::worker_path(dir, "glibc");
-    let mut c_rows = Vec::new();
-    for p in &preloads {
-        let (per_pair, with_loop) = per_pair(|mode, n| {
-            let mode = if mode { "fastpath-c" } else { "fastpath-c-empty" };
-            callgrind(&worker, Some(p), mode, n)
-        });
-        eprintln!(
-            "C    {:<9} {per_pair:6.1} instructions per pair ({with_loop:.1} with the loop)",
-            p.name
-        );
-        c_rows.push(CRow { preload: p, per_pair, with_loop });
-    }
-
-    let mut cxx_rows = Vec::new();
-    for p in &preloads {
-        let (per_pair, with_loop) = per_pair(|mode, n| {
-            let mode = if mode { "fastpath-cxx" } else { "fastpath-cxx-empty" };
-            callgrind(&worker, Some(p), mode, n)
-        });
-        eprintln!(
-            "C++  {:<9} {per_pair:6.1} instructions per pair ({with_loop:.1} with the loop)",
-            p.name
-        );
-        cxx_rows.push(CRow { preload: p, per_pair, with_loop });
-    }
+    let c_rows = preloaded_rows(&worker, &preloads, "C", "fastpath-c");
+    let cxx_rows = preloaded_rows(&worker, &preloads, "C++", "fastpath-cxx");
 
     let mut text = report::instructions_markdown(&rust_rows);
     text.push('\n');
@@ -88,6 +65,29 @@ pub fn run(dir: &Path, out: &Path) {
     println!("{text}");
     std::fs::write(out.join("instructions.md"), text).expect("write instructions.md");
     eprintln!("wrote {}", out.join("instructions.md").display());
+}
+
+/// One row per preloaded allocator for the worker's `mode` (and `<mode>-empty`, the bare
+/// loop), each printed as it is counted, labelled `language`.
+fn preloaded_rows<'a>(
+    worker: &Path,
+    preloads: &'a [Preload],
+    language: &str,
+    mode: &str,
+) -> Vec<CRow<'a>> {
+    let empty = format!("{mode}-empty");
+    let mut rows = Vec::new();
+    for p in preloads {
+        let (per_pair, with_loop) = per_pair(|allocate, n| {
+            callgrind(worker, Some(p), if allocate { mode } else { &empty }, n)
+        });
+        eprintln!(
+            "{language:<4} {:<9} {per_pair:6.1} instructions per pair ({with_loop:.1} with the loop)",
+            p.name
+        );
+        rows.push(CRow { preload: p, per_pair, with_loop });
+    }
+    rows
 }
 
 /// (instructions per pair without the loop, with the loop) from `count(allocate, pairs)`,
