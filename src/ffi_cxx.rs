@@ -204,11 +204,13 @@ fn no_runtime(size: usize) -> ! {
 #[cold]
 #[inline(never)]
 unsafe fn new_slow(runtime: &Runtime, size: usize) -> *mut u8 {
-    let p = if forwarding_to(runtime) || too_big(size) {
-        core::ptr::null_mut()
-    } else {
-        router::alloc_c(size)
-    };
+    let p = unless_forwarding(runtime, || {
+        if too_big(size) {
+            core::ptr::null_mut()
+        } else {
+            router::alloc_c(size)
+        }
+    });
     if p.is_null() {
         // SAFETY: forwarded.
         return unsafe { new_by_runtime(runtime, size) }.cast();
@@ -281,6 +283,16 @@ unsafe fn new_aligned_nothrow_by_runtime(
     unsafe { f(for_runtime(size), align, nothrow) }
 }
 
+/// tcalloc's block from `alloc()` (null when out of memory), or null without calling it when
+/// this call goes to `runtime` instead ([`forwarding_to`]).
+#[inline(always)]
+fn unless_forwarding(runtime: &Runtime, alloc: impl FnOnce() -> *mut u8) -> *mut u8 {
+    if forwarding_to(runtime) {
+        return core::ptr::null_mut();
+    }
+    alloc()
+}
+
 /// The aligned forms' allocation; null when out of memory.
 #[inline(always)]
 fn alloc_aligned(size: usize, align: usize) -> *mut u8 {
@@ -321,11 +333,9 @@ macro_rules! new {
         #[export_name = $nothrow_symbol]
         pub unsafe extern "C-unwind" fn $nothrow_name(size: usize, nothrow: Nothrow) -> *mut c_void {
             static RUNTIME: Runtime = Runtime::new(c_name(concat!($nothrow_symbol, "\0")));
-            let p = if forwarding_to(&RUNTIME) || too_big(size) {
-                core::ptr::null_mut()
-            } else {
-                router::alloc_c(size)
-            };
+            let p = unless_forwarding(&RUNTIME, || {
+                if too_big(size) { core::ptr::null_mut() } else { router::alloc_c(size) }
+            });
             if p.is_null() {
                 // SAFETY: forwarded.
                 return unsafe { new_nothrow_by_runtime(&RUNTIME, size, nothrow) };
@@ -349,11 +359,7 @@ macro_rules! new_aligned {
         #[export_name = $symbol]
         pub unsafe extern "C-unwind" fn $name(size: usize, align: usize) -> *mut c_void {
             static RUNTIME: Runtime = Runtime::new(c_name(concat!($symbol, "\0")));
-            let p = if forwarding_to(&RUNTIME) {
-                core::ptr::null_mut()
-            } else {
-                alloc_aligned(size, align)
-            };
+            let p = unless_forwarding(&RUNTIME, || alloc_aligned(size, align));
             if p.is_null() {
                 // SAFETY: forwarded.
                 return unsafe { new_aligned_by_runtime(&RUNTIME, size, align) };
@@ -372,11 +378,7 @@ macro_rules! new_aligned {
             nothrow: Nothrow,
         ) -> *mut c_void {
             static RUNTIME: Runtime = Runtime::new(c_name(concat!($nothrow_symbol, "\0")));
-            let p = if forwarding_to(&RUNTIME) {
-                core::ptr::null_mut()
-            } else {
-                alloc_aligned(size, align)
-            };
+            let p = unless_forwarding(&RUNTIME, || alloc_aligned(size, align));
             if p.is_null() {
                 // SAFETY: forwarded.
                 return unsafe {
