@@ -331,7 +331,6 @@ unsafe fn own_span(span: *mut Span, class: SizeClass, tagged: bool) {
     // SAFETY: per the caller.
     unsafe {
         (*span).set_class_index(class.index());
-        page_map::set_object_check(span, class.index());
         if tagged {
             page_map::set_tags(span, 0..(*span).pages().0, class.index());
         }

@@ -649,7 +649,7 @@ impl PageHeap {
 /// reservation counted against its new limit: `TCALLOC_ARENA_BYTES` sizes it down or, at 0,
 /// turns it off.) Part of the page heap, under its lock (which the fork handlers hold).
 mod arena {
-    use crate::config::{ARENA_BYTES, HEAP_GROWTH_BYTES, PAGE_SIZE};
+    use crate::config::{ARENA_BYTES, HEAP_GROWTH_BYTES};
     use crate::os;
     use crate::page_map;
     use core::ptr::NonNull;
@@ -666,8 +666,6 @@ mod arena {
         next: usize,
         end: usize,
     }
-
-    const _: () = assert!(page_map::ARENA_UNUSED_PAGES * PAGE_SIZE <= HEAP_GROWTH_BYTES);
 
     /// The smallest arena worth reserving: 16 chunks.
     const MIN_ARENA_BYTES: usize = 16 * HEAP_GROWTH_BYTES;
@@ -713,10 +711,8 @@ mod arena {
                 if let Some(base) = os::reserve(len, HEAP_GROWTH_BYTES) {
                     let base = base.as_ptr() as usize;
                     page_map::set_arena(base);
-                    // The first chunk stays closed: its first pages' index words are the
-                    // index's zero record.
                     self.base = base;
-                    self.next = base + HEAP_GROWTH_BYTES;
+                    self.next = base;
                     self.end = base + len;
                     return;
                 }
@@ -725,7 +721,7 @@ mod arena {
         }
 
         /// Bytes of address space reserved for the arena (0 without one), and bytes of it
-        /// the heap took (the first, closed chunk included).
+        /// the heap took.
         pub fn bytes(&self) -> (usize, usize) {
             (self.end - self.base, self.next - self.base)
         }

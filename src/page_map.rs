@@ -17,27 +17,27 @@
 //!
 //! **The arena index.** The page heap takes its memory from one reserved region, the arena
 //! ([`ARENA_BYTES`](crate::config::ARENA_BYTES), see `page_heap`), as long as it can. For the
-//! pages of the arena a second, flat map serves C `free`'s fast path ([`arena_object`]): one
-//! word per page, the distance from the index itself to the [`FreeCheck`] record of the
-//! page's span (in the span record), or 0 where the page has no tag. Distance 0 leads to the
-//! index's own first four words, which stay zero (the arena's first pages are never handed
-//! out), so such a page needs no test of its own: the zero record passes no address. Validating
-//! a small object is then a subtraction, a compare, one load from the index and the record's
-//! test, with no branch for a missing leaf; the tags serve everything else (and chunks
-//! outside the arena). [`set_tags`] and [`clear_tags`] keep both in step.
+//! pages of the arena two flat arrays serve C `free`'s fast path ([`arena_object`]): per page,
+//! the address of its span's first byte (a word) and 16 times the span's class (two bytes),
+//! both 0 where the page has no tag. Class 0's row of the object test passes no address, so
+//! such a page needs no test of its own. Validating a small object is then a subtraction, a
+//! compare and two independent loads from dense arrays (a few cache lines cover the pages of
+//! a heap of many megabytes), then the class's row of the object test, which stays in the
+//! cache; nothing of the span record is read, and no branch is taken for a missing leaf. The
+//! tags serve everything else (and chunks outside the arena). [`set_tags`] and [`clear_tags`]
+//! keep both in step.
 //!
 //! Entry points: [`get`], [`lookup`], [`tag`], [`ensure`], [`set`], [`set_range`], [`clear`],
-//! [`set_tags`], [`clear_tags`], [`set_object_check`], [`set_arena`], [`arena_object`]. Layers
-//! below: `size_class`
+//! [`set_tags`], [`clear_tags`], [`set_arena`], [`arena_object`]. Layers below: `size_class`
 //! (the object test), `os` (for leaves), `metadata` (accounting).
 
 use crate::config::{ADDRESS_BITS, ARENA_BYTES, PAGE_SHIFT};
 use crate::metadata;
 use crate::os;
 use crate::size_class;
-use crate::span::{FreeCheck, Length, PageId, Span};
+use crate::span::{Length, PageId, Span};
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU16, AtomicU32, AtomicUsize, Ordering};
 
 const LEAF_BITS: usize = 18;
 const ROOT_BITS: usize = ADDRESS_BITS - PAGE_SHIFT - LEAF_BITS;
@@ -219,48 +219,26 @@ pub fn tag(address: usize) -> Tag {
     unsafe { (*leaf).tags.get_unchecked(j).load(Ordering::Relaxed) }
 }
 
-/// Sets the [`FreeCheck`] record of `span` for objects of class `class_index`: when the span
-/// becomes one of small objects (or grows in place into a larger class), before its pages
-/// are tagged with [`set_tags`] and while no object of it is live, since `free` reads the
-/// record with plain loads.
-///
-/// # Safety
-/// - `span` is a live record of a span that holds no live object, or whose one live object
-///   the caller owns.
-pub unsafe fn set_object_check(span: *mut Span, class_index: usize) {
-    crate::diag::debug_invariant!(class_index != 0 && class_index < 256);
-    // SAFETY: per the caller.
-    let s = unsafe { &*span };
-    let (factor, limit) = size_class::object_check(class_index);
-    s.check.set(s.start_address(), factor, limit, class_index << TAG_CLASS_SHIFT);
-}
-
 /// Tags pages `pages` (indices from the first page of `span`, below 256) as pages of a span
-/// of small objects of class `class_index`, and points their arena index words (in the arena)
-/// at the span's [`FreeCheck`] record, which [`set_object_check`] set.
+/// of small objects of class `class_index`, and sets their entries in the arena index (in
+/// the arena). A span that grows in place into a larger class is tagged again, every page.
 ///
 /// # Safety
 /// - `span` is a live record; [`ensure`] succeeded for its pages (they are recorded already).
 pub unsafe fn set_tags(span: *mut Span, pages: core::ops::Range<usize>, class_index: usize) {
     crate::diag::debug_invariant!(class_index != 0 && class_index < 256 && pages.end <= 256);
     // SAFETY: per the caller.
-    let s = unsafe { &*span };
-    let start = s.start();
-    crate::diag::debug_invariant!(
-        s.check.scaled_class.load(Ordering::Relaxed) == class_index << TAG_CLASS_SHIFT,
-        "the span's object check is not set for class {class_index}"
-    );
-    // The record's distance from the index; the provenance of `span` is exposed, for
-    // `arena_object` to read the record back through it.
-    let distance = (ptr::addr_of!(s.check) as usize).wrapping_sub(ARENA_INDEX.as_ptr() as usize);
+    let start = unsafe { (*span).start() };
     for k in pages {
         let page = PageId(start.0 + k);
         let (i, j) = split(page);
         let leaf = ROOT[i].load(Ordering::Acquire);
         // SAFETY: the caller ensured the leaf; `j < LEAF_LEN`.
         unsafe { (*leaf).tags.get_unchecked(j).store(make_tag(class_index, k), Ordering::Relaxed) };
-        if let Some(word) = arena_word(page) {
-            word.store(distance, Ordering::Relaxed);
+        if let Some(k) = arena_page(page) {
+            ARENA_INDEX.starts[k].store(start.address(), Ordering::Relaxed);
+            ARENA_INDEX.classes[k]
+                .store((class_index << TAG_CLASS_SHIFT) as u16, Ordering::Relaxed);
         }
     }
 }
@@ -276,13 +254,14 @@ pub unsafe fn clear_tags(start: PageId, pages: Length) {
         let leaf = ROOT[i].load(Ordering::Acquire);
         // SAFETY: the caller ensured the leaf; `j < LEAF_LEN`.
         unsafe { (*leaf).tags.get_unchecked(j).store(0, Ordering::Relaxed) };
-        if let Some(word) = arena_word(page) {
-            word.store(0, Ordering::Relaxed);
+        if let Some(k) = arena_page(page) {
+            ARENA_INDEX.classes[k].store(0, Ordering::Relaxed);
+            ARENA_INDEX.starts[k].store(0, Ordering::Relaxed);
         }
     }
 }
 
-/// Pages in the arena, and words in its index.
+/// Pages in the arena, and entries in its index.
 const ARENA_PAGES: usize = ARENA_BYTES >> PAGE_SHIFT;
 
 /// The arena's first address, negated (wrapping), so that [`arena_object`] can add the address
@@ -296,18 +275,24 @@ fn arena_start() -> usize {
     ARENA_BASE_NEG.load(Ordering::Relaxed).wrapping_neg()
 }
 
-/// The arena index (see the module docs): for page `k` of the arena, the distance from this
-/// array to the [`FreeCheck`] record of its span, or 0. The first four words are the zero
-/// record that distance 0 names: never set, since pages `0..4` of the arena are never used.
-static ARENA_INDEX: [AtomicUsize; ARENA_PAGES] = [const { AtomicUsize::new(0) }; ARENA_PAGES];
+/// The arena index (see the module docs): for page `k` of the arena, the first address of its
+/// span and 16 times the span's class, both 0 for a page that is not tagged. One static, so
+/// that `free` reaches both arrays from one base address.
+#[repr(C)]
+struct ArenaIndex {
+    starts: [AtomicUsize; ARENA_PAGES],
+    classes: [AtomicU16; ARENA_PAGES],
+}
 
-/// Pages at the start of the arena that are never handed out (their index words are the zero
-/// record).
-pub const ARENA_UNUSED_PAGES: usize =
-    core::mem::size_of::<FreeCheck>() / core::mem::size_of::<AtomicUsize>();
+static ARENA_INDEX: ArenaIndex = ArenaIndex {
+    starts: [const { AtomicUsize::new(0) }; ARENA_PAGES],
+    classes: [const { AtomicU16::new(0) }; ARENA_PAGES],
+};
+
+const _: () = assert!(256 << TAG_CLASS_SHIFT <= u16::MAX as usize);
 
 /// Records `base` (aligned to a page) as the start of the arena, once, before any of its pages
-/// is tagged. Pages `0..ARENA_UNUSED_PAGES` of it must never be.
+/// is tagged.
 pub fn set_arena(base: usize) {
     crate::diag::debug_invariant!(base % (1 << PAGE_SHIFT) == 0 && base != 0);
     crate::diag::debug_invariant!(arena_start() == 0, "arena set twice");
@@ -326,40 +311,54 @@ fn in_arena(page: PageId) -> bool {
     base != 0 && page.address().wrapping_sub(base) < ARENA_BYTES
 }
 
-/// The index word of `page`, if it lies in the arena.
-fn arena_word(page: PageId) -> Option<&'static AtomicUsize> {
+/// The arena index's entry for `page`, if it lies in the arena.
+fn arena_page(page: PageId) -> Option<usize> {
     if !in_arena(page) {
         return None;
     }
-    let k = (page.address() - arena_start()) >> PAGE_SHIFT;
-    crate::diag::debug_invariant!(k >= ARENA_UNUSED_PAGES, "arena page {k} is never used");
-    Some(&ARENA_INDEX[k])
+    Some((page.address() - arena_start()) >> PAGE_SHIFT)
 }
 
 /// C `free`'s validation of `address` in the arena: 16 times its class if it is the start of
 /// an object on a tagged page of a span of small objects there, else `None` (anything
-/// outside the arena too: the caller then asks the tags). A subtraction and a compare, one
-/// load from the index, and the record's test (`FreeCheck::object`); no branch for pages with
-/// nothing recorded, whose word leads to the zero record.
+/// outside the arena too: the caller then asks the tags). A subtraction and a compare, two
+/// loads from the index, and the class's object test; no branch for pages with nothing
+/// recorded, whose class 0 passes no address.
 #[inline(always)]
 pub fn arena_object(address: usize) -> Option<usize> {
     let k = address.wrapping_add(ARENA_BASE_NEG.load(Ordering::Relaxed)) >> PAGE_SHIFT;
-    // The index's last word is never read: against a bound that is not a power of two, the
+    // The index's last entry is never read: against a bound that is not a power of two, the
     // test is one compare of `k`, which the page number needs anyway.
     if k >= ARENA_PAGES - 1 {
         return None;
     }
-    let index = ARENA_INDEX.as_ptr();
-    // SAFETY: `k < ARENA_PAGES`.
-    let distance = unsafe { (*index.add(k)).load(Ordering::Relaxed) };
-    // SAFETY: a word is 0 (the zero record at the start of the index) or the distance to the
-    // record of a span whose provenance `set_tags` exposed; records live in metadata, never
-    // unmapped, and are read through atomics only (a stale word names a record that may have
-    // been reused, which at worst accepts a pointer that is not a live block, as a stale tag
-    // would).
-    let check: &FreeCheck =
-        unsafe { &*ptr::with_exposed_provenance((index as usize).wrapping_add(distance)) };
-    check.object(address)
+    // The entries are read with plain loads, which the compiler folds into the arithmetic (it
+    // keeps an atomic load apart); each is an aligned word or half-word, read whole. An entry
+    // changes while a `free` may read it only:
+    // - for a pointer that is not a live block of its page (a stale pointer freed while its
+    //   span is reused, which C leaves undefined): the read may mix the entry's old and new
+    //   halves and take or reject the pointer by the mix, as a stale tag would;
+    // - for an object on a page that is tagged after the object was handed out
+    //   (`central_free_list::complete_page`), from zero to the span's own start and class: a
+    //   mix has class 0 (rejected: the slow path, which takes the list's lock) or the right
+    //   class, so the object is freed either way;
+    // - for the one block of a span that grows in place (`regrow_span`), which its owner is
+    //   reallocating, not freeing.
+    // SAFETY: `k < ARENA_PAGES`; the pointers are to fields of a static.
+    let (start, scaled_class) = unsafe {
+        (
+            *ARENA_INDEX.starts.get_unchecked(k).as_ptr(),
+            *ARENA_INDEX.classes.get_unchecked(k).as_ptr() as usize,
+        )
+    };
+    // SAFETY: `scaled_class` is 16 times a class below `NUM_CLASSES`, or 0, as `set_tags` and
+    // `clear_tags` store it. (The offset from a span's start to an address on one of its pages
+    // is below 256 pages, `OBJECT_CHECK_RANGE`, where the test is exact.)
+    if unsafe { size_class::row_passes(scaled_class, address.wrapping_sub(start)) } {
+        Some(scaled_class)
+    } else {
+        None
+    }
 }
 
 /// Records `span` for `page`.

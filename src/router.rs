@@ -648,11 +648,42 @@ mod tests {
     use super::*;
     use crate::size_class::SizeClass;
 
+    /// A block that `realloc` grows in place from one one-object class to the next keeps its
+    /// address and changes class: on every page of its span, the arena index then gives the
+    /// new class where the tag does (the index holds the class on each page, so every page is
+    /// written again), and `free` takes the grown block.
+    #[test]
+    fn a_block_grown_in_place_is_validated_as_its_new_class() {
+        let mut size = 200 << 10;
+        // SAFETY: sizes are non-zero; the block is grown with its current size and freed once.
+        unsafe {
+            let mut p = alloc(size, 8);
+            assert!(!p.is_null());
+            let mut in_place = 0;
+            while size < 900 << 10 {
+                let new_size = size + (16 << 10);
+                let q = realloc_sized(p, size, 8, new_size);
+                assert!(!q.is_null());
+                in_place += usize::from(q == p);
+                p = q;
+                size = new_size;
+                let Block::Small(class) = resolve(p) else { panic!("{size}: not a small block") };
+                assert_eq!(page_map::arena_object(p as usize), Some(class.index() * 16), "{size}");
+                for probe in (p as usize..p as usize + class.size()).step_by(PAGE_SIZE / 2) {
+                    let by_tag = small_object_scaled(probe as *mut u8);
+                    assert_eq!(page_map::arena_object(probe).unwrap_or(0), by_tag, "{probe:#x}");
+                }
+            }
+            assert!(in_place > 0, "no growth in place: nothing was tested");
+            free_unsized(p, "free");
+        }
+    }
+
     /// C `free`'s two ways to validate a small object agree: for every address in and around
     /// an object of every class (objects of the process heap, in the arena), the arena index
     /// gives the class exactly where the page's tag does, and nothing elsewhere. Also
-    /// addresses that are no object: the arena's unused first pages, null, the top of the
-    /// address space, the stack.
+    /// addresses that are no object: null, the top of the address space, the stack, the end
+    /// of the arena.
     #[test]
     fn the_arena_index_and_the_tags_agree() {
         let mut held = Vec::new();
@@ -668,7 +699,7 @@ mod tests {
             let from = a.saturating_sub(size + 64) & !(PAGE_SIZE - 1);
             for probe in (from..a + 2 * size + 64).step_by(step) {
                 // Other tests carve and tag pages meanwhile (the tag first, then the index
-                // word): a disagreement must pass within a few reads.
+                // entry): a disagreement must pass within a few reads.
                 let agree = (0..1000).any(|_| {
                     let by_tag = small_object_scaled(probe as *mut u8);
                     page_map::arena_object(probe).unwrap_or(0) == by_tag
@@ -684,11 +715,7 @@ mod tests {
         for wild in [0, 8, usize::MAX, usize::MAX - 7, 1 << 47, &stack as *const u64 as usize] {
             assert_eq!(page_map::arena_object(wild), None, "{wild:#x}");
         }
-        // The arena's first chunk is never handed out; its first words are the zero record.
         let base = page_map::arena_base();
-        for probe in (base..base + 8 * PAGE_SIZE).step_by(8) {
-            assert_eq!(page_map::arena_object(probe), None, "{probe:#x}");
-        }
         let end = base + reserved;
         for probe in [end - PAGE_SIZE, end - 8, end, end + 4096] {
             assert_eq!(page_map::arena_object(probe), None, "{probe:#x}");

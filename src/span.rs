@@ -21,7 +21,7 @@
 use crate::config::PAGE_SHIFT;
 use crate::free_list::FreeObject;
 use core::ptr;
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering::Relaxed};
 
 /// A page number: an address shifted right by `PAGE_SHIFT`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -129,76 +129,6 @@ pub struct Span {
     block: AtomicUsize,
     /// `Free`/`Returned`: a tick of the page heap's clock when the span was freed.
     pub freed_at: u64,
-    /// `Small`: what C `free` reads to validate an object through the arena index (zero
-    /// before the span is first one of small objects).
-    pub check: FreeCheck,
-}
-
-/// What C `free` reads of a span of small objects through the page map's arena index
-/// (`page_map::arena_object`), instead of the tag: an address is the start of one of the
-/// span's objects iff `(address - start) * factor < limit` (in 64-bit arithmetic: the
-/// divisibility test of `size_class`, bounded by the object count), and `scaled_class` is 16
-/// times the span's class. All zero, so that no address passes, for any other span; the page
-/// map's arena index keeps a zero record of its own for pages with no span of small objects.
-/// Atomics for the same reason as the span's other lock-free fields.
-#[repr(C)]
-pub struct FreeCheck {
-    pub start: AtomicUsize,
-    pub factor: AtomicU64,
-    pub limit: AtomicU64,
-    pub scaled_class: AtomicUsize,
-}
-
-impl FreeCheck {
-    /// A record that passes no address.
-    pub const fn zero() -> FreeCheck {
-        FreeCheck {
-            start: AtomicUsize::new(0),
-            factor: AtomicU64::new(0),
-            limit: AtomicU64::new(0),
-            scaled_class: AtomicUsize::new(0),
-        }
-    }
-
-    /// Whether `address` is the start of an object: 16 times the class if so.
-    ///
-    /// The fields are read with plain loads, which the compiler folds into the subtraction,
-    /// the multiplication and the compare (it keeps an atomic load apart: three more
-    /// instructions on C `free`'s path). A record changes only when its span becomes one of
-    /// small objects (before any of its objects exists: `page_map::set_object_check`), grows
-    /// in place (while its one object is owned by the thread growing it) or is reset for
-    /// reuse (after every index word that named it was cleared), so a read can meet a write
-    /// only in a `free` of a pointer that is not a live block (a stale pointer freed while its
-    /// span is reused), which C leaves undefined. Such a `free` may then read fields of two
-    /// uses of the record (each an aligned word, read whole) and take or reject the pointer
-    /// by a mix of both; the tag path has the same window between its load and its test.
-    #[inline(always)]
-    pub fn object(&self, address: usize) -> Option<usize> {
-        // SAFETY: the pointers are valid (fields of `self`); see above for the races.
-        let (start, factor, limit) =
-            unsafe { (*self.start.as_ptr(), *self.factor.as_ptr(), *self.limit.as_ptr()) };
-        let offset = address.wrapping_sub(start) as u64;
-        if offset.wrapping_mul(factor) < limit {
-            // SAFETY: as above.
-            Some(unsafe { *self.scaled_class.as_ptr() })
-        } else {
-            None
-        }
-    }
-
-    /// Sets the record (`factor` and `limit` from `size_class`) for a span from `start` of
-    /// the class whose index times 16 is `scaled_class`.
-    pub fn set(&self, start: usize, factor: u64, limit: u64, scaled_class: usize) {
-        self.start.store(start, Relaxed);
-        self.factor.store(factor, Relaxed);
-        self.limit.store(limit, Relaxed);
-        self.scaled_class.store(scaled_class, Relaxed);
-    }
-
-    /// Makes the record pass no address.
-    pub fn clear(&self) {
-        self.set(0, 0, 0, 0);
-    }
 }
 
 impl Span {
@@ -219,7 +149,6 @@ impl Span {
             map_len: 0,
             block: AtomicUsize::new(0),
             freed_at: 0,
-            check: FreeCheck::zero(),
         }
     }
 
@@ -266,7 +195,6 @@ impl Span {
             (*this).map_base = 0;
             (*this).map_len = 0;
             (*this).freed_at = 0;
-            shared.check.clear();
         }
     }
 

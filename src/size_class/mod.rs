@@ -228,12 +228,19 @@ pub(crate) unsafe fn is_object_start_scaled(scaled_class: usize, offset: usize) 
 }
 const _: () = assert!(core::mem::size_of::<ObjectCheck>() == 16);
 
-/// The `(factor, limit)` of the object-start test of class `class_index` (below
-/// [`NUM_CLASSES`], not 0): an offset `x` below [`OBJECT_CHECK_RANGE`] from the start of a span
-/// of the class is an object's iff `x * factor < limit` (64-bit, wrapping).
-pub(crate) fn object_check(class_index: usize) -> (u64, u64) {
-    let check = &OBJECT_CHECK[class_index];
-    (check.factor, check.limit)
+/// [`is_object_start_scaled`] for any `scaled_class` that is 16 times a class index below
+/// [`NUM_CLASSES`], 0 included (its row passes no offset), and any offset: beyond
+/// [`OBJECT_CHECK_RANGE`] the answer means nothing (for C `free`'s arena index, where only a
+/// read that meets a write gives such an offset, and the caller copes with either answer).
+///
+/// # Safety
+/// - `scaled_class` is 16 times a class index below [`NUM_CLASSES`], or 0.
+#[inline(always)]
+pub(crate) unsafe fn row_passes(scaled_class: usize, offset: usize) -> bool {
+    crate::diag::debug_invariant!(scaled_class % 16 == 0 && scaled_class / 16 < NUM_CLASSES);
+    // SAFETY: rows are 16 bytes; the row is in bounds per the caller.
+    let check = unsafe { &*OBJECT_CHECK.as_ptr().byte_add(scaled_class) };
+    (offset as u64).wrapping_mul(check.factor) < check.limit
 }
 
 impl SizeClass {
