@@ -152,7 +152,10 @@ fn main() {
         None if args.smoke => std::env::temp_dir().join("tcalloc-bench-smoke"),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("results"),
     };
-    std::fs::create_dir_all(&out).expect("create the output directory");
+    if let Err(e) = std::fs::create_dir_all(&out) {
+        eprintln!("tcalloc-bench: cannot write results to {}: {e}", out.display());
+        std::process::exit(2);
+    }
     match &args.command {
         Some(Cmd::Instructions) => {
             build_workers(&dir);
