@@ -67,8 +67,9 @@ struct Args {
     /// Runs of each program and allocator (overrides --full).
     #[arg(long)]
     reps: Option<usize>,
-    /// Only the programs whose name contains one of these strings.
-    #[arg(long)]
+    /// Only the programs whose name contains one of these strings (comma-separated, or the
+    /// option repeated).
+    #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the results files [default: bench/results, or a temporary directory
     /// with --smoke].
@@ -143,6 +144,15 @@ impl Sample {
 
 fn main() {
     let args = Args::parse();
+    if !args.only.is_empty() && !PROGRAMS.iter().any(|p| selected(&args, p.name)) {
+        let names: Vec<&str> = PROGRAMS.iter().map(|p| p.name).collect();
+        eprintln!(
+            "tcalloc-bench: --only {} matches no program; the programs: {}",
+            args.only.join(","),
+            names.join(" ")
+        );
+        std::process::exit(2);
+    }
     let dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
@@ -258,6 +268,11 @@ fn build_workers(dir: &Path) {
     }
 }
 
+/// Whether `--only` selects the program `name` (every program without it).
+fn selected(args: &Args, name: &str) -> bool {
+    args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str()))
+}
+
 fn worker_path(dir: &Path, allocator: &str) -> PathBuf {
     dir.join(format!("worker_{allocator}"))
 }
@@ -266,10 +281,7 @@ fn compare(dir: &Path, args: &Args, out: &Path) {
     let reps = args.reps.unwrap_or(if args.full { 7 } else { 3 }).max(1);
     let reps = if args.smoke { 1 } else { reps };
     let divisor = if args.smoke { SMOKE_DIVISOR } else { 1 };
-    let programs: Vec<_> = PROGRAMS
-        .iter()
-        .filter(|p| args.only.is_empty() || args.only.iter().any(|o| p.name.contains(o.as_str())))
-        .collect();
+    let programs: Vec<_> = PROGRAMS.iter().filter(|p| selected(args, p.name)).collect();
     let started = Instant::now();
     let mut results = report::Results::new(&programs);
     for (i, program) in programs.iter().enumerate() {
