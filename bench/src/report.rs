@@ -84,6 +84,11 @@ impl Results {
         Some(t / self.median(program, other)?.peak_rss_kib as f64)
     }
 
+    /// Whether the run has a program of group `kind` (any program for `None`).
+    fn has(&self, kind: Option<Kind>) -> bool {
+        self.programs.iter().any(|p| kind.is_none_or(|k| p.1 == k))
+    }
+
     /// Geometric means of tcalloc's time ratios to `other` over a group (or all programs).
     fn geomean_ratio(&self, kind: Option<Kind>, other: &str) -> f64 {
         let ratios: Vec<f64> = self
@@ -127,7 +132,11 @@ impl Results {
                 rss.map(|r| format!("{r:.1}")).unwrap_or_default()
             );
         }
+        // Groups with no program in this run (`--only`) are left out.
         for kind in [Kind::Small, Kind::Large, Kind::Threads, Kind::Realloc] {
+            if !self.has(Some(kind)) {
+                continue;
+            }
             let _ = writeln!(
                 out,
                 "geomean {:<14} tcalloc/glibc {:.2}  tcalloc/mimalloc {:.2}  tcalloc/jemalloc {:.2}",
@@ -190,6 +199,9 @@ impl Results {
             ("realloc", Some(Kind::Realloc)),
             ("all programs", None),
         ] {
+            if !self.has(kind) {
+                continue;
+            }
             let _ = writeln!(
                 out,
                 "| {label} | {:.2} | {:.2} | {:.2} |",
@@ -310,5 +322,25 @@ mod tests {
         assert_eq!(median_f64(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median_f64(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!((geomean(&[0.5, 2.0]) - 1.0).abs() < 1e-12);
+    }
+
+    /// A run of some programs (`--only`) summarises only the groups it ran: no NaN means.
+    #[test]
+    fn groups_without_programs_are_left_out() {
+        let program = tcalloc_bench::programs::PROGRAMS
+            .iter()
+            .find(|p| p.name == "std-collections")
+            .expect("a program");
+        let mut results = Results::new(&[program]);
+        for a in ALLOCATORS {
+            let s = Sample { seconds: 0.1, cpu_seconds: 0.1, peak_rss_kib: 1024 };
+            results.add(program.name, a, s);
+        }
+        let (table, markdown) = (results.table(), results.markdown(1, 1.0));
+        for text in [&table, &markdown] {
+            assert!(!text.contains("NaN"), "{text}");
+            assert!(!text.contains("large objects"), "{text}");
+            assert!(text.contains("small objects"), "{text}");
+        }
     }
 }
