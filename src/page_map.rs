@@ -243,7 +243,7 @@ pub unsafe fn set_tags(span: *mut Span, pages: core::ops::Range<usize>, class_in
     }
 }
 
-/// Clears the tags of `[start, start + pages)` (and their arena index words).
+/// Clears the tags of `[start, start + pages)` (and their entries in the arena index).
 ///
 /// # Safety
 /// - [`ensure`] succeeded for the range.
@@ -266,7 +266,7 @@ const ARENA_PAGES: usize = ARENA_BYTES >> PAGE_SHIFT;
 
 /// The arena's first address, negated (wrapping), so that [`arena_object`] can add the address
 /// to the register the compiler loads it into (it does not fold an atomic load into
-/// arithmetic); 0 until [`set_arena`] (every address then maps to an index word that is never
+/// arithmetic); 0 until [`set_arena`] (every address then maps to an index entry that is never
 /// set, or beyond the index).
 static ARENA_BASE_NEG: AtomicUsize = AtomicUsize::new(0);
 
