@@ -236,6 +236,12 @@ pub unsafe fn set_tags(span: *mut Span, pages: core::ops::Range<usize>, class_in
         // SAFETY: the caller ensured the leaf; `j < LEAF_LEN`.
         unsafe { (*leaf).tags.get_unchecked(j).store(make_tag(class_index, k), Ordering::Relaxed) };
         if let Some(k) = arena_page(page) {
+            // A page is cleared before its span goes back to the page heap: a page run or a
+            // large block carved from it later must not pass for the old span's objects.
+            crate::diag::debug_invariant!(
+                [0, start.address()].contains(&ARENA_INDEX.starts[k].load(Ordering::Relaxed)),
+                "arena page {k} still holds another span's start"
+            );
             ARENA_INDEX.starts[k].store(start.address(), Ordering::Relaxed);
             ARENA_INDEX.classes[k]
                 .store((class_index << TAG_CLASS_SHIFT) as u16, Ordering::Relaxed);
@@ -333,17 +339,23 @@ pub fn arena_object(address: usize) -> Option<usize> {
         return None;
     }
     // The entries are read with plain loads, which the compiler folds into the arithmetic (it
-    // keeps an atomic load apart); each is an aligned word or half-word, read whole. An entry
+    // keeps an atomic load apart); each is an aligned word or half-word, read whole, but the
+    // two loads are in no order with each other or with the two stores that set or clear a
+    // page, so a read may meet any mix of a page's old and new start and class. An entry
     // changes while a `free` may read it only:
     // - for a pointer that is not a live block of its page (a stale pointer freed while its
-    //   span is reused, which C leaves undefined): the read may mix the entry's old and new
-    //   halves and take or reject the pointer by the mix, as a stale tag would;
-    // - for an object on a page that is tagged after the object was handed out
-    //   (`central_free_list::complete_page`), from zero to the span's own start and class: a
+    //   span is reused, which C leaves undefined): the mix takes or rejects the pointer, as a
+    //   stale tag would (a start of 0 with a class passes an address only by chance, about
+    //   one in 2^43);
+    // - for an object on a page that is tagged after the object was handed out (its span
+    //   carves the rest of the page: `central_free_list::complete_page`, or another batch):
+    //   the entries go from 0 to the span's own start and class, and a span's pages were
+    //   cleared before the span was last given back (under the page heap's lock), so every
     //   mix has class 0 (rejected: the slow path, which takes the list's lock) or the right
-    //   class, so the object is freed either way;
-    // - for the one block of a span that grows in place (`regrow_span`), which its owner is
-    //   reallocating, not freeing.
+    //   class with the right start or 0, which either frees the object or takes the slow
+    //   path;
+    // - for the one block of a span that grows in place (`regrow_span`; the start stays, the
+    //   class changes), which its owner is reallocating, not freeing.
     // SAFETY: `k < ARENA_PAGES`; the pointers are to fields of a static.
     let (start, scaled_class) = unsafe {
         (
