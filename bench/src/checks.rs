@@ -241,7 +241,7 @@ fn count_instructions(
         rows.push(InstructionRow { allocator, rust: Some(rust), c: Some(c) });
     }
     // Debian's packaged allocators: the C pair only (their Rust crates are other builds).
-    for p in preload::allocators(PathBuf::new()) {
+    for p in preload::allocators(PathBuf::new(), Path::new(preload::DEBIAN_LIBS)) {
         if p.library.is_none() || p.name == "tcalloc" {
             continue;
         }

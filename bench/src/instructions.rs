@@ -50,7 +50,7 @@ pub fn run(dir: &Path, out: &Path) {
     }
 
     let tcalloc = preload::build_tcalloc(&crate::workspace());
-    let mut preloads = preload::allocators(tcalloc);
+    let mut preloads = preload::allocators(tcalloc, Path::new(preload::DEBIAN_LIBS));
     // tcalloc first, as in the Rust table.
     preloads.sort_by_key(|p| p.name != "tcalloc");
     let worker = crate::worker_path(dir, "glibc");

@@ -397,7 +397,7 @@ fn memory(dir: &Path, out: &Path) {
 fn preload_comparison(args: &Args, out_dir: &Path) {
     let workspace = workspace();
     let tcalloc = preload::build_tcalloc(&workspace);
-    let allocators = preload::allocators(tcalloc);
+    let allocators = preload::allocators(tcalloc, Path::new(preload::DEBIAN_LIBS));
     let dir = workspace.join("target/preload-jobs");
     let jobs = preload::jobs(&dir, &workspace);
     let reps = args.reps.unwrap_or(if args.full { 5 } else { 3 }).max(1);

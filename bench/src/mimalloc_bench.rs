@@ -62,6 +62,14 @@ pub struct Options {
     /// A run still going after this many seconds is killed and counted as failed.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Preload this `libtcalloc.so` as it is instead of building one (for a machine without
+    /// cargo: build it with `--features override` and copy it there).
+    #[arg(long, value_name = "FILE")]
+    tcalloc: Option<PathBuf>,
+    /// The folder with the peers' libraries (`libjemalloc.so.2`, `libmimalloc.so.2`,
+    /// `libtcmalloc_minimal.so.4`; a peer whose library is missing is left out).
+    #[arg(long, value_name = "DIR", default_value = preload::DEBIAN_LIBS)]
+    peers: PathBuf,
 }
 
 /// How a program's time is scored.
@@ -234,7 +242,8 @@ impl Plan {
     /// Resolves the folders and picks the programs: those the filter names (all without
     /// one) that the build folder has.
     fn new(options: &Options) -> Result<Plan, String> {
-        let suite = &options.suite;
+        // The programs run in another folder: relative paths must not follow them there.
+        let suite = &std::path::absolute(&options.suite).map_err(|e| e.to_string())?;
         let inputs = suite.join("bench");
         if !inputs.is_dir() {
             return Err(format!(
@@ -243,7 +252,7 @@ impl Plan {
             ));
         }
         let candidates = match &options.build {
-            Some(build) => vec![build.clone()],
+            Some(build) => vec![std::path::absolute(build).map_err(|e| e.to_string())?],
             None => vec![suite.join("out/bench"), suite.join("../mb-build")],
         };
         let has_programs = |dir: &Path| PROGRAMS.iter().any(|p| dir.join(p.binary).is_file());
@@ -486,6 +495,13 @@ fn run_program(plan: &Plan, p: &Program, preload: &Preload, cwd: &Path) -> Run {
         plan.timeout,
     );
     let time = outcome
+        .and_then(|()| match stderr.lines().find(|l| l.contains("cannot be preloaded")) {
+            // The loader goes on without the library: the run measured glibc, not `preload`.
+            Some(line) if preload.library.is_some() => {
+                Err(format!("the library was not loaded ({})", line.trim()))
+            }
+            _ => Ok(()),
+        })
         .and_then(|()| match p.expect {
             Some((full, quick)) => {
                 let want = if plan.quick && p.quick_args.is_some() { quick } else { full };
@@ -589,6 +605,8 @@ struct Context {
     libraries: String,
     seconds: f64,
     load: (String, String),
+    /// The processor and the number of CPUs.
+    machine: String,
     /// The peak RSS (MiB) of `/bin/true` measured as the programs are.
     rss_floor: Option<f64>,
 }
@@ -611,7 +629,7 @@ fn markdown(plan: &Plan, allocators: &[Preload], results: &Results, context: &Co
         out,
         "mimalloc-bench ({}) with each allocator preloaded ({base}: none), {} of each program \
          and allocator, interleaved{}; {} threads for the N-thread programs; {:.0} s in all \
-         (load average {} at the start, {} at the end). Libraries: {}.\n",
+         (load average {} at the start, {} at the end) on {}. Libraries: {}.\n",
         context.suite,
         if plan.runs == 1 {
             "one run".to_string()
@@ -623,6 +641,7 @@ fn markdown(plan: &Plan, allocators: &[Preload], results: &Results, context: &Co
         context.seconds,
         context.load.0,
         context.load.1,
+        context.machine,
         context.libraries
     );
     let complete: Vec<usize> =
@@ -805,7 +824,17 @@ pub fn run(options: &Options, out: Option<&Path>, default_out: &Path) {
         std::process::exit(2);
     }
     let workspace = crate::workspace();
-    let allocators = preload::allocators(preload::build_tcalloc(&workspace));
+    // The programs run in another folder: relative paths must not follow them there.
+    let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let tcalloc = match &options.tcalloc {
+        Some(file) if file.is_file() => absolute(file),
+        Some(file) => {
+            eprintln!("--tcalloc {}: no such file", file.display());
+            std::process::exit(2);
+        }
+        None => preload::build_tcalloc(&workspace),
+    };
+    let allocators = preload::allocators(tcalloc, &absolute(&options.peers));
     let libraries = allocators
         .iter()
         .filter_map(|a| {
@@ -816,14 +845,20 @@ pub fn run(options: &Options, out: Option<&Path>, default_out: &Path) {
         .collect::<Vec<_>>()
         .join(", ");
     let suite = std::fs::canonicalize(&options.suite).unwrap_or_else(|_| options.suite.clone());
+    // Only the suite's own repository: in a plain folder, `git -C` finds any repository
+    // above it (this one, where the suite was copied into it).
     let commit = Command::new("git")
         .arg("-C")
         .arg(&suite)
-        .args(["rev-parse", "--short", "HEAD"])
+        .args(["rev-parse", "--show-toplevel", "--short", "HEAD"])
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let (top, commit) = text.trim().split_once('\n')?;
+            (std::fs::canonicalize(top).ok()? == suite).then(|| commit.trim().to_string())
+        });
     let suite = match commit {
         Some(c) => format!("checkout at commit {c}"),
         None => "github.com/daanx/mimalloc-bench".to_string(),
@@ -837,7 +872,13 @@ pub fn run(options: &Options, out: Option<&Path>, default_out: &Path) {
     );
     let started = Instant::now();
     let load_start = load_average();
-    let cwd = workspace.join("target/mimalloc-bench");
+    // The programs run in the build's target folder, or in a temporary one where this binary
+    // was copied to a machine without the repository.
+    let cwd = if workspace.join("Cargo.toml").is_file() {
+        workspace.join("target/mimalloc-bench")
+    } else {
+        std::env::temp_dir().join("tcalloc-mimalloc-bench")
+    };
     let results = measure(&plan, &allocators, &cwd);
     let context = Context {
         rss_floor: rss_floor(&cwd),
@@ -845,6 +886,11 @@ pub fn run(options: &Options, out: Option<&Path>, default_out: &Path) {
         libraries,
         seconds: started.elapsed().as_secs_f64(),
         load: (load_start, load_average()),
+        machine: format!(
+            "{}, {} CPUs",
+            crate::cpu_model(),
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ),
     };
     let text = markdown(&plan, &allocators, &results, &context);
     println!("{text}");
@@ -1009,6 +1055,7 @@ mod tests {
             libraries: "none".into(),
             seconds: 1.0,
             load: ("0.1".into(), "0.2".into()),
+            machine: "a test CPU, 2 CPUs".into(),
             rss_floor: rss_floor(&cwd),
         };
         let text = markdown(&plan, &allocators, &results, &context);

@@ -13,9 +13,12 @@ pub struct Preload {
     pub library: Option<PathBuf>,
 }
 
-/// The allocators available here.
-pub fn allocators(tcalloc: PathBuf) -> Vec<Preload> {
-    let lib = "/usr/lib/x86_64-linux-gnu";
+/// Where Debian's packages put the peers' libraries.
+pub const DEBIAN_LIBS: &str = "/usr/lib/x86_64-linux-gnu";
+
+/// The allocators available here: glibc, `tcalloc` (a `libtcalloc.so`), and the peers whose
+/// libraries `peers` holds (`DEBIAN_LIBS` for the installed packages).
+pub fn allocators(tcalloc: PathBuf, peers: &Path) -> Vec<Preload> {
     let mut v = vec![
         Preload { name: "glibc", library: None },
         Preload { name: "tcalloc", library: Some(tcalloc) },
@@ -25,7 +28,7 @@ pub fn allocators(tcalloc: PathBuf) -> Vec<Preload> {
         ("mimalloc", "libmimalloc.so.2"),
         ("tcmalloc", "libtcmalloc_minimal.so.4"),
     ] {
-        let path = Path::new(lib).join(file);
+        let path = peers.join(file);
         if path.exists() {
             v.push(Preload { name, library: Some(path) });
         } else {
