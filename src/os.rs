@@ -194,9 +194,24 @@ pub fn resident_bytes() -> Option<usize> {
     Some(pages * OS_PAGE_SIZE)
 }
 
+#[cfg(test)]
+std::thread_local! {
+    static FAKE_NOW_MS: core::cell::Cell<Option<u64>> = const { core::cell::Cell::new(None) };
+}
+
+/// Unit tests of timed policies: this thread's `now_millis` reads `ms` (`None`: the clock).
+#[cfg(test)]
+pub fn set_fake_now_millis(ms: Option<u64>) {
+    FAKE_NOW_MS.with(|c| c.set(ms));
+}
+
 /// Milliseconds of a monotonic clock (the coarse clock: a vDSO read, no system call, a few
 /// milliseconds of resolution).
 pub fn now_millis() -> u64 {
+    #[cfg(test)]
+    if let Some(ms) = FAKE_NOW_MS.with(|c| c.get()) {
+        return ms;
+    }
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid out-parameter.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };

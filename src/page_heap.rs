@@ -317,6 +317,16 @@ impl PageHeap {
         if was == SpanKind::Returned {
             // SAFETY: valid per the caller.
             self.note_reuse(unsafe { (*span).freed_at }, pages);
+        } else if self.adaptive_pages > 0 {
+            // Pages the adaptive reserve kept, taken back: a reuse too, as long as the rounds
+            // go on (else the reserve would lapse because it works, one window after the last
+            // reuse of released pages, and every round after that would fault in again).
+            let now = os::now_millis();
+            if now.saturating_sub(self.last_reuse_ms) > self.window_ms {
+                self.adaptive_pages = 0;
+            } else {
+                self.last_reuse_ms = now;
+            }
         }
         // SAFETY: on a free list per the caller.
         unsafe { self.unlink(span) };
@@ -865,6 +875,38 @@ mod tests {
         h.set_policy(Length(0), 0);
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert_eq!(round(&mut h), 0);
+    }
+
+    /// The adaptive reserve lasts while the rounds go on, also when every round takes back
+    /// pages it kept (none released, so none "reused after release"), and lapses after a
+    /// pause longer than its window. mstress frees and reallocates in rounds of about 70 ms:
+    /// its reserve lapsed one window (100 ms) after the last reuse of released pages, and
+    /// every other round faulted its pages in again.
+    #[test]
+    fn the_adaptive_reserve_lasts_while_rounds_take_back_the_pages_it_kept() {
+        let heap = heap();
+        let mut h = heap.lock();
+        h.set_policy(Length(0), 60_000);
+        let mut now = 1_000_000;
+        let mut round = |h: &mut PageHeap, after_ms: u64| {
+            now += after_ms;
+            os::set_fake_now_millis(Some(now));
+            let s = h.allocate(Length(8), SpanKind::PageRun);
+            // SAFETY: ours; touching makes it resident; then it is freed whole.
+            unsafe {
+                ((*s).start_address() as *mut u8).write_bytes(3, 8 * PAGE_SIZE);
+                h.deallocate(s);
+            }
+            h.check_invariants();
+            h.stats().free_bytes
+        };
+        assert_eq!(round(&mut h, 0), 0, "no reserve: the first round is released at once");
+        assert_eq!(round(&mut h, 10), 8 * PAGE_SIZE, "reused right after release: kept");
+        for i in 0..10 {
+            assert_eq!(round(&mut h, 60), 8 * PAGE_SIZE, "round {i}, 60 ms after the one before");
+        }
+        assert_eq!(round(&mut h, 500), 0, "after a pause longer than the window: released");
+        os::set_fake_now_millis(None);
     }
 
     #[test]
