@@ -62,6 +62,11 @@ pub struct Options {
     /// A run still going after this many seconds is killed and counted as failed.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// A program scored by wall time whose run takes less than this many seconds is run again
+    /// at once until its runs together take this long (at most 20 runs), and the mean is the
+    /// run's time: a single run of 50 ms is a few ticks of the scheduler. 0: one run each.
+    #[arg(long, default_value_t = 0.5, value_name = "SECONDS")]
+    min_seconds: f64,
     /// Preload this `libtcalloc.so` as it is instead of building one (for a machine without
     /// cargo: build it with `--features override` and copy it there).
     #[arg(long, value_name = "FILE")]
@@ -233,6 +238,8 @@ struct Plan {
     quick: bool,
     runs: usize,
     timeout: Duration,
+    /// Wall-time runs shorter than this are repeated (see `Options::min_seconds`).
+    min_seconds: f64,
     programs: Vec<&'static Program>,
     /// Programs left out, and why.
     skipped: Vec<String>,
@@ -267,7 +274,7 @@ impl Plan {
         let procs = options
             .procs
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-        Ok(Plan::choose(
+        let mut plan = Plan::choose(
             build,
             inputs,
             procs.max(1),
@@ -275,7 +282,9 @@ impl Plan {
             if options.quick { 1 } else { options.runs.max(1) },
             Duration::from_secs(options.timeout.max(1)),
             &options.programs,
-        ))
+        );
+        plan.min_seconds = if options.quick { 0.0 } else { options.min_seconds.max(0.0) };
+        Ok(plan)
     }
 
     /// The plan for these folders and settings; `filter` as `--programs`.
@@ -311,7 +320,7 @@ impl Plan {
                 skipped.push(format!("{f}: no such program (known: {})", names.join(", ")));
             }
         }
-        Plan { build, inputs, procs, quick, runs, timeout, programs, skipped }
+        Plan { build, inputs, procs, quick, runs, timeout, min_seconds: 0.0, programs, skipped }
     }
 
     /// `text` with the placeholders filled in.
@@ -347,6 +356,9 @@ struct Run {
     time: Result<f64, String>,
     wall: f64,
     peak_rss_kib: u64,
+    /// Runs of the program this sample took (more than 1 for a short program, see
+    /// `Options::min_seconds`): `time` and `wall` are their means, `peak_rss_kib` their peak.
+    repeats: usize,
 }
 
 /// Runs `program args < stdin` with `preload`, in `cwd`, its output in files there; killed
@@ -483,8 +495,36 @@ fn throughput_score(score: Score, stdout: &str) -> Option<f64> {
     }
 }
 
-/// Runs `p` once under `preload` and scores it.
+/// Most runs of one sample of a short program.
+const MAX_REPEATS: usize = 20;
+
+/// One sample of `p` under `preload`: one run, or for a program scored by wall time that
+/// took less than `plan.min_seconds`, as many more right after it as make up that time (at
+/// most [`MAX_REPEATS`] in all), scored by their mean. A failed run fails the sample.
 fn run_program(plan: &Plan, p: &Program, preload: &Preload, cwd: &Path) -> Run {
+    let mut sample = run_once(plan, p, preload, cwd);
+    if p.score != Score::Wall || sample.time.is_err() || sample.wall >= plan.min_seconds {
+        return sample;
+    }
+    let wanted = (plan.min_seconds / sample.wall.max(1e-3)).ceil() as usize;
+    let mut total = sample.wall;
+    for _ in 1..wanted.clamp(1, MAX_REPEATS) {
+        let next = run_once(plan, p, preload, cwd);
+        sample.peak_rss_kib = sample.peak_rss_kib.max(next.peak_rss_kib);
+        sample.repeats += 1;
+        if let Err(why) = next.time {
+            sample.time = Err(format!("run {} of the sample: {why}", sample.repeats));
+            return sample;
+        }
+        total += next.wall;
+    }
+    sample.wall = total / sample.repeats as f64;
+    sample.time = Ok(sample.wall);
+    sample
+}
+
+/// Runs `p` once under `preload` and scores it.
+fn run_once(plan: &Plan, p: &Program, preload: &Preload, cwd: &Path) -> Run {
     let stdin = p.stdin.map(|s| PathBuf::from(plan.fill(s)));
     let (outcome, wall, peak_rss_kib, stdout, stderr) = run_process(
         &plan.build.join(p.binary),
@@ -524,7 +564,7 @@ fn run_program(plan: &Plan, p: &Program, preload: &Preload, cwd: &Path) -> Run {
             eprintln!("    {line}");
         }
     }
-    Run { time, wall, peak_rss_kib }
+    Run { time, wall, peak_rss_kib, repeats: 1 }
 }
 
 /// Every run, by program and allocator (indices into the plan's programs and the allocators).
@@ -681,6 +721,28 @@ fn markdown(plan: &Plan, allocators: &[Preload], results: &Results, context: &Co
     for s in &plan.skipped {
         let _ = writeln!(out, "- not run: {s}");
     }
+    let repeated: Vec<String> = plan
+        .programs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let counts = results.runs.iter().filter(|(&(j, _), _)| j == i).flat_map(|(_, r)| r);
+            let (least, most) = counts
+                .map(|r| r.repeats)
+                .fold((usize::MAX, 0), |(lo, hi), n| (lo.min(n), hi.max(n)));
+            (most > 1).then(|| format!("{} ({least} to {most} runs)", p.name))
+        })
+        .collect();
+    if !repeated.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nRuns shorter than {} s were repeated at once until they took that long together (at \
+             most {MAX_REPEATS} runs), and each sample is their mean time and their peak \
+             memory: {}.",
+            plan.min_seconds,
+            repeated.join(", ")
+        );
+    }
     let mut failures = String::new();
     for (&(i, a), runs) in &results.runs {
         for (n, r) in runs.iter().enumerate() {
@@ -761,7 +823,8 @@ fn table(
 
 /// `mimalloc-bench.csv`: one row per run.
 fn csv(plan: &Plan, allocators: &[Preload], results: &Results) -> String {
-    let mut out = String::from("program,allocator,run,status,time_s,wall_s,peak_rss_kib\n");
+    let mut out =
+        String::from("program,allocator,run,status,time_s,wall_s,peak_rss_kib,runs_in_sample\n");
     for (&(i, a), runs) in &results.runs {
         for (n, r) in runs.iter().enumerate() {
             let (status, time) = match &r.time {
@@ -770,12 +833,13 @@ fn csv(plan: &Plan, allocators: &[Preload], results: &Results) -> String {
             };
             let _ = writeln!(
                 out,
-                "{},{},{},{status},{time},{:.4},{}",
+                "{},{},{},{status},{time},{:.4},{},{}",
                 plan.programs[i].name,
                 allocators[a].name,
                 n + 1,
                 r.wall,
-                r.peak_rss_kib
+                r.peak_rss_kib,
+                r.repeats
             );
         }
     }
@@ -995,6 +1059,73 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// A program scored by wall time that runs shorter than `min_seconds` is run again until
+    /// its runs take that long (its time is their mean); a fixed-duration one is run once;
+    /// a failed repeat fails the sample; the report and the CSV say how many runs a sample
+    /// took.
+    #[test]
+    fn short_programs_are_repeated_and_scored_by_their_mean() {
+        let root = std::env::temp_dir().join(format!("tcalloc-mb-short-{}", std::process::id()));
+        let (build, inputs, cwd) = (root.join("build"), root.join("bench"), root.join("cwd"));
+        std::fs::create_dir_all(&build).unwrap();
+        std::fs::create_dir_all(&inputs).unwrap();
+        let counted = |name: &str| {
+            std::fs::read_to_string(root.join(name)).map_or(0, |text| text.lines().count())
+        };
+        let r = root.display();
+        script(&build, "mstress", &format!("echo run >> {r}/mstress; sleep 0.02"));
+        script(
+            &build,
+            "cache-scratch",
+            &format!("echo run >> {r}/scratch; [ $(wc -l < {r}/scratch) -lt 3 ]"),
+        );
+        script(
+            &build,
+            "larson",
+            &format!("echo run >> {r}/larson; echo 'Throughput = 1, relative time: 2.5s.'"),
+        );
+        let filter = ["mstressN".to_string(), "larsonN".to_string(), "cache-scratchN".to_string()];
+        let mut plan = Plan::choose(build, inputs, 2, false, 1, Duration::from_secs(10), &filter);
+        // Long enough that even a loaded machine runs the 20 ms stand-in more than once.
+        plan.min_seconds = 1.0;
+        let allocators = [Preload { name: "glibc", library: None }];
+        let results = measure(&plan, &allocators, &cwd);
+        let index = |name: &str| plan.programs.iter().position(|p| p.name == name).unwrap();
+        let sample = |name: &str| &results.runs[&(index(name), 0)][0];
+
+        let mstress = sample("mstressN");
+        assert!((2..=MAX_REPEATS).contains(&mstress.repeats), "{mstress:?}");
+        assert_eq!(counted("mstress"), mstress.repeats);
+        let time = *mstress.time.as_ref().unwrap();
+        assert!((0.02..1.0).contains(&time), "the mean of its runs: {mstress:?}");
+        assert_eq!(mstress.wall, time);
+
+        let larson = sample("larsonN");
+        assert_eq!((larson.repeats, counted("larson")), (1, 1), "fixed duration: once");
+        assert_eq!(larson.time, Ok(2.5));
+
+        let scratch = sample("cache-scratchN");
+        assert_eq!(scratch.time, Err("run 3 of the sample: exit status 1".into()));
+
+        let context = Context {
+            suite: "a fake suite".into(),
+            libraries: "none".into(),
+            seconds: 1.0,
+            load: ("0.1".into(), "0.2".into()),
+            machine: "a test CPU, 2 CPUs".into(),
+            rss_floor: None,
+        };
+        let text = markdown(&plan, &allocators, &results, &context);
+        let note = format!("mstressN ({0} to {0} runs)", mstress.repeats);
+        assert!(text.contains("Runs shorter than 1 s were repeated") && text.contains(&note));
+        assert!(!text.contains("larsonN ("), "{text}");
+        let csv = csv(&plan, &allocators, &results);
+        assert!(csv
+            .lines()
+            .any(|l| l.starts_with("mstressN,") && l.ends_with(&format!(",{}", mstress.repeats))));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     /// The runner against a fake suite: shell scripts that check their arguments and print

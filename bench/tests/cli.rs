@@ -105,6 +105,7 @@ fn mimalloc_bench_takes_a_built_library_and_a_folder_of_peers() {
     let seen = std::fs::read_to_string(root.join("seen")).unwrap();
     let mut seen: Vec<&str> = seen.lines().collect();
     seen.sort_unstable();
+    seen.dedup(); // the stand-in is short, so each sample runs it several times
     assert_eq!(seen, ["", root.join("libtcalloc.so").to_str().unwrap()]);
     let report = std::fs::read_to_string(out.join("mimalloc-bench.md")).unwrap();
     assert!(report.contains("| program | glibc | tcalloc |"), "{report}");
