@@ -1061,6 +1061,18 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
+    /// The conditions a report of the fake suite names.
+    fn fake_context(rss_floor: Option<f64>) -> Context {
+        Context {
+            suite: "a fake suite".into(),
+            libraries: "none".into(),
+            seconds: 1.0,
+            load: ("0.1".into(), "0.2".into()),
+            machine: "a test CPU, 2 CPUs".into(),
+            rss_floor,
+        }
+    }
+
     /// A program scored by wall time that runs shorter than `min_seconds` is run again until
     /// its runs take that long (its time is their mean); a fixed-duration one is run once;
     /// a failed repeat fails the sample; the report and the CSV say how many runs a sample
@@ -1109,14 +1121,7 @@ mod tests {
         let scratch = sample("cache-scratchN");
         assert_eq!(scratch.time, Err("run 3 of the sample: exit status 1".into()));
 
-        let context = Context {
-            suite: "a fake suite".into(),
-            libraries: "none".into(),
-            seconds: 1.0,
-            load: ("0.1".into(), "0.2".into()),
-            machine: "a test CPU, 2 CPUs".into(),
-            rss_floor: None,
-        };
+        let context = fake_context(None);
         let text = markdown(&plan, &allocators, &results, &context);
         let note = format!("mstressN ({0} to {0} runs)", mstress.repeats);
         assert!(text.contains("Runs shorter than 1 s were repeated") && text.contains(&note));
@@ -1181,14 +1186,7 @@ mod tests {
         assert_eq!(malloc_large.time, Err("killed after the 0.3 s timeout".into()));
         assert!(malloc_large.wall < 5.0);
 
-        let context = Context {
-            suite: "a fake suite".into(),
-            libraries: "none".into(),
-            seconds: 1.0,
-            load: ("0.1".into(), "0.2".into()),
-            machine: "a test CPU, 2 CPUs".into(),
-            rss_floor: rss_floor(&cwd),
-        };
+        let context = fake_context(rss_floor(&cwd));
         let text = markdown(&plan, &allocators, &results, &context);
         assert!(text.contains("| larsonN * | 2.500 | 2.500 (1.00) |"), "{text}");
         assert!(text.contains("| mstressN | failed | failed |"), "{text}");
