@@ -730,7 +730,8 @@ fn markdown(plan: &Plan, allocators: &[Preload], results: &Results, context: &Co
             let (least, most) = counts
                 .map(|r| r.repeats)
                 .fold((usize::MAX, 0), |(lo, hi), n| (lo.min(n), hi.max(n)));
-            (most > 1).then(|| format!("{} ({least} to {most} runs)", p.name))
+            let runs = if least == most { format!("{most}") } else { format!("{least} to {most}") };
+            (most > 1).then(|| format!("{} ({runs} runs)", p.name))
         })
         .collect();
     if !repeated.is_empty() {
@@ -1123,7 +1124,7 @@ mod tests {
 
         let context = fake_context(None);
         let text = markdown(&plan, &allocators, &results, &context);
-        let note = format!("mstressN ({0} to {0} runs)", mstress.repeats);
+        let note = format!("mstressN ({} runs)", mstress.repeats);
         assert!(text.contains("Runs shorter than 1 s were repeated") && text.contains(&note));
         assert!(!text.contains("larsonN ("), "{text}");
         let csv = csv(&plan, &allocators, &results);
