@@ -19,9 +19,11 @@
 //! is a fixed part (`TCALLOC_FREE_RESERVE_BYTES`) plus an adaptive part: when the program
 //! reuses pages within [`ADAPTIVE_WINDOW_MS`] of their release — it frees and reallocates in
 //! quick rounds — the adaptive part grows by what was reused (up to 1 GiB), so the next round
-//! stays backed instead of faulting its memory in again; after as long without such reuse it
-//! drops back to zero. A program that frees one big peak and carries on lightly gets its memory
-//! released at once. The decay itself is driven by `release`.
+//! stays backed instead of faulting its memory in again. It follows demand: at the end of each
+//! window it is cut to the pages the program took from the free lists in that window, so it
+//! stays while the rounds go on and drops to zero after a window without any. A program that
+//! frees one big peak and carries on lightly gets its memory released at its next frees. The
+//! decay itself is driven by `release`.
 //!
 //! Entry points: [`PAGE_HEAP`] and the methods of [`PageHeap`]. Layers below: `page_map`,
 //! `metadata`, `os`.
@@ -35,7 +37,7 @@ use crate::span::{Length, PageId, Span, SpanKind, SpanList};
 use crate::sync::Lock;
 use core::ptr;
 
-/// Largest adaptive reserve (see `PageHeap::note_reuse`): 1 GiB.
+/// Largest adaptive reserve (see `PageHeap::note_taken`): 1 GiB.
 const MAX_ADAPTIVE_PAGES: usize = (1 << 30) / PAGE_SIZE;
 
 /// A release followed by reuse within this many milliseconds marks a program that frees and
@@ -84,13 +86,16 @@ pub struct PageHeap {
     returned_pages: usize,
     in_use_pages: usize,
     /// Free backed pages allowed before `deallocate` releases the excess: a fixed reserve
-    /// plus an adaptive part that grows while the program reuses pages soon after they were
-    /// released (see `note_reuse`) and drops to zero after `window_ms` without such reuse.
+    /// plus an adaptive part that grows by the pages the program reuses soon after they were
+    /// released, and at the end of each window is cut to the pages it took from the free
+    /// lists in that window (see `note_taken`, `roll_window`).
     reserve_pages: usize,
     adaptive_pages: usize,
-    last_reuse_ms: u64,
-    /// How soon a reuse must follow a release to count, and how long the adaptive part lasts
-    /// without one: the decay time, but at most [`ADAPTIVE_WINDOW_MS`].
+    /// When the current window began, and the pages taken from the free lists in it.
+    window_start_ms: u64,
+    taken_in_window: usize,
+    /// How soon a reuse must follow a release to count, and the length of a window: the
+    /// decay time, but at most [`ADAPTIVE_WINDOW_MS`].
     window_ms: u64,
     /// Where the process's heap takes its chunks first.
     arena: arena::Arena,
@@ -126,7 +131,8 @@ impl PageHeap {
             in_use_pages: 0,
             reserve_pages: usize::MAX,
             adaptive_pages: 0,
-            last_reuse_ms: 0,
+            window_start_ms: 0,
+            taken_in_window: 0,
             window_ms: ADAPTIVE_WINDOW_MS,
             arena: arena::Arena::new(false),
             #[cfg(debug_assertions)]
@@ -314,20 +320,8 @@ impl PageHeap {
         } else {
             ptr::null_mut()
         };
-        if was == SpanKind::Returned {
-            // SAFETY: valid per the caller.
-            self.note_reuse(unsafe { (*span).freed_at }, pages);
-        } else if self.adaptive_pages > 0 {
-            // Pages the adaptive reserve kept, taken back: a reuse too, as long as the rounds
-            // go on (else the reserve would lapse because it works, one window after the last
-            // reuse of released pages, and every round after that would fault in again).
-            let now = os::now_millis();
-            if now.saturating_sub(self.last_reuse_ms) > self.window_ms {
-                self.adaptive_pages = 0;
-            } else {
-                self.last_reuse_ms = now;
-            }
-        }
+        // SAFETY: valid per the caller.
+        self.note_taken(was, unsafe { (*span).freed_at }, pages);
         // SAFETY: on a free list per the caller.
         unsafe { self.unlink(span) };
         if !rest.is_null() {
@@ -373,9 +367,7 @@ impl PageHeap {
             {
                 return false;
             }
-            if (*right).kind() == SpanKind::Returned {
-                self.note_reuse((*right).freed_at, needed);
-            }
+            self.note_taken((*right).kind(), (*right).freed_at, needed);
             self.unlink(right);
             if (*right).pages() > needed {
                 (*right).set_start(end.add(needed));
@@ -422,8 +414,8 @@ impl PageHeap {
             let now = os::now_millis();
             (*span).freed_at = now;
             self.merge_and_link(span);
-            if self.adaptive_pages > 0 && now.saturating_sub(self.last_reuse_ms) > self.window_ms {
-                self.adaptive_pages = 0;
+            if self.adaptive_pages > 0 {
+                self.roll_window(now);
             }
         }
         let limit = self.reserve_pages.saturating_add(self.adaptive_pages);
@@ -446,18 +438,39 @@ impl PageHeap {
         self.window_ms = decay_ms.min(ADAPTIVE_WINDOW_MS);
     }
 
-    /// A span released at `released_at` (0: never backed) is being reused for `pages` pages.
-    /// Reuse within the window means the program frees and reallocates in quick rounds: grow
-    /// the adaptive reserve by what was reused, so that the next round stays backed.
-    fn note_reuse(&mut self, released_at: u64, pages: Length) {
-        if released_at == 0 {
+    /// `pages` pages of a free span of kind `was`, freed (or, `Returned`, released) at
+    /// `freed_at` (0: never backed), are being taken. Released pages reused within the window
+    /// mean the program frees and reallocates in quick rounds: the adaptive reserve grows by
+    /// them, so that the next round stays backed. Every page taken counts as demand for the
+    /// current window (see `roll_window`).
+    fn note_taken(&mut self, was: SpanKind, freed_at: u64, pages: Length) {
+        let reused = was == SpanKind::Returned && freed_at != 0;
+        if !reused && self.adaptive_pages == 0 {
             return;
         }
         let now = os::now_millis();
-        if now.saturating_sub(released_at) <= self.window_ms {
+        self.roll_window(now);
+        if reused && now.saturating_sub(freed_at) <= self.window_ms {
             self.adaptive_pages = (self.adaptive_pages + pages.0).min(MAX_ADAPTIVE_PAGES);
-            self.last_reuse_ms = now;
         }
+        self.taken_in_window += pages.0;
+    }
+
+    /// Ends the current window if it is over: the adaptive reserve follows demand, so it is
+    /// cut to the pages taken in the window (none when a whole window went by without any).
+    /// Rounds of reuse keep it; a program that frees a peak and then takes pages only now and
+    /// then gets the rest back, at its next free. (It used to lapse one window after the last
+    /// reuse of *released* pages, that is, because it worked: a round that took back the
+    /// pages it kept released nothing, so reused nothing released.)
+    fn roll_window(&mut self, now: u64) {
+        let elapsed = now.saturating_sub(self.window_start_ms);
+        if elapsed <= self.window_ms {
+            return;
+        }
+        let demand = if elapsed > 2 * self.window_ms { 0 } else { self.taken_in_window };
+        self.adaptive_pages = self.adaptive_pages.min(demand);
+        self.taken_in_window = 0;
+        self.window_start_ms = now;
     }
 
     /// Coalesces a free span (kind `Free` or `Returned`, on no list) with same-kind
@@ -585,7 +598,7 @@ impl PageHeap {
                 self.link(span);
                 return Length(0);
             }
-            // From now on `freed_at` is the time of release, which `note_reuse` compares with.
+            // From now on `freed_at` is the time of release, which `note_taken` compares with.
             (*span).freed_at = os::now_millis();
             (*span).set_kind(SpanKind::Returned);
             self.merge_and_link(span);
@@ -906,6 +919,39 @@ mod tests {
             assert_eq!(round(&mut h, 60), 8 * PAGE_SIZE, "round {i}, 60 ms after the one before");
         }
         assert_eq!(round(&mut h, 500), 0, "after a pause longer than the window: released");
+        os::set_fake_now_millis(None);
+    }
+
+    /// After rounds, light traffic (a page taken now and then) does not keep the adaptive
+    /// reserve up: it follows what the program takes per window, and the rest goes back at
+    /// the next free.
+    #[test]
+    fn the_adaptive_reserve_falls_to_what_light_traffic_takes() {
+        let heap = heap();
+        let mut h = heap.lock();
+        h.set_policy(Length(0), 60_000);
+        let mut now = 2_000_000;
+        let mut cycle = |h: &mut PageHeap, pages: usize, after_ms: u64| {
+            now += after_ms;
+            os::set_fake_now_millis(Some(now));
+            let s = h.allocate(Length(pages), SpanKind::PageRun);
+            // SAFETY: ours; touching makes it resident; then it is freed whole.
+            unsafe {
+                ((*s).start_address() as *mut u8).write_bytes(3, pages * PAGE_SIZE);
+                h.deallocate(s);
+            }
+            h.check_invariants();
+            h.stats().free_bytes
+        };
+        for after_ms in [0, 10, 10] {
+            cycle(&mut h, 64, after_ms);
+        }
+        assert_eq!(h.stats().free_bytes, 64 * PAGE_SIZE, "rounds of reuse: kept");
+        for _ in 0..40 {
+            cycle(&mut h, 1, 50);
+        }
+        let kept = h.stats().free_bytes / PAGE_SIZE;
+        assert!(kept <= 2, "{kept} pages kept for one page taken every 50 ms");
         os::set_fake_now_millis(None);
     }
 
