@@ -506,9 +506,8 @@ fn run_program(plan: &Plan, p: &Program, preload: &Preload, cwd: &Path) -> Run {
     if p.score != Score::Wall || sample.time.is_err() || sample.wall >= plan.min_seconds {
         return sample;
     }
-    let wanted = (plan.min_seconds / sample.wall.max(1e-3)).ceil() as usize;
     let mut total = sample.wall;
-    for _ in 1..wanted.clamp(1, MAX_REPEATS) {
+    while total < plan.min_seconds && sample.repeats < MAX_REPEATS {
         let next = run_once(plan, p, preload, cwd);
         sample.peak_rss_kib = sample.peak_rss_kib.max(next.peak_rss_kib);
         sample.repeats += 1;
@@ -535,12 +534,17 @@ fn run_once(plan: &Plan, p: &Program, preload: &Preload, cwd: &Path) -> Run {
         plan.timeout,
     );
     let time = outcome
-        .and_then(|()| match stderr.lines().find(|l| l.contains("cannot be preloaded")) {
+        .and_then(|()| {
             // The loader goes on without the library: the run measured glibc, not `preload`.
-            Some(line) if preload.library.is_some() => {
-                Err(format!("the library was not loaded ({})", line.trim()))
+            // Its message names the library ("ERROR: ld.so: object '…' from LD_PRELOAD cannot
+            // be preloaded (reason): ignored."), so other output cannot be mistaken for it.
+            let Some(library) = &preload.library else { return Ok(()) };
+            let message =
+                format!("object '{}' from LD_PRELOAD cannot be preloaded", library.display());
+            match stderr.lines().find(|l| l.contains(&message)) {
+                Some(line) => Err(format!("the library was not loaded ({})", line.trim())),
+                None => Ok(()),
             }
-            _ => Ok(()),
         })
         .and_then(|()| match p.expect {
             Some((full, quick)) => {

@@ -50,9 +50,11 @@ fn mimalloc_bench_takes_a_built_library_and_a_folder_of_peers() {
     for dir in [suite.join("bench"), build.clone(), peers.clone()] {
         std::fs::create_dir_all(dir).unwrap();
     }
-    // A stand-in for mstress that records the library it was given.
+    // A stand-in for mstress that records the library it was given, and prints the loader's
+    // complaint about another library (a child's, say), which must not fail the run.
     let mstress = build.join("mstress");
-    let body = format!("#!/bin/sh\necho \"$LD_PRELOAD\" >> {}/seen\n", root.display());
+    let other = "echo \"ERROR: ld.so: object 'x.so' from LD_PRELOAD cannot be preloaded\" >&2";
+    let body = format!("#!/bin/sh\necho \"$LD_PRELOAD\" >> {}/seen\n{other}\n", root.display());
     std::fs::write(&mstress, body).unwrap();
     std::fs::set_permissions(&mstress, std::fs::Permissions::from_mode(0o755)).unwrap();
     // A library that loads anywhere: this process's own libc, under tcalloc's name.
