@@ -866,21 +866,25 @@ mod tests {
         h.check_invariants();
     }
 
+    /// One round of a program that reuses pages: takes `pages` pages, touches them (making
+    /// them resident) and frees them whole. The backed free bytes after it.
+    fn take_touch_and_free(h: &mut PageHeap, pages: usize) -> usize {
+        let s = h.allocate(Length(pages), SpanKind::PageRun);
+        // SAFETY: ours; touching makes it resident; then it is freed whole.
+        unsafe {
+            ((*s).start_address() as *mut u8).write_bytes(3, pages * PAGE_SIZE);
+            h.deallocate(s);
+        }
+        h.check_invariants();
+        h.stats().free_bytes
+    }
+
     #[test]
     fn reserve_adapts_to_rounds_of_reuse() {
         let heap = heap();
         let mut h = heap.lock();
         h.set_policy(Length(0), 60_000);
-        let round = |h: &mut PageHeap| {
-            let s = h.allocate(Length(8), SpanKind::PageRun);
-            // SAFETY: ours; touching makes it resident; then it is freed whole.
-            unsafe {
-                ((*s).start_address() as *mut u8).write_bytes(3, 8 * PAGE_SIZE);
-                h.deallocate(s);
-            }
-            h.check_invariants();
-            h.stats().free_bytes
-        };
+        let round = |h: &mut PageHeap| take_touch_and_free(h, 8);
         assert_eq!(round(&mut h), 0, "no reserve: the first round is released at once");
         assert_eq!(round(&mut h), 8 * PAGE_SIZE, "reuse right after release: kept backed");
         assert_eq!(round(&mut h), 8 * PAGE_SIZE);
@@ -904,14 +908,7 @@ mod tests {
         let mut round = |h: &mut PageHeap, after_ms: u64| {
             now += after_ms;
             os::set_fake_now_millis(Some(now));
-            let s = h.allocate(Length(8), SpanKind::PageRun);
-            // SAFETY: ours; touching makes it resident; then it is freed whole.
-            unsafe {
-                ((*s).start_address() as *mut u8).write_bytes(3, 8 * PAGE_SIZE);
-                h.deallocate(s);
-            }
-            h.check_invariants();
-            h.stats().free_bytes
+            take_touch_and_free(h, 8)
         };
         assert_eq!(round(&mut h, 0), 0, "no reserve: the first round is released at once");
         assert_eq!(round(&mut h, 10), 8 * PAGE_SIZE, "reused right after release: kept");
@@ -934,14 +931,7 @@ mod tests {
         let mut cycle = |h: &mut PageHeap, pages: usize, after_ms: u64| {
             now += after_ms;
             os::set_fake_now_millis(Some(now));
-            let s = h.allocate(Length(pages), SpanKind::PageRun);
-            // SAFETY: ours; touching makes it resident; then it is freed whole.
-            unsafe {
-                ((*s).start_address() as *mut u8).write_bytes(3, pages * PAGE_SIZE);
-                h.deallocate(s);
-            }
-            h.check_invariants();
-            h.stats().free_bytes
+            take_touch_and_free(h, pages)
         };
         for after_ms in [0, 10, 10] {
             cycle(&mut h, 64, after_ms);
