@@ -359,11 +359,11 @@ pub fn invalid_pointer(caller: &'static str, ptr: *mut u8) -> ! {
     crate::diag::fatal(format_args!("{caller}(): invalid pointer {ptr:p}"))
 }
 
-/// Double-free check of a small object about to be freed: if its first word decodes as a
-/// free-list link, the object is probably free already, and the calling thread's cache is
-/// searched for it (the cold part). Objects leaving the allocator have that word cleared, so
-/// a live object passes unless the program stored that exact value (about 2^-19 for random
-/// data), which costs a search and nothing else.
+/// Double-free check of a small object about to be freed: if the top 16 bits of its first
+/// word decode as a free-list link's, the object is probably free already, and the calling
+/// thread's cache is searched for it (the cold part). Objects leaving the allocator have that
+/// word cleared, so a live object passes unless the program stored those bits there (about
+/// 2^-16 for random data), which costs a search and nothing else.
 ///
 /// # Safety
 /// - `ptr` is the start of an object of `class` (validated through the page map, or given
@@ -371,8 +371,7 @@ pub fn invalid_pointer(caller: &'static str, ptr: *mut u8) -> ! {
 #[inline(always)]
 unsafe fn check_not_free(ptr: *mut u8, class: SizeClass, caller: &'static str) {
     // SAFETY: objects of every class are at least 8 bytes and 8-aligned.
-    let word = unsafe { ptr.cast::<usize>().read() };
-    if free_list::looks_free(word) {
+    if free_list::looks_free(unsafe { free_list::link_top(ptr) }) {
         front_end::abort_if_cached(ptr, class, caller);
     }
 }

@@ -195,7 +195,7 @@ unsafe fn push_to(cache: *mut ThreadCache, ptr: *mut u8, offset: usize) {
 /// C `free`'s push: pushes `ptr`, a validated object of the class whose index times 16 is
 /// `scaled_class` (as the page-map tag holds it, and the byte offset of the class's list),
 /// onto the calling thread's cache, unless its first word says it may be free already
-/// ([`free_list::looks_free`], read here with the cache's copy of the key): then the cold path
+/// ([`free_list::looks_free`] of its top two bytes, with the cache's copy of the key): then the cold path
 /// searches the cache's list and aborts on a double free. Every call it makes is a tail call,
 /// so the fast path saves no registers.
 ///
@@ -212,11 +212,8 @@ pub unsafe fn dealloc_checked(ptr: *mut u8, scaled_class: usize, caller: &'stati
     }
     // SAFETY: as in `push`; every object is at least 8 bytes, 8-aligned.
     unsafe {
-        if free_list::CHECKS {
-            let word = ptr.cast::<usize>().read() ^ (*cache).key;
-            if word & (*cache).link_mask == 0 {
-                return dealloc_suspect(ptr, scaled_class, caller);
-            }
+        if free_list::looks_free_keyed(free_list::link_top(ptr), (*cache).key) {
+            return dealloc_suspect(ptr, scaled_class, caller);
         }
         push_to(cache, ptr, scaled_class)
     }
@@ -234,7 +231,7 @@ unsafe extern "C" fn dealloc_checked_slow(ptr: *mut u8, scaled_class: usize, cal
     let cache = cache();
     // SAFETY: as in `dealloc_checked`.
     unsafe {
-        if free_list::looks_free(ptr.cast::<usize>().read()) {
+        if free_list::looks_free(free_list::link_top(ptr)) {
             return dealloc_suspect(ptr, scaled_class, caller);
         }
         push_to(cache, ptr, scaled_class)
