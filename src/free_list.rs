@@ -14,14 +14,17 @@
 //!   its top bits decode to the secret's;
 //! - a live object whose first word's top 16 bits decode to zero, as a link's do, is almost
 //!   certainly on a free list ([`looks_free`]): the check behind double-free detection. Random
-//!   data passes with a probability of 2^-16, and the key's top 16 bits are never all ones, so
-//!   a negative integer never passes; objects leaving the allocator have that word cleared
+//!   data passes with a probability of 2^-16; a user-space pointer, ASCII text, a non-negative
+//!   integer or a negative one above -2^48 never does (the key's top bit is set and its top 16
+//!   bits are never all ones), while a value with the top bit set (a negative double, say)
+//!   passes for about one process in 2^15; objects leaving the allocator have that word cleared
 //!   ([`take_object`]), so that an untouched block does not look free. `free` reads only those
 //!   two bytes ([`link_top`]), not the whole word: a program that has just stored into the
 //!   block's first bytes (a reference count decremented before the free) would otherwise make
 //!   the load wait until that narrower store reached the cache, since a load that only
 //!   partly overlaps a store in flight cannot take its data from it (mimalloc-bench's cfrac
-//!   spent 4% more time with the whole word read).
+//!   spent about 5% more time with the whole word read). A block that passes only costs the
+//!   search, which aborts only on finding it on a list.
 //!
 //! Without the checks the key is 0: links are plain pointers, still checked for plausibility
 //! on the cold paths ([`next`]) but not on the thread caches' fast pop, and no block looks
@@ -88,14 +91,20 @@ pub fn init_secret() {
             ^ crate::os::now_millis() as usize;
         random = random.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
-    // The top bit set: a stored pointer or zero never decodes to a plausible link. The top 16
-    // bits not all ones: nor does a negative integer (`looks_free` tests only those bits).
-    let mut secret = random | 1 << 63;
-    if secret >> 48 == 0xFFFF {
-        secret ^= 1 << 62;
-    }
     // A concurrent caller may have won; either value is fine, as long as it is one.
-    let _ = SECRET.compare_exchange(0, secret, Relaxed, Relaxed);
+    let _ = SECRET.compare_exchange(0, key_from(random), Relaxed, Relaxed);
+}
+
+/// The link key made from `random`: its top bit set, so that a stored user-space pointer or
+/// zero never decodes to a plausible link, and its top 16 bits not all ones, so that neither
+/// does a negative integer above -2^48 ([`looks_free`] tests only those bits).
+const fn key_from(random: usize) -> usize {
+    let key = random | 1 << 63;
+    if key >> 48 == 0xFFFF {
+        key ^ 1 << 62
+    } else {
+        key
+    }
 }
 
 /// The process's link key (0 before [`init_secret`]).
@@ -105,7 +114,7 @@ pub fn secret() -> usize {
 }
 
 /// Byte offset of the top 16 bits of a word in memory.
-const TOP_OFFSET: usize = if cfg!(target_endian = "little") { 6 } else { 0 };
+pub const TOP_OFFSET: usize = if cfg!(target_endian = "little") { 6 } else { 0 };
 
 /// The top 16 bits of the first word of `object`, read alone (see the module's notes: a load
 /// of the whole word would wait on a narrower store into the block's first bytes).
@@ -390,6 +399,11 @@ mod tests {
             assert!(!looks_free(link_top(a.cast())));
         }
         assert_ne!(secret() >> 48, 0xFFFF, "the key's top 16 bits are never all ones");
+        for random in [0, usize::MAX, 0xFFFF << 48, 0x7FFF << 48, 0x1234_5678] {
+            let key = key_from(random);
+            assert!(key >> 63 == 1 && key >> 48 != 0xFFFF, "{random:#x} -> {key:#x}");
+            assert!(!looks_free_keyed(0xFFFF, key) && !looks_free_keyed(0, key));
+        }
         // Pointers and integers, negative ones too, written over a link never look like one.
         for word in [0usize, 1, 8, b as usize, 0x7fff_ffff_f000, usize::MAX, -4096isize as usize] {
             assert!(!looks_free((word >> 48) as u16), "{word:#x}");

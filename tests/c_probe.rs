@@ -125,6 +125,23 @@ fn double_free_as_a_fresh_threads_first_call_stops_the_program() {
     assert_stopped(&run("fresh-thread"), &[DOUBLE], "fresh-thread");
 }
 
+/// A thread whose first allocator call frees a block that is back on its span's free list:
+/// the free that sets the thread's cache up searches the span (an `Uninit` cache's mask sends
+/// every block to the search, whatever its first word holds).
+#[test]
+fn a_fresh_threads_first_free_of_a_block_back_in_its_span_stops_the_program() {
+    assert_stopped(&run("fresh-thread-span"), &[DOUBLE], "fresh-thread-span");
+}
+
+/// A block freed, its first two bytes overwritten (the low bytes of its link: a reference
+/// count's 16-bit store, say), and freed again: `free` tests only the link's top bytes, which
+/// the write left alone (the whole-word test missed it unless the key's low three bits
+/// matched the written ones).
+#[test]
+fn a_double_free_after_a_write_over_the_first_bytes_stops_the_program() {
+    assert_stopped(&run("written"), &[DOUBLE], "written");
+}
+
 /// A double free among blocks of every small size stops the program (with the arena, and
 /// through the tags without it).
 #[test]

@@ -11,6 +11,11 @@
  *                allocates the class until the span is used up: prints "duplicate" when a
  *                block is handed out twice while live. Exits 0 if nothing stopped it.
  *   fresh-thread a thread that never called malloc frees a block twice, back to back.
+ *   fresh-thread-span
+ *                a block freed and sent back to its span (malloc_trim), then freed again
+ *                as the first allocator call of a new thread.
+ *   written      a block freed, its first two bytes written (a 16-bit store, as a reference
+ *                count's), then freed again.
  *   twice        frees a block of each of a few sizes (and one of every small size) and
  *                frees the first of them again.
  *   stats        mallocs and frees a few blocks, then prints malloc_stats() (on stderr).
@@ -189,6 +194,37 @@ static int fresh_thread(void) {
     return 0;
 }
 
+static void *free_once(void *p) {
+    free(opaque(p));
+    return NULL;
+}
+
+static int fresh_thread_span(void) {
+    void *keep = opaque(malloc(64));
+    void *p = opaque(malloc(64));
+    free(p);
+    /* The thread's cache and the transfer caches go back to the spans: p is on its span's
+       own free list, and this thread's cache holds nothing. */
+    malloc_trim(0);
+    pthread_t t;
+    pthread_create(&t, NULL, free_once, p);
+    pthread_join(t, NULL);
+    opaque(keep);
+    printf("survived\n");
+    return 0;
+}
+
+static int written(void) {
+    void *keep = opaque(malloc(64));
+    void *p = opaque(malloc(64));
+    free(p);
+    *(volatile uint16_t *)p = 1;
+    free(opaque(p));
+    opaque(keep);
+    printf("survived\n");
+    return 0;
+}
+
 static int twice(void) {
     void *blocks[1025];
     for (int i = 0; i <= 1024; i++) blocks[i] = opaque(malloc(i));
@@ -220,6 +256,8 @@ int main(int argc, char **argv) {
         return uncarved(size, slot);
     }
     if (!strcmp(mode, "fresh-thread")) return fresh_thread();
+    if (!strcmp(mode, "fresh-thread-span")) return fresh_thread_span();
+    if (!strcmp(mode, "written")) return written();
     if (!strcmp(mode, "twice")) return twice();
     if (!strcmp(mode, "stats")) return stats();
     fprintf(stderr, "unknown mode %s\n", mode);

@@ -195,9 +195,9 @@ unsafe fn push_to(cache: *mut ThreadCache, ptr: *mut u8, offset: usize) {
 /// C `free`'s push: pushes `ptr`, a validated object of the class whose index times 16 is
 /// `scaled_class` (as the page-map tag holds it, and the byte offset of the class's list),
 /// onto the calling thread's cache, unless its first word says it may be free already
-/// ([`free_list::looks_free`] of its top two bytes, with the cache's copy of the key): then the cold path
-/// searches the cache's list and aborts on a double free. Every call it makes is a tail call,
-/// so the fast path saves no registers.
+/// ([`free_list::looks_free`] of its top two bytes, with the cache's copies of the key and the
+/// mask): then the cold path searches the cache's list and the block's span and aborts on a
+/// double free. Every call it makes is a tail call, so the fast path saves no registers.
 ///
 /// # Safety
 /// - `ptr` is the start of an object of that class (validated through the page map); if it is
@@ -212,8 +212,18 @@ pub unsafe fn dealloc_checked(ptr: *mut u8, scaled_class: usize, caller: &'stati
     }
     // SAFETY: as in `push`; every object is at least 8 bytes, 8-aligned.
     unsafe {
-        if free_list::looks_free_keyed(free_list::link_top(ptr), (*cache).key) {
-            return dealloc_suspect(ptr, scaled_class, caller);
+        if free_list::CHECKS {
+            // As `free_list::looks_free_keyed`, under the cache's mask: an `Uninit` cache's
+            // is 0, so that its first free always takes the search.
+            // The key's top bytes are read alone (volatile: else the compiler derives them
+            // from the whole key, which the push loads anyway, with a move and a shift).
+            let key_top = ptr::read_volatile(
+                (&raw const (*cache).key).cast::<u8>().add(free_list::TOP_OFFSET).cast::<u16>(),
+            );
+            let top = free_list::link_top(ptr) ^ key_top;
+            if top & ((*cache).link_mask >> 48) as u16 == 0 {
+                return dealloc_suspect(ptr, scaled_class, caller);
+            }
         }
         push_to(cache, ptr, scaled_class)
     }

@@ -69,7 +69,8 @@ impl ThreadCache {
             // From now on the lists are linked with the process's key: first link afresh what
             // was pushed with the old one (an `Uninit` cache's key is 0). It stays in the
             // cache: the free that activates the cache is a thread's first, and freeing the
-            // same block again must find it here (the double-free search looks nowhere else).
+            // same block again must find it here (the double-free search looks here and in the
+            // block's span, not in the transfer caches' batches).
             free_list::init_secret();
             let key = free_list::secret();
             for class in SizeClass::all() {
