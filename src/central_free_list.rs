@@ -195,8 +195,8 @@ unsafe fn release_objects(mut head: *mut FreeObject) {
 /// span's free list: it is free already, so freeing it is a double free (or the free of a
 /// slot carved with its page but never handed out). The cold half of the double-free check
 /// for a block that has left the thread's cache, run only when the top bytes of the block's
-/// first word look like a link's: it locks the list that owns the span and walks the span's list (at most the
-/// span's objects).
+/// first word look like a link's: it locks the list that owns the span and walks the span's
+/// list (at most the span's objects).
 #[cold]
 #[inline(never)]
 pub fn span_holds(object: *mut u8, class: SizeClass) -> bool {

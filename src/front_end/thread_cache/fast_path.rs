@@ -213,10 +213,10 @@ pub unsafe fn dealloc_checked(ptr: *mut u8, scaled_class: usize, caller: &'stati
     // SAFETY: as in `push`; every object is at least 8 bytes, 8-aligned.
     unsafe {
         if free_list::CHECKS {
-            // As `free_list::looks_free_keyed`, under the cache's mask: an `Uninit` cache's
-            // is 0, so that its first free always takes the search.
-            // The key's top bytes are read alone (volatile: else the compiler derives them
-            // from the whole key, which the push loads anyway, with a move and a shift).
+            // As `free_list::looks_free_keyed`, under the cache's mask: an `Uninit` cache's is
+            // 0, so that its first free always takes the search. The key's top bytes are read
+            // alone (volatile: else the compiler derives them from the whole key, which the
+            // push loads anyway, with a move and a shift: one more instruction).
             let key_top = ptr::read_volatile(
                 (&raw const (*cache).key).cast::<u8>().add(free_list::TOP_OFFSET).cast::<u16>(),
             );
