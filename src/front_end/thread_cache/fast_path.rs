@@ -210,7 +210,8 @@ pub unsafe fn dealloc_checked(ptr: *mut u8, scaled_class: usize, caller: &'stati
         // SAFETY: per the caller.
         return unsafe { dealloc_checked_slow(ptr, scaled_class, caller) };
     }
-    // SAFETY: as in `push`; every object is at least 8 bytes, 8-aligned.
+    // SAFETY: as in `push`; every object is at least 8 bytes, 8-aligned; the two bytes of the
+    // key read alone lie inside the cache's `key` field.
     unsafe {
         if free_list::CHECKS {
             // As `free_list::looks_free_keyed`, under the cache's mask: an `Uninit` cache's is
