@@ -7,6 +7,7 @@
 //! | `TCALLOC_FREE_RESERVE_BYTES` | 16 MiB | free pages the page heap keeps backed; beyond that, freed pages go back at once |
 //! | `TCALLOC_DECAY_MS` | `1000` | free pages and cached large mappings idle this long go back to the OS |
 //! | `TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES` | 64 MiB | cap on all thread caches together (a thread gets an equal share, between 512 KiB and 4 MiB) |
+//! | `TCALLOC_MAX_TRANSFER_CACHE_BYTES` | 1 MiB per CPU, 2 to 16 MiB | cap on the batches of free objects waiting between thread caches, all size classes together |
 //! | `TCALLOC_ARENA_BYTES` | 32 GiB | address space the page heap reserves for its arena (at most 32 GiB; below 64 MiB, `0` included, none) |
 //!
 //! Byte values accept a `k`, `m` or `g` suffix (powers of 1024). A malformed value is ignored
@@ -23,6 +24,8 @@ pub struct Settings {
     pub free_reserve_bytes: usize,
     pub decay_ms: u64,
     pub total_thread_cache_bytes: usize,
+    /// `None`: the default for the number of CPUs (`transfer_cache::default_capacity`).
+    pub transfer_cache_bytes: Option<usize>,
 }
 
 impl Settings {
@@ -32,6 +35,7 @@ impl Settings {
         free_reserve_bytes: 16 << 20,
         decay_ms: 1000,
         total_thread_cache_bytes: crate::config::TOTAL_THREAD_CACHE_BYTES,
+        transfer_cache_bytes: None,
     };
 
     /// Reads the environment (see the module docs).
@@ -76,6 +80,12 @@ impl Settings {
                     Some(n) => *slot = n,
                     None => warn(name.to_str().unwrap_or("?"), v),
                 }
+            }
+        }
+        if let Some(v) = lookup(c"TCALLOC_MAX_TRANSFER_CACHE_BYTES") {
+            match parse_bytes(v) {
+                Some(n) => s.transfer_cache_bytes = Some(n),
+                None => warn("TCALLOC_MAX_TRANSFER_CACHE_BYTES", v),
             }
         }
         if let Some(v) = lookup(c"TCALLOC_DECAY_MS") {
@@ -180,8 +190,10 @@ mod tests {
             ("TCALLOC_FREE_RESERVE_BYTES", "8m"),
             ("TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES", "1G"),
             ("TCALLOC_DECAY_MS", "250"),
+            ("TCALLOC_MAX_TRANSFER_CACHE_BYTES", "512k"),
         ]);
         assert!(s.show_stats);
+        assert_eq!(s.transfer_cache_bytes, Some(512 << 10));
         assert_eq!(s.release_rate, 2.5);
         assert_eq!(s.free_reserve_bytes, 8 << 20);
         assert_eq!(s.total_thread_cache_bytes, 1 << 30);

@@ -133,6 +133,10 @@ pub struct Stats {
     /// Bytes of free objects in the central lists (transfer caches and span free lists,
     /// including parts of spans never carved into objects).
     pub central_cache_bytes: usize,
+    /// The part of `central_cache_bytes` in whole batches parked in the transfer caches.
+    pub transfer_cache_bytes: usize,
+    /// The cap on `transfer_cache_bytes` (`TCALLOC_MAX_TRANSFER_CACHE_BYTES`).
+    pub transfer_cache_limit_bytes: usize,
     /// Bytes mapped for the page heap.
     pub page_heap_bytes: usize,
     /// Bytes in free page-heap spans still backed by memory.
@@ -201,6 +205,8 @@ pub fn stats() -> Stats {
             .saturating_sub(thread_cache_bytes),
         thread_cache_bytes,
         central_cache_bytes: central_bytes,
+        transfer_cache_bytes: transfer_cache::held_bytes(),
+        transfer_cache_limit_bytes: transfer_cache::capacity(),
         page_heap_bytes: heap.system_bytes,
         page_heap_free_bytes: heap.free_bytes,
         released_bytes: heap.returned_bytes,
@@ -257,6 +263,8 @@ impl fmt::Display for Stats {
             ("in use by the program", self.allocated_bytes),
             ("free in thread caches", self.thread_cache_bytes),
             ("free in central lists", self.central_cache_bytes),
+            ("  in transfer caches", self.transfer_cache_bytes),
+            ("  transfer cache cap", self.transfer_cache_limit_bytes),
             ("free in page heap", self.page_heap_free_bytes),
             ("released to the OS", self.released_bytes),
             ("large blocks in use", self.large_bytes),

@@ -40,6 +40,15 @@ fn show_stats_prints_the_report_at_exit() {
 }
 
 #[test]
+fn the_transfer_cache_cap_is_set_from_the_environment() {
+    let (ok, stderr) =
+        run_child(&[("TCALLOC_SHOW_STATS", "1"), ("TCALLOC_MAX_TRANSFER_CACHE_BYTES", "3m")]);
+    assert!(ok, "{stderr}");
+    let line = stderr.lines().find(|l| l.contains("transfer cache cap")).unwrap_or("");
+    assert!(line.ends_with("3.00 MiB"), "no 3 MiB cap in:\n{stderr}");
+}
+
+#[test]
 fn without_settings_nothing_is_printed() {
     let (ok, stderr) = run_child(&[]);
     assert!(ok, "{stderr}");

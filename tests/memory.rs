@@ -212,6 +212,56 @@ fn thread_caches_stay_under_the_total_cap() {
     );
 }
 
+/// CPUs online, as the allocator counts them (`_SC_NPROCESSORS_ONLN` reads this file).
+fn cpus_online() -> usize {
+    let list = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    list.trim()
+        .split(',')
+        .map(|range| match range.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+/// Whole batches freed in allocation order park in the transfer caches, but all of them
+/// together never hold more than the cap: 1 MiB per CPU, 2 MiB at least and 16 at most.
+/// A thread frees far more than that in several classes, and is still alive (its cache full)
+/// when the main thread measures.
+fn transfer_caches_stay_under_their_cap() {
+    let expected = (cpus_online() * MIB).clamp(2 * MIB, 16 * MIB);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let worker = {
+        let barrier = barrier.clone();
+        std::thread::spawn(move || {
+            for size in [64usize, 256, 1024, 4096] {
+                let v: Vec<Vec<u8>> = (0..(24 * MIB / size)).map(|i| vec![i as u8; size]).collect();
+                drop(v);
+            }
+            barrier.wait(); // freed
+            barrier.wait(); // measured
+        })
+    };
+    barrier.wait();
+    let s = tcalloc::stats();
+    barrier.wait();
+    worker.join().unwrap();
+    assert_eq!(s.transfer_cache_limit_bytes, expected, "the cap for {} CPUs", cpus_online());
+    assert!(
+        s.transfer_cache_bytes <= s.transfer_cache_limit_bytes,
+        "{} KiB in transfer caches, cap {} KiB",
+        s.transfer_cache_bytes >> 10,
+        s.transfer_cache_limit_bytes >> 10
+    );
+    assert!(
+        s.transfer_cache_bytes >= s.transfer_cache_limit_bytes / 2,
+        "the transfer caches were used: {} KiB of {} KiB",
+        s.transfer_cache_bytes >> 10,
+        s.transfer_cache_limit_bytes >> 10
+    );
+    assert!(s.transfer_cache_bytes <= s.central_cache_bytes);
+}
+
 #[test]
 fn memory_comes_back() {
     large_blocks_go_back_at_once();
@@ -221,4 +271,5 @@ fn memory_comes_back() {
     release_free_memory_empties_the_page_heap();
     threads_that_come_and_go_leave_nothing_behind();
     thread_caches_stay_under_the_total_cap();
+    transfer_caches_stay_under_their_cap();
 }
