@@ -7,7 +7,7 @@
 //! | `TCALLOC_FREE_RESERVE_BYTES` | 16 MiB | free pages the page heap keeps backed; beyond that, freed pages go back at once |
 //! | `TCALLOC_DECAY_MS` | `1000` | free pages and cached large mappings idle this long go back to the OS |
 //! | `TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES` | 64 MiB | cap on all thread caches together (a thread gets an equal share, between 512 KiB and 4 MiB) |
-//! | `TCALLOC_MAX_TRANSFER_CACHE_BYTES` | 1 MiB per CPU, 2 to 16 MiB | cap on the batches of free objects waiting between thread caches, all size classes together |
+//! | `TCALLOC_MAX_TRANSFER_CACHE_BYTES` | 16 MiB | cap on the batches of free objects waiting between thread caches, all size classes together (`0`: none wait there) |
 //! | `TCALLOC_ARENA_BYTES` | 32 GiB | address space the page heap reserves for its arena (at most 32 GiB; below 64 MiB, `0` included, none) |
 //!
 //! Byte values accept a `k`, `m` or `g` suffix (powers of 1024). A malformed value is ignored
@@ -24,7 +24,7 @@ pub struct Settings {
     pub free_reserve_bytes: usize,
     pub decay_ms: u64,
     pub total_thread_cache_bytes: usize,
-    /// `None`: the default for the number of CPUs (`transfer_cache::default_capacity`).
+    /// `None`: the default, [`TRANSFER_CACHE_BYTES`](crate::config::TRANSFER_CACHE_BYTES).
     pub transfer_cache_bytes: Option<usize>,
 }
 

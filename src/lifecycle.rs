@@ -61,15 +61,8 @@ fn initialize() {
     let settings = Settings::from_env();
     release::configure(&settings);
     front_end::set_total_budget(settings.total_thread_cache_bytes);
-    // The unit tests share one process and its transfer caches, and some of them need room
-    // there for their own batches: they keep the largest cap. The default is tested in a
-    // process of its own (`tests/memory.rs`).
-    if !cfg!(test) {
-        transfer_cache::set_capacity(
-            settings
-                .transfer_cache_bytes
-                .unwrap_or_else(|| transfer_cache::default_capacity(transfer_cache::shards())),
-        );
+    if let Some(bytes) = settings.transfer_cache_bytes {
+        transfer_cache::set_capacity(bytes);
     }
     // SAFETY: the handlers are `extern "C"` functions with no arguments, as required.
     unsafe {

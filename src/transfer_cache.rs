@@ -19,9 +19,8 @@
 //! Each stack lives in [`BLOCK_BYTES`](crate::metadata::BLOCK_BYTES) chunks from the metadata
 //! arena, each holding [`SLOTS_PER_CHUNK`] batch heads; one emptied chunk is kept as a spare so
 //! that a stack oscillating around a chunk boundary does not allocate. All stacks together hold
-//! at most [`capacity`] bytes ([`TRANSFER_CACHE_BYTES_PER_SHARD`] per shard, 2 to 16 MiB); the
-//! count is one atomic, changed once per batch. The cap is small on purpose: a batch parked
-//! here serves only its own class, and a refill of another class carves fresh spans meanwhile.
+//! at most [`capacity`] bytes ([`TRANSFER_CACHE_BYTES`] unless the environment sets another);
+//! the count is one atomic, changed once per batch.
 //!
 //! **Whole spans are not kept.** An object of a class with one object per span is a whole span:
 //! back in the page heap it coalesces with its neighbours and can serve any size (a block that
@@ -32,9 +31,7 @@
 //! Entry points: [`pop`], [`push`], [`pop_idle`], [`assign_shard`], [`set_shards`],
 //! [`set_capacity`], [`batches`], [`advance_epoch`]. Layer below: `metadata`.
 
-use crate::config::{
-    MAX_SHARDS, MAX_TRANSFER_CACHE_BYTES, MIN_TRANSFER_CACHE_BYTES, TRANSFER_CACHE_BYTES_PER_SHARD,
-};
+use crate::config::{MAX_SHARDS, TRANSFER_CACHE_BYTES};
 use crate::diag::{invariant, invariant_eq};
 use crate::free_list::FreeObject;
 use crate::metadata::{self, BLOCK_BYTES};
@@ -338,15 +335,7 @@ const _: () = assert!(size_of::<Chunk>() <= BLOCK_BYTES);
 static TOTAL_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// The most bytes all transfer caches together may hold ([`set_capacity`]).
-static CAPACITY: AtomicUsize = AtomicUsize::new(MAX_TRANSFER_CACHE_BYTES);
-
-/// The default cap for `shards` shards: [`TRANSFER_CACHE_BYTES_PER_SHARD`] each, within
-/// [`MIN_TRANSFER_CACHE_BYTES`] and [`MAX_TRANSFER_CACHE_BYTES`].
-pub fn default_capacity(shards: usize) -> usize {
-    shards
-        .saturating_mul(TRANSFER_CACHE_BYTES_PER_SHARD)
-        .clamp(MIN_TRANSFER_CACHE_BYTES, MAX_TRANSFER_CACHE_BYTES)
-}
+static CAPACITY: AtomicUsize = AtomicUsize::new(TRANSFER_CACHE_BYTES);
 
 /// Sets the cap on the bytes of all transfer caches together (at start-up). Batches already
 /// held above a lowered cap stay until they are taken or drained.
@@ -587,17 +576,5 @@ mod tests {
         assert!(!cache.push(0x1000 as *mut FreeObject, capacity() + 1));
         assert_eq!(cache.batches(), 0);
         assert!(held_bytes() <= before + capacity());
-    }
-
-    #[test]
-    fn the_cap_grows_with_the_shards_within_bounds() {
-        let mib = 1 << 20;
-        assert_eq!(default_capacity(1), 2 * mib);
-        assert_eq!(default_capacity(2), 2 * mib);
-        assert_eq!(default_capacity(3), 3 * mib);
-        assert_eq!(default_capacity(8), 8 * mib);
-        assert_eq!(default_capacity(16), 16 * mib);
-        assert_eq!(default_capacity(MAX_SHARDS), 16 * mib);
-        assert_eq!(default_capacity(usize::MAX), 16 * mib);
     }
 }
