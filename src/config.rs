@@ -66,9 +66,9 @@ pub const TOTAL_THREAD_CACHE_BYTES: usize = 64 << 20;
 
 /// Default cap on the bytes all transfer caches together hold (whole batches waiting in the
 /// central lists); `TCALLOC_MAX_TRANSFER_CACHE_BYTES` sets another. One size on every machine:
-/// on 2 CPUs a cap of 2 MiB raised binary-trees' peak RSS from 18.7 to 22.4 MiB and slowed
-/// it by about 5% (more freed objects went back to their spans instead), and bought rptest
-/// nothing it kept from run to run.
+/// on 2 CPUs a cap of 2 MiB raised binary-trees' peak RSS from 18.7 to 22.4 MiB (more freed
+/// objects went back to their spans instead) and bought rptest nothing it kept from run to
+/// run.
 pub const TRANSFER_CACHE_BYTES: usize = 16 << 20;
 
 /// Most transfer-cache and span-list shards per class (one per CPU, up to this). On a lent
