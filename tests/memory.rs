@@ -214,8 +214,8 @@ fn thread_caches_stay_under_the_total_cap() {
 
 /// Whole batches freed in allocation order park in the transfer caches, but all of them
 /// together never hold more than the cap (the default, 16 MiB: the test binaries run without
-/// `TCALLOC_MAX_TRANSFER_CACHE_BYTES`). A thread frees six times that in several classes, and is still alive (its
-/// cache full) when the main thread measures.
+/// `TCALLOC_MAX_TRANSFER_CACHE_BYTES`). A thread frees six times that in several classes, and
+/// is still alive (its cache full) when the main thread measures.
 fn transfer_caches_stay_under_their_cap() {
     tcalloc::release_free_memory(); // what earlier phases parked there
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
