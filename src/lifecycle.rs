@@ -2,8 +2,8 @@
 //!
 //! [`ensure_initialized`] runs once, from the first slow path of the first thread that
 //! allocates: it reads the settings from the environment (`env`), applies them, registers
-//! the `fork` handlers and, with `TCALLOC_SHOW_STATS=1`, the report at exit. It may re-enter the allocator (glibc's
-//! `pthread_atfork` allocates); a re-entrant or concurrent caller does not wait, because
+//! the `fork` handlers and, with `TCALLOC_SHOW_STATS=1`, the report at exit. It may re-enter the allocator (registering
+//! `fork` handlers allocates in glibc); a re-entrant or concurrent caller does not wait, because
 //! nothing it does is needed for correctness.
 //!
 //! `fork` handlers: before `fork`, take every allocator lock in the one global order (registry,
@@ -64,12 +64,10 @@ fn initialize() {
     if let Some(bytes) = settings.transfer_cache_bytes {
         transfer_cache::set_capacity(bytes);
     }
-    // SAFETY: the handlers are `extern "C"` functions with no arguments, as required.
-    unsafe {
-        libc::pthread_atfork(Some(before_fork), Some(after_fork_parent), Some(after_fork_child));
-        if settings.show_stats {
-            libc::atexit(print_stats_at_exit);
-        }
+    crate::os::at_fork(Some(before_fork), Some(after_fork_parent), Some(after_fork_child));
+    if settings.show_stats {
+        // SAFETY: the handler is an `extern "C"` function with no arguments, as required.
+        unsafe { libc::atexit(print_stats_at_exit) };
     }
 }
 

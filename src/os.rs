@@ -1,5 +1,6 @@
 //! The OS behind one small contract: the only module that calls `mmap`, `munmap`, `mremap`,
-//! `mprotect` and `madvise`.
+//! `mprotect` and `madvise`, and the one that registers with the C library (`fork` handlers,
+//! thread-exit destructors) and reads the clock.
 //!
 //! Preconditions, stated once for every function here: addresses and lengths passed in are
 //! multiples of [`OS_PAGE_SIZE`] and lengths are non-zero. Errors are returned (`None` or
@@ -7,6 +8,7 @@
 
 use crate::config::OS_PAGE_SIZE;
 use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 /// Maps `len` bytes of fresh, zeroed, read-write memory. The mapping is accounted (no
 /// `MAP_NORESERVE`), so the kernel's overcommit check refuses requests no machine could back,
@@ -214,8 +216,242 @@ pub fn now_millis() -> u64 {
     }
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid out-parameter.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    unsafe { clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// `clock_gettime`, called in the vDSO directly where it can be found there.
+///
+/// glibc's `clock_gettime` only forwards to the vDSO, but its code lies in a part of libc's
+/// text that a program which only allocates never runs otherwise, and the first call faults
+/// in the 64 KiB around it (the kernel maps file pages around a fault): that cost every
+/// process with `libtcalloc.so` preloaded 64 KiB of resident memory, for a clock read.
+///
+/// # Safety
+/// - `ts` is valid for a write.
+unsafe fn clock_gettime(clock: libc::clockid_t, ts: *mut libc::timespec) -> libc::c_int {
+    type ClockFn = unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> libc::c_int;
+    let mut f = VDSO_CLOCK_GETTIME.load(Relaxed);
+    if f == 0 {
+        // Racing threads find the same address.
+        f = vdso::symbol(b"__vdso_clock_gettime").unwrap_or(1);
+        VDSO_CLOCK_GETTIME.store(f, Relaxed);
+    }
+    if f == 1 {
+        // SAFETY: per the caller.
+        return unsafe { libc::clock_gettime(clock, ts) };
+    }
+    // SAFETY: the vDSO's `__vdso_clock_gettime` has `clock_gettime`'s C signature; `ts` is
+    // valid per the caller.
+    unsafe { core::mem::transmute::<usize, ClockFn>(f)(clock, ts) }
+}
+
+/// The vDSO's `clock_gettime`: 0 before the look-up, 1 when the vDSO has none.
+static VDSO_CLOCK_GETTIME: AtomicUsize = AtomicUsize::new(0);
+
+/// Symbols of the vDSO, the ELF object the kernel maps into every process: read from its
+/// dynamic symbol table, without allocating.
+mod vdso {
+    /// `AT_SYSINFO_EHDR`: the auxiliary-vector entry with the vDSO's address (33 on every
+    /// Linux architecture).
+    const AT_SYSINFO_EHDR: libc::c_ulong = 33;
+    const PT_LOAD: u32 = 1;
+    const PT_DYNAMIC: u32 = 2;
+    const DT_NULL: i64 = 0;
+    const DT_HASH: i64 = 4;
+    const DT_STRTAB: i64 = 5;
+    const DT_SYMTAB: i64 = 6;
+    const STT_FUNC: u8 = 2;
+
+    /// The address of the function `name` in the vDSO, or `None` (no vDSO, not a 64-bit
+    /// little-endian ELF object, no `DT_HASH` table to count its symbols, no such function).
+    pub fn symbol(name: &[u8]) -> Option<usize> {
+        if cfg!(not(all(
+            target_os = "linux",
+            target_pointer_width = "64",
+            target_endian = "little"
+        ))) {
+            return None;
+        }
+        // SAFETY: getauxval has no preconditions.
+        let base = unsafe { libc::getauxval(AT_SYSINFO_EHDR) } as usize;
+        if base == 0 {
+            return None;
+        }
+        // SAFETY: the kernel maps the vDSO, a complete ELF image, at `base` for the life of
+        // the process, read-only; every offset read below comes from that image and lies in it.
+        unsafe { find(base, name) }
+    }
+
+    /// # Safety
+    /// - `base` is the address of a mapped, well-formed ELF image.
+    unsafe fn find(base: usize, name: &[u8]) -> Option<usize> {
+        let at = |offset: usize| base + offset;
+        // The reads below are of the image's fields, inside it per the caller;
+        // `read_unaligned` asks no alignment of them.
+        // SAFETY: as just said.
+        let read_u16 = |a: usize| unsafe { (a as *const u16).read_unaligned() } as usize;
+        // SAFETY: as just said.
+        let read_u32 = |a: usize| unsafe { (a as *const u32).read_unaligned() };
+        // SAFETY: as just said.
+        let read_u64 = |a: usize| unsafe { (a as *const u64).read_unaligned() };
+        // e_ident: the magic number, ELFCLASS64, ELFDATA2LSB.
+        // SAFETY: as above.
+        let ident = unsafe { core::slice::from_raw_parts(base as *const u8, 6) };
+        if ident[..4] != *b"\x7fELF" || ident[4] != 2 || ident[5] != 1 {
+            return None;
+        }
+        let (phoff, phentsize, phnum) =
+            (read_u64(at(0x20)) as usize, read_u16(at(0x36)), read_u16(at(0x38)));
+        // The load bias: where the image is, less where it was linked to be.
+        let (mut bias, mut dynamic) = (None, None);
+        for i in 0..phnum {
+            let ph = at(phoff + i * phentsize);
+            let (kind, offset, vaddr) = (read_u32(ph), read_u64(ph + 8), read_u64(ph + 16));
+            if kind == PT_LOAD && bias.is_none() {
+                bias = Some(base.wrapping_add(offset as usize).wrapping_sub(vaddr as usize));
+            } else if kind == PT_DYNAMIC {
+                dynamic = Some(vaddr as usize);
+            }
+        }
+        let (bias, dynamic) = (bias?, bias?.wrapping_add(dynamic?));
+        let (mut hash, mut strtab, mut symtab) = (None, None, None);
+        let mut entry = dynamic;
+        loop {
+            let (tag, value) = (read_u64(entry) as i64, read_u64(entry + 8) as usize);
+            match tag {
+                DT_NULL => break,
+                DT_HASH => hash = Some(bias.wrapping_add(value)),
+                DT_STRTAB => strtab = Some(bias.wrapping_add(value)),
+                DT_SYMTAB => symtab = Some(bias.wrapping_add(value)),
+                _ => {}
+            }
+            entry += 16;
+        }
+        let (hash, strtab, symtab) = (hash?, strtab?, symtab?);
+        // DT_HASH: nbucket, nchain, ...; nchain is the number of symbols.
+        let symbols = read_u32(hash + 4) as usize;
+        for i in 0..symbols {
+            // Elf64_Sym: st_name u32, st_info u8, st_other u8, st_shndx u16, st_value u64.
+            let sym = symtab + i * 24;
+            let (name_at, info) = (read_u32(sym) as usize, read_u64(sym + 4) as u8);
+            let (section, value) = (read_u16(sym + 6), read_u64(sym + 8) as usize);
+            if info & 0xf != STT_FUNC || section == 0 || value == 0 {
+                continue;
+            }
+            // SAFETY: the string table holds NUL-terminated names.
+            let found = unsafe { core::ffi::CStr::from_ptr((strtab + name_at) as *const _) };
+            if found.to_bytes() == name {
+                return Some(bias.wrapping_add(value));
+            }
+        }
+        None
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        fn the_vdso_clock_is_found_and_agrees_with_libc() {
+            let f = super::symbol(b"__vdso_clock_gettime").expect("x86-64 Linux has a vDSO clock");
+            type ClockFn =
+                unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> libc::c_int;
+            // SAFETY: the vDSO's clock_gettime has this signature.
+            let f = unsafe { core::mem::transmute::<usize, ClockFn>(f) };
+            let mut ours = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            let mut libcs = ours;
+            // SAFETY: valid out-parameters.
+            unsafe {
+                assert_eq!(f(libc::CLOCK_MONOTONIC, &mut ours), 0);
+                assert_eq!(libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut libcs), 0);
+            }
+            let ns = |t: libc::timespec| t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128;
+            let apart = ns(libcs) - ns(ours);
+            assert!(
+                (0..1_000_000_000).contains(&apart),
+                "vDSO {} ns, libc {} ns",
+                ns(ours),
+                ns(libcs)
+            );
+            assert!(ns(ours) > 0);
+            assert_eq!(super::symbol(b"__vdso_no_such_function"), None);
+            assert_eq!(super::symbol(b"__vdso_clock"), None, "a prefix is not a match");
+        }
+    }
+}
+
+/// A handler of [`at_fork`].
+pub type ForkHandler = unsafe extern "C" fn();
+
+/// Registers `fork` handlers, as `pthread_atfork` does.
+///
+/// On glibc, `pthread_atfork` is not in libc.so but in a static archive linked into the
+/// caller, where it only calls libc's `__register_atfork` with the caller's `__dso_handle`;
+/// linked at the end of `libtcalloc.so`, it cost the library a 40 KiB stretch of text that
+/// nothing else there runs. The same call, made here, lies with the code that runs anyway.
+pub fn at_fork(
+    prepare: Option<ForkHandler>,
+    parent: Option<ForkHandler>,
+    child: Option<ForkHandler>,
+) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn __register_atfork(
+                prepare: Option<ForkHandler>,
+                parent: Option<ForkHandler>,
+                child: Option<ForkHandler>,
+                dso: *mut libc::c_void,
+            ) -> libc::c_int;
+        }
+        // SAFETY: glibc's own `pthread_atfork` is this call; the handlers are `extern "C"`
+        // functions with no arguments, and `__dso_handle` is this object's, as it passes.
+        unsafe { __register_atfork(prepare, parent, child, dso_handle()) };
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    // SAFETY: handlers with no arguments, as `pthread_atfork` requires.
+    unsafe {
+        libc::pthread_atfork(prepare, parent, child);
+    }
+}
+
+/// Runs `dtor(arg)` when the calling thread exits, among the C++ runtime's and Rust's
+/// thread-local destructors: glibc's `__cxa_thread_atexit_impl`, which both register theirs
+/// with. It may allocate (glibc records the destructor with `calloc`). Only on glibc; elsewhere
+/// the caller keeps a thread-local with `Drop`.
+///
+/// (Through a Rust thread-local with `Drop`, the same registration went through
+/// `__tls_get_addr`, which the linker puts at the end of `libtcalloc.so`'s text, so every
+/// program with a second thread paid for that stretch of text too.)
+///
+/// # Safety
+/// - `dtor` may be called with `arg` once the thread's other code has finished.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub unsafe fn at_thread_exit(
+    dtor: unsafe extern "C" fn(*mut libc::c_void),
+    arg: *mut libc::c_void,
+) {
+    extern "C" {
+        fn __cxa_thread_atexit_impl(
+            dtor: unsafe extern "C" fn(*mut libc::c_void),
+            arg: *mut libc::c_void,
+            dso: *mut libc::c_void,
+        ) -> libc::c_int;
+    }
+    // SAFETY: per the caller; `__dso_handle` names this object (glibc keeps it loaded while
+    // the destructor is pending).
+    unsafe { __cxa_thread_atexit_impl(dtor, arg, dso_handle()) };
+}
+
+/// This object's `__dso_handle` (defined by the C runtime's start files in every executable
+/// and shared library), as glibc's registration functions take it.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn dso_handle() -> *mut libc::c_void {
+    extern "C" {
+        static __dso_handle: u8;
+    }
+    // Only the address is taken.
+    ptr::addr_of!(__dso_handle) as *mut libc::c_void
 }
 
 /// The OS page size, as the kernel reports it.

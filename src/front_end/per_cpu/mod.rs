@@ -412,8 +412,7 @@ fn try_start() -> Option<isize> {
     crate::lifecycle::ensure_initialized();
     free_list::init_secret();
     let base = slab::map_region(slab::possible_cpus())?;
-    // SAFETY: a handler with no arguments, as `pthread_atfork` requires.
-    unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
+    crate::os::at_fork(None, None, Some(after_fork_child));
     SLABS.store(base, Relaxed);
     RSEQ_OFFSET.store(offset, Release);
     Some(offset)

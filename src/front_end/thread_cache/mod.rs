@@ -28,11 +28,12 @@
 //! Life cycle. A thread's cache is a `const`-initialised thread-local with no destructor, so
 //! the fast path reaches it with a plain TLS address. Its state starts `Uninit` with every
 //! list empty and every `room` zero, which sends the first `alloc` and `dealloc` of each class
-//! to the slow path; there the cache activates: it registers a destructor guard (a second
-//! thread-local with `Drop`) and joins the registry. Registering the guard may call back into
-//! the allocator (glibc's `__cxa_thread_atexit_impl` allocates); during that the state is
+//! to the slow path; there the cache activates: it registers a thread-exit destructor (on
+//! glibc with `__cxa_thread_atexit_impl`, as Rust's and C++'s thread-locals do; elsewhere a
+//! second thread-local, with `Drop`) and joins the registry. Registering may call back into
+//! the allocator (glibc records the destructor with `calloc`); during that the state is
 //! `Initializing`, and re-entrant calls are served straight from the central lists. When the
-//! thread exits, the guard returns every cached object to the central lists and marks the
+//! thread exits, the destructor returns every cached object to the central lists and marks the
 //! cache `Dead`; any later use (other thread-local destructors) goes to the central lists too.
 //!
 //! One file per mechanism:

@@ -25,19 +25,41 @@ unsafe impl Send for Registry {}
 static REGISTRY: Lock<Registry> = Lock::new(Registry { head: ptr::null_mut(), threads: 0 });
 pub(super) static LIVE_THREADS: AtomicUsize = AtomicUsize::new(0);
 
-thread_local! {
-    static EXIT_GUARD: ExitGuard = const { ExitGuard };
-}
+/// Arranges for the thread's cache to be retired when the thread exits, among its other
+/// thread-local destructors; false if that cannot be arranged because they are already running
+/// (then the cache must not be used). May re-enter the allocator.
+///
+/// On glibc, a destructor registered with `__cxa_thread_atexit_impl` directly (`os`), as
+/// Rust's own thread-locals register theirs; elsewhere a thread-local with `Drop`.
+fn register_exit_guard() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" fn retire_at_exit(_: *mut core::ffi::c_void) {
+            // SAFETY: the cache belongs to this thread, and no fast-path borrow is live while
+            // a thread-local destructor runs.
+            unsafe { ThreadCache::retire(cache()) };
+        }
+        // SAFETY: retiring is what the thread's exit needs, once its code has finished.
+        unsafe { crate::os::at_thread_exit(retire_at_exit, ptr::null_mut()) };
+        true
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        thread_local! {
+            static EXIT_GUARD: ExitGuard = const { ExitGuard };
+        }
 
-/// Dropped when its thread exits: flushes the thread's cache.
-struct ExitGuard;
+        /// Dropped when its thread exits: retires the thread's cache.
+        struct ExitGuard;
 
-impl Drop for ExitGuard {
-    fn drop(&mut self) {
-        let cache = cache();
-        // SAFETY: the cache belongs to this thread, and no fast-path borrow is live while a
-        // thread-local destructor runs.
-        unsafe { ThreadCache::retire(cache) };
+        impl Drop for ExitGuard {
+            fn drop(&mut self) {
+                // SAFETY: the cache belongs to this thread, and no fast-path borrow is live
+                // while a thread-local destructor runs.
+                unsafe { ThreadCache::retire(cache()) };
+            }
+        }
+        EXIT_GUARD.try_with(|_| ()).is_ok()
     }
 }
 
@@ -81,7 +103,7 @@ impl ThreadCache {
             // The one use of a layer above (see the crate docs): the first activation in the
             // process runs the start-up.
             crate::lifecycle::ensure_initialized();
-            if EXIT_GUARD.try_with(|_| ()).is_err() {
+            if !register_exit_guard() {
                 (*cache).state = State::Dead;
                 return false;
             }
