@@ -6,7 +6,7 @@
 //! | `TCALLOC_RELEASE_RATE` | `1` | how eagerly free memory goes back to the OS: `0` never (only `release_free_memory`), `1` the defaults below, `r` divides the reserve and the decay time by `r` |
 //! | `TCALLOC_FREE_RESERVE_BYTES` | 16 MiB | free pages the page heap keeps backed; beyond that, freed pages go back at once |
 //! | `TCALLOC_DECAY_MS` | `1000` | free pages and cached large mappings idle this long go back to the OS |
-//! | `TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES` | 64 MiB | cap on all thread caches together (a thread gets an equal share, between 512 KiB and 4 MiB) |
+//! | `TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES` | 64 MiB | cap on all thread caches together (a thread gets an equal share, between 512 KiB and 4 MiB, or up to 16 MiB while it is the only thread with a cache) |
 //! | `TCALLOC_MAX_TRANSFER_CACHE_BYTES` | 16 MiB | cap on the batches of free objects waiting between thread caches, all size classes together (`0`: none wait there) |
 //! | `TCALLOC_ARENA_BYTES` | 32 GiB | address space the page heap reserves for its arena (at most 32 GiB; below 64 MiB, `0` included, none) |
 //!

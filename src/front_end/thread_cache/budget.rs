@@ -6,7 +6,9 @@
 
 use super::registry::LIVE_THREADS;
 use super::ThreadCache;
-use crate::config::{MIN_THREAD_CACHE_BYTES, THREAD_CACHE_BYTES, TOTAL_THREAD_CACHE_BYTES};
+use crate::config::{
+    MIN_THREAD_CACHE_BYTES, SOLE_THREAD_CACHE_BYTES, THREAD_CACHE_BYTES, TOTAL_THREAD_CACHE_BYTES,
+};
 use crate::size_class::SizeClass;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
@@ -28,11 +30,29 @@ pub fn set_total_budget(bytes: usize) {
 
 /// The budget of one thread's cache given the number of live threads.
 pub(super) fn thread_budget() -> usize {
-    let threads = LIVE_THREADS.load(Relaxed).max(1);
-    let total = TOTAL_BUDGET.load(Relaxed);
-    let share = total / threads;
-    // Between the per-thread floor and ceiling, but never above the total.
-    share.clamp(MIN_THREAD_CACHE_BYTES, THREAD_CACHE_BYTES).min(total)
+    budget_for(LIVE_THREADS.load(Relaxed), TOTAL_BUDGET.load(Relaxed))
+}
+
+/// The budget of one of `threads` caches sharing `total` bytes: an equal share between the
+/// per-thread floor and ceiling, but never above the total. A thread alone has a higher
+/// ceiling ([`SOLE_THREAD_CACHE_BYTES`]): no other thread's cache competes with it.
+fn budget_for(threads: usize, total: usize) -> usize {
+    let threads = threads.max(1);
+    let ceiling = if threads == 1 { SOLE_THREAD_CACHE_BYTES } else { THREAD_CACHE_BYTES };
+    (total / threads).clamp(MIN_THREAD_CACHE_BYTES, ceiling).min(total)
+}
+
+#[cfg(test)]
+#[test]
+fn a_thread_alone_gets_the_larger_ceiling() {
+    const MIB: usize = 1 << 20;
+    assert_eq!(budget_for(1, 64 * MIB), SOLE_THREAD_CACHE_BYTES);
+    assert_eq!(budget_for(0, 64 * MIB), SOLE_THREAD_CACHE_BYTES, "no thread counted yet");
+    assert_eq!(budget_for(2, 64 * MIB), THREAD_CACHE_BYTES);
+    assert_eq!(budget_for(64, 64 * MIB), MIB);
+    assert_eq!(budget_for(1000, 64 * MIB), MIN_THREAD_CACHE_BYTES);
+    assert_eq!(budget_for(1, 3 * MIB), 3 * MIB, "never above the total");
+    assert_eq!(budget_for(4, 256 << 10), 256 << 10, "never above the total");
 }
 
 impl ThreadCache {
