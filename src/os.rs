@@ -279,46 +279,60 @@ mod vdso {
             return None;
         }
         // SAFETY: the kernel maps the vDSO, a complete ELF image, at `base` for the life of
-        // the process, read-only; every offset read below comes from that image and lies in it.
+        // the process, readable, its headers in its first page.
         unsafe { find(base, name) }
     }
 
+    /// The readable bytes `[base, end)` of the image; every read is checked against them.
+    struct Image {
+        base: usize,
+        end: usize,
+    }
+
+    impl Image {
+        /// The `T` at `at`, or `None` if it does not lie inside the image.
+        fn read<T: Copy>(&self, at: usize) -> Option<T> {
+            let inside = at >= self.base && at.checked_add(core::mem::size_of::<T>())? <= self.end;
+            // SAFETY: `[base, end)` is mapped and readable (per `find`'s caller, and the
+            // first PT_LOAD segment's extent); `read_unaligned` asks no alignment.
+            inside.then(|| unsafe { (at as *const T).read_unaligned() })
+        }
+    }
+
     /// # Safety
-    /// - `base` is the address of a mapped, well-formed ELF image.
+    /// - `base` is the address of a mapped ELF image whose first page is readable.
     unsafe fn find(base: usize, name: &[u8]) -> Option<usize> {
-        let at = |offset: usize| base + offset;
-        // The reads below are of the image's fields, inside it per the caller;
-        // `read_unaligned` asks no alignment of them.
-        // SAFETY: as just said.
-        let read_u16 = |a: usize| unsafe { (a as *const u16).read_unaligned() } as usize;
-        // SAFETY: as just said.
-        let read_u32 = |a: usize| unsafe { (a as *const u32).read_unaligned() };
-        // SAFETY: as just said.
-        let read_u64 = |a: usize| unsafe { (a as *const u64).read_unaligned() };
+        // The headers first, within the first page; then the image as its first loadable
+        // segment spans it.
+        let mut image = Image { base, end: base + 4096 };
         // e_ident: the magic number, ELFCLASS64, ELFDATA2LSB.
-        // SAFETY: as above.
-        let ident = unsafe { core::slice::from_raw_parts(base as *const u8, 6) };
-        if ident[..4] != *b"\x7fELF" || ident[4] != 2 || ident[5] != 1 {
+        if image.read::<[u8; 6]>(base)? != *b"\x7fELF\x02\x01" {
             return None;
         }
-        let (phoff, phentsize, phnum) =
-            (read_u64(at(0x20)) as usize, read_u16(at(0x36)), read_u16(at(0x38)));
-        // The load bias: where the image is, less where it was linked to be.
+        let phoff = image.read::<u64>(base + 0x20)? as usize;
+        let phentsize = image.read::<u16>(base + 0x36)? as usize;
+        let phnum = image.read::<u16>(base + 0x38)? as usize;
+        // The load bias (where the image is, less where it was linked to be) and its extent.
         let (mut bias, mut dynamic) = (None, None);
         for i in 0..phnum {
-            let ph = at(phoff + i * phentsize);
-            let (kind, offset, vaddr) = (read_u32(ph), read_u64(ph + 8), read_u64(ph + 16));
+            let ph = base.checked_add(phoff)?.checked_add(i.checked_mul(phentsize)?)?;
+            let kind = image.read::<u32>(ph)?;
+            let offset = image.read::<u64>(ph + 8)? as usize;
+            let vaddr = image.read::<u64>(ph + 16)? as usize;
             if kind == PT_LOAD && bias.is_none() {
-                bias = Some(base.wrapping_add(offset as usize).wrapping_sub(vaddr as usize));
+                let memsz = image.read::<u64>(ph + 40)? as usize;
+                bias = Some(base.wrapping_add(offset).wrapping_sub(vaddr));
+                image.end = image.end.max(base.checked_add(offset)?.checked_add(memsz)?);
             } else if kind == PT_DYNAMIC {
-                dynamic = Some(vaddr as usize);
+                dynamic = Some(vaddr);
             }
         }
-        let (bias, dynamic) = (bias?, bias?.wrapping_add(dynamic?));
+        let bias = bias?;
         let (mut hash, mut strtab, mut symtab) = (None, None, None);
-        let mut entry = dynamic;
+        let mut entry = bias.wrapping_add(dynamic?);
         loop {
-            let (tag, value) = (read_u64(entry) as i64, read_u64(entry + 8) as usize);
+            let tag = image.read::<i64>(entry)?;
+            let value = image.read::<u64>(entry + 8)? as usize;
             match tag {
                 DT_NULL => break,
                 DT_HASH => hash = Some(bias.wrapping_add(value)),
@@ -330,18 +344,21 @@ mod vdso {
         }
         let (hash, strtab, symtab) = (hash?, strtab?, symtab?);
         // DT_HASH: nbucket, nchain, ...; nchain is the number of symbols.
-        let symbols = read_u32(hash + 4) as usize;
+        let symbols = image.read::<u32>(hash + 4)? as usize;
         for i in 0..symbols {
             // Elf64_Sym: st_name u32, st_info u8, st_other u8, st_shndx u16, st_value u64.
-            let sym = symtab + i * 24;
-            let (name_at, info) = (read_u32(sym) as usize, read_u64(sym + 4) as u8);
-            let (section, value) = (read_u16(sym + 6), read_u64(sym + 8) as usize);
+            let sym = symtab.checked_add(i.checked_mul(24)?)?;
+            let name_at = strtab.checked_add(image.read::<u32>(sym)? as usize)?;
+            let info = image.read::<u8>(sym + 4)?;
+            let section = image.read::<u16>(sym + 6)?;
+            let value = image.read::<u64>(sym + 8)? as usize;
             if info & 0xf != STT_FUNC || section == 0 || value == 0 {
                 continue;
             }
-            // SAFETY: the string table holds NUL-terminated names.
-            let found = unsafe { core::ffi::CStr::from_ptr((strtab + name_at) as *const _) };
-            if found.to_bytes() == name {
+            // The name and its terminating NUL.
+            let matches = (0..=name.len())
+                .all(|j| image.read::<u8>(name_at + j) == Some(name.get(j).copied().unwrap_or(0)));
+            if matches {
                 return Some(bias.wrapping_add(value));
             }
         }
@@ -353,6 +370,13 @@ mod vdso {
         #[test]
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
         fn the_vdso_clock_is_found_and_agrees_with_libc() {
+            // SAFETY: getauxval has no preconditions.
+            if unsafe { libc::getauxval(super::AT_SYSINFO_EHDR) } == 0 {
+                // A kernel booted with vdso=0: nothing to find, and the clock is libc's.
+                assert_eq!(super::symbol(b"__vdso_clock_gettime"), None);
+                assert!(super::super::now_millis() > 0);
+                return;
+            }
             let f = super::symbol(b"__vdso_clock_gettime").expect("x86-64 Linux has a vDSO clock");
             type ClockFn =
                 unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> libc::c_int;
@@ -404,9 +428,10 @@ pub fn at_fork(
                 dso: *mut libc::c_void,
             ) -> libc::c_int;
         }
-        // SAFETY: glibc's own `pthread_atfork` is this call; the handlers are `extern "C"`
-        // functions with no arguments, and `__dso_handle` is this object's, as it passes.
-        unsafe { __register_atfork(prepare, parent, child, dso_handle()) };
+        // SAFETY: glibc's own `pthread_atfork` is this call, with the value of this object's
+        // `__dso_handle` (its own address in a shared object, null in a non-PIE executable);
+        // the handlers are `extern "C"` functions with no arguments.
+        unsafe { __register_atfork(prepare, parent, child, __dso_handle) };
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     // SAFETY: handlers with no arguments, as `pthread_atfork` requires.
@@ -443,13 +468,55 @@ pub unsafe fn at_thread_exit(
     unsafe { __cxa_thread_atexit_impl(dtor, arg, dso_handle()) };
 }
 
-/// This object's `__dso_handle` (defined by the C runtime's start files in every executable
-/// and shared library), as glibc's registration functions take it.
+/// Runs `dtor(arg)` when the calling thread exits, as the destructor of a pthread key: those
+/// run after the thread-local destructors of [`at_thread_exit`], in up to four rounds, and a
+/// value set during one round has its destructor run in the next. So this catches what
+/// `at_thread_exit` misses: a registration made once the thread-local destructors have run
+/// (from another key's destructor), which they never call. `key` holds the key, created on
+/// the first call (0: not created; else the key plus one); `dtor` must be the same in every
+/// call with the same `key`. False if no key could be created. Does not allocate for the
+/// first 32 keys of a process; glibc allocates (`calloc`) for later ones.
+///
+/// # Safety
+/// - `dtor` may be called with `arg` once the thread's other code has finished.
+pub unsafe fn at_thread_exit_late(
+    key: &AtomicUsize,
+    dtor: unsafe extern "C" fn(*mut libc::c_void),
+    arg: *mut libc::c_void,
+) -> bool {
+    let mut k = key.load(Relaxed);
+    if k == 0 {
+        let mut created: libc::pthread_key_t = 0;
+        // SAFETY: `created` is a valid out-parameter; `dtor` has the destructor's signature.
+        if unsafe { libc::pthread_key_create(&mut created, Some(dtor)) } != 0 {
+            return false;
+        }
+        k = match key.compare_exchange(0, created as usize + 1, Relaxed, Relaxed) {
+            Ok(_) => created as usize + 1,
+            Err(other) => {
+                // Another thread created one first: use that one.
+                // SAFETY: `created` is a key of ours that nothing has used.
+                unsafe { libc::pthread_key_delete(created) };
+                other
+            }
+        };
+    }
+    // SAFETY: `k - 1` is a live key; a non-null value makes its destructor run at exit.
+    unsafe { libc::pthread_setspecific((k - 1) as libc::pthread_key_t, arg) == 0 }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+extern "C" {
+    /// This object's handle for glibc's registration functions, defined by the C runtime's
+    /// start files in every executable and shared library: its own address, except in a
+    /// non-PIE executable, where it is null.
+    static __dso_handle: *mut libc::c_void;
+}
+
+/// The address of this object's `__dso_handle`, as compilers pass it to
+/// `__cxa_thread_atexit_impl` (and Rust's standard library does).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn dso_handle() -> *mut libc::c_void {
-    extern "C" {
-        static __dso_handle: u8;
-    }
     // Only the address is taken.
     ptr::addr_of!(__dso_handle) as *mut libc::c_void
 }

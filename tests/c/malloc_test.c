@@ -7,7 +7,8 @@
  * alignments from 8 B to several MiB, malloc_usable_size, realloc(NULL, n), realloc(p, 0),
  * that malloc resolves to libtcalloc, libc functions that allocate internally, threads
  * exchanging blocks, fork while threads allocate, allocation before main, in thread start and
- * exit (TLS destructors), from dlsym/dlerror, and in atexit handlers.
+ * exit (TLS destructors), a thread's first allocation in a pthread key destructor, from
+ * dlsym/dlerror, and in atexit handlers.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -340,6 +341,57 @@ static void threads_exchange(void) {
           verified, produced, corrupted, destructor_runs, destructor_failures);
 }
 
+/* ---- a thread whose first allocation is in a pthread key destructor ------------------- */
+
+/* Such a thread's thread-local destructors have run before its first malloc, so a destructor
+ * registered then for its cache never runs: without another way to retire it, the cache stays
+ * counted (and linked in tcalloc's registry) after the thread is gone, and the next thread,
+ * given the same stack and TLS by glibc, links a cache at the same address again. */
+static pthread_key_t late_key;
+static unsigned long late_failures;
+
+static void late_destructor(void *value) {
+    (void)value;
+    void *p = malloc(48);
+    if (!p) __atomic_add_fetch(&late_failures, 1, __ATOMIC_RELAXED);
+    else memset(p, 7, 48);
+    free(p);
+}
+
+static void *allocates_only_at_exit(void *arg) {
+    pthread_setspecific(late_key, arg); /* one of the first 32 keys: no allocation */
+    return NULL;
+}
+
+/* tcalloc's count of threads with a cache, from malloc_info's threads="N" (-1: not found). */
+static long threads_with_a_cache(void) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) return -1;
+    malloc_info(0, f);
+    fclose(f);
+    char *at = text ? strstr(text, "threads=\"") : NULL;
+    long n = at ? strtol(at + strlen("threads=\""), NULL, 10) : -1;
+    free(text);
+    return n;
+}
+
+static void first_allocation_in_a_key_destructor(void) {
+    pthread_key_create(&late_key, late_destructor);
+    long before = threads_with_a_cache();
+    for (int i = 0; i < 50; i++) {
+        pthread_t t;
+        pthread_create(&t, NULL, allocates_only_at_exit, (void *)1);
+        pthread_join(t, NULL);
+    }
+    long after = threads_with_a_cache();
+    CHECK(before >= 1 && after == before && late_failures == 0,
+          "50 threads whose first allocation is in a pthread key destructor: %ld threads with "
+          "a cache before, %ld after, %lu allocations failed",
+          before, after, late_failures);
+}
+
 /* ---- fork while threads allocate ------------------------------------------------------ */
 
 static volatile int stop;
@@ -379,6 +431,8 @@ static void fork_while_allocating(void) {
 }
 
 int main(void) {
+    /* A corrupted heap may hang instead of crashing (a cycle in a list): fail then too. */
+    alarm(120);
     atexit(at_exit_handler);
     CHECK(early && strcmp(early, "allocated before main") == 0, "malloc before main");
     free(early);
@@ -387,6 +441,7 @@ int main(void) {
     resolves_to_tcalloc();
     libc_allocates();
     threads_exchange();
+    first_allocation_in_a_key_destructor();
     fork_while_allocating();
     printf("%d failure(s)\n", failures);
     return failures == 0 ? 0 : 1;

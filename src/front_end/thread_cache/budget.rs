@@ -63,6 +63,13 @@ impl ThreadCache {
         self.events += 1;
         if self.events % TICK_EVERY == 0 {
             crate::release::tick();
+            // A thread that was alone keeps its larger budget only while it is: once another
+            // thread has a cache, it comes down here (not only at the next scavenge).
+            let budget = thread_budget();
+            if budget < self.budget {
+                self.budget = budget;
+                self.fit_budget();
+            }
             // Over the cap on all caches: every thread that passes here next halves its lists.
             if TOTAL_CACHED.load(Relaxed) > TOTAL_BUDGET.load(Relaxed) {
                 TRIM_GENERATION.fetch_add(1, Relaxed);

@@ -26,22 +26,37 @@ static REGISTRY: Lock<Registry> = Lock::new(Registry { head: ptr::null_mut(), th
 pub(super) static LIVE_THREADS: AtomicUsize = AtomicUsize::new(0);
 
 /// Arranges for the thread's cache to be retired when the thread exits, among its other
-/// thread-local destructors; false if that cannot be arranged because they are already running
-/// (then the cache must not be used). May re-enter the allocator.
+/// thread-local destructors; false if that cannot be arranged (then the cache must not be
+/// used). May re-enter the allocator.
 ///
 /// On glibc, a destructor registered with `__cxa_thread_atexit_impl` directly (`os`), as
-/// Rust's own thread-locals register theirs; elsewhere a thread-local with `Drop`.
+/// Rust's own thread-locals register theirs, and the same as a pthread key's destructor. The
+/// key is for a thread whose first allocation comes after its thread-local destructors ran (in
+/// another key's destructor): the first registration is never called then, and a cache left
+/// in the registry after its thread's memory is gone (or reused by the next thread, whose
+/// cache then lies at the same address) corrupts the registry. Retiring twice does nothing.
+/// A first allocation in the last of glibc's four rounds of key destructors still escapes.
+/// Elsewhere, a thread-local with `Drop`.
 fn register_exit_guard() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         unsafe extern "C" fn retire_at_exit(_: *mut core::ffi::c_void) {
             // SAFETY: the cache belongs to this thread, and no fast-path borrow is live while
-            // a thread-local destructor runs.
+            // a thread-local or key destructor runs.
             unsafe { ThreadCache::retire(cache()) };
         }
-        // SAFETY: retiring is what the thread's exit needs, once its code has finished.
-        unsafe { crate::os::at_thread_exit(retire_at_exit, ptr::null_mut()) };
-        true
+        /// The pthread key of [`retire_at_exit`] (see `os::at_thread_exit_late`).
+        static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
+        // SAFETY: retiring is what the thread's exit needs, once its code has finished; the
+        // key's value only needs to be non-null.
+        unsafe {
+            crate::os::at_thread_exit(retire_at_exit, ptr::null_mut());
+            crate::os::at_thread_exit_late(
+                &EXIT_KEY,
+                retire_at_exit,
+                ptr::NonNull::dangling().as_ptr(),
+            )
+        }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {

@@ -35,6 +35,12 @@ impl ThreadCache {
             self.limits[i].events = 0;
             self.limits[i].scavenged_len = self.len(class) as u32;
         }
+        self.fit_budget();
+    }
+
+    /// Halves lists, in class order, until the limits fit the budget again (after the budget
+    /// fell: more threads share the cap).
+    pub(super) fn fit_budget(&mut self) {
         if self.capacity > self.budget {
             for class in self.active_classes() {
                 if self.capacity <= self.budget {
