@@ -2,9 +2,9 @@
 //!
 //! [`ensure_initialized`] runs once, from the first slow path of the first thread that
 //! allocates: it reads the settings from the environment (`env`), applies them, registers
-//! the `fork` handlers and, with `TCALLOC_SHOW_STATS=1`, the report at exit. It may re-enter the allocator (registering
-//! `fork` handlers allocates in glibc); a re-entrant or concurrent caller does not wait, because
-//! nothing it does is needed for correctness.
+//! the `fork` handlers and, with `TCALLOC_SHOW_STATS=1`, the report at exit. It may re-enter
+//! the allocator (registering `fork` handlers allocates in glibc); a re-entrant or concurrent
+//! caller does not wait, because nothing it does is needed for correctness.
 //!
 //! `fork` handlers: before `fork`, take every allocator lock in the one global order (registry,
 //! transfer caches, central lists by class, page heap, large-mapping cache, metadata), so

@@ -8,7 +8,8 @@
 
 use crate::config::OS_PAGE_SIZE;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::AtomicUsize;
+use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 
 /// Maps `len` bytes of fresh, zeroed, read-write memory. The mapping is accounted (no
 /// `MAP_NORESERVE`), so the kernel's overcommit check refuses requests no machine could back,
@@ -479,19 +480,22 @@ pub unsafe fn at_thread_exit(
 ///
 /// # Safety
 /// - `dtor` may be called with `arg` once the thread's other code has finished.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub unsafe fn at_thread_exit_late(
     key: &AtomicUsize,
     dtor: unsafe extern "C" fn(*mut libc::c_void),
     arg: *mut libc::c_void,
 ) -> bool {
-    let mut k = key.load(Relaxed);
+    // Acquire and release: a thread that uses a key another thread created must see glibc's
+    // record of it as created.
+    let mut k = key.load(Acquire);
     if k == 0 {
         let mut created: libc::pthread_key_t = 0;
         // SAFETY: `created` is a valid out-parameter; `dtor` has the destructor's signature.
         if unsafe { libc::pthread_key_create(&mut created, Some(dtor)) } != 0 {
             return false;
         }
-        k = match key.compare_exchange(0, created as usize + 1, Relaxed, Relaxed) {
+        k = match key.compare_exchange(0, created as usize + 1, AcqRel, Acquire) {
             Ok(_) => created as usize + 1,
             Err(other) => {
                 // Another thread created one first: use that one.
