@@ -17,6 +17,14 @@
 //! programs, the tests) is never linked so. Where the C compiler does not know the archive
 //! (another libc, another compiler), or the build is a cross build (the host's compiler would
 //! name the host's archive), nothing changes.
+//!
+//! The same build also orders the library's code (`link/text-layout.ld`): the code a process
+//! runs, tcalloc's own and the few functions of the C runtime and the standard library that
+//! run at start-up and exit, goes first, so that it shares the first folio of the file that
+//! the kernel maps into the process (see the script). The script is only passed to the linkers
+//! that rustc picks itself (rust-lld, or the C compiler's ld.bfd): a linker chosen in the
+//! cargo configuration or in `RUSTFLAGS` (mold, say, which reads no `SECTIONS`) gets the
+//! default layout.
 
 use std::env;
 use std::path::PathBuf;
@@ -32,10 +40,25 @@ fn main() {
     if os != "linux" || libc != "gnu" || cross || !override_build {
         return;
     }
+    if default_linker() {
+        let script = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap_or_default())
+            .join("link/text-layout.ld");
+        println!("cargo:rerun-if-changed={}", script.display());
+        println!("cargo:rustc-link-arg-cdylib=-Wl,-T,{}", script.display());
+    }
     let Some(archive) = unwinder_archive() else { return };
     println!("cargo:rustc-link-arg-cdylib=-Wl,--whole-archive");
     println!("cargo:rustc-link-arg-cdylib={}", archive.display());
     println!("cargo:rustc-link-arg-cdylib=-Wl,--no-whole-archive");
+}
+
+/// Whether rustc links with the linker it picks itself: no linker named in the cargo
+/// configuration (cargo passes it as `RUSTC_LINKER`) nor in the flags.
+fn default_linker() -> bool {
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
+    let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    env::var_os("RUSTC_LINKER").is_none()
+        && !flags.split('\x1f').any(|flag| flag.contains("linker") || flag.contains("fuse-ld"))
 }
 
 /// Where the C compiler keeps `libgcc_eh.a`: an absolute path that exists, or `None`.

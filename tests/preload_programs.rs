@@ -311,6 +311,74 @@ fn the_library_loads_nothing_but_itself() {
     assert!(others.is_empty(), "libtcalloc.so brought in {others:?}");
 }
 
+/// A section of an ELF file: its name, address and file offset, and its size.
+#[derive(Debug)]
+struct Section {
+    name: String,
+    address: u64,
+    offset: u64,
+    size: u64,
+}
+
+/// The sections of an ELF64 little-endian file, and the values of its dynamic symbols by name.
+fn elf_layout(elf: &[u8]) -> (Vec<Section>, std::collections::HashMap<String, u64>) {
+    let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().unwrap()) as usize;
+    let u32_at = |at: usize| u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) as usize;
+    let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap());
+    let c_str = |at: usize| {
+        let end = elf[at..].iter().position(|&b| b == 0).unwrap();
+        String::from_utf8_lossy(&elf[at..at + end]).into_owned()
+    };
+    assert_eq!(&elf[..6], b"\x7fELF\x02\x01", "not a 64-bit little-endian ELF file");
+    let header = |i: usize| u64_at(0x28) as usize + i * u16_at(0x3a);
+    let names = u64_at(header(u16_at(0x3e)) + 0x18) as usize;
+    let mut sections = Vec::new();
+    let mut dynsym = None;
+    for i in 0..u16_at(0x3c) {
+        let h = header(i);
+        let (offset, size) = (u64_at(h + 0x18), u64_at(h + 0x20));
+        if u32_at(h + 4) == 11 {
+            dynsym = Some((offset as usize, size as usize, u32_at(h + 0x28)));
+        }
+        let name = c_str(names + u32_at(h));
+        sections.push(Section { name, address: u64_at(h + 0x10), offset, size });
+    }
+    let (offset, size, strings) = dynsym.expect("a .dynsym section");
+    let strings = u64_at(header(strings) + 0x18) as usize;
+    let symbols = (offset..offset + size)
+        .step_by(24)
+        .map(|symbol| (c_str(strings + u32_at(symbol)), u64_at(symbol + 8)))
+        .collect();
+    (sections, symbols)
+}
+
+#[test]
+fn the_code_a_process_runs_comes_first_in_the_library() {
+    // link/text-layout.ld (build.rs): the linkage table, the C runtime's start-up and exit
+    // functions and all of tcalloc's code lie in front of the standard library's panic and
+    // backtrace code, in at most 128 KiB from the start of the code. The kernel maps a file
+    // into a process a folio (128 KiB here) at a time; laid out by default, the start-up
+    // function of the standard library and the linkage table (called at exit) lay past that
+    // code, and all 348 KiB of the library's code were resident in every process.
+    let elf = std::fs::read(library()).expect("read libtcalloc.so");
+    let (sections, symbols) = elf_layout(&elf);
+    let find = |name: &str| sections.iter().find(|s| s.name == name);
+    let hot = find(".text.tcalloc").expect("a .text.tcalloc section");
+    let cold = find(".text").expect("a .text section");
+    assert!(hot.offset < cold.offset && hot.size > 16 << 10, "{sections:#?}");
+    for name in ["malloc", "free", "calloc", "realloc", "tcalloc_malloc", "_Znwm", "_ZdlPv"] {
+        let at = symbols[name];
+        assert!((hot.address..hot.address + hot.size).contains(&at), "{name} at {at:#x}");
+    }
+    let first = [".init", ".fini", ".plt"].map(|name| find(name).map(|s| (s.offset, s.size)));
+    for (offset, size) in first.into_iter().flatten() {
+        assert!(offset + size <= hot.offset + hot.size, "{sections:#?}");
+    }
+    let start = first.into_iter().flatten().map(|s| s.0).chain([hot.offset]).min().unwrap();
+    let end = hot.offset + hot.size;
+    assert!(end - start <= 128 << 10, "the code that runs spans {} KiB", (end - start) >> 10);
+}
+
 #[test]
 fn sort_a_large_file() {
     if !available("sort") {
