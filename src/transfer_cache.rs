@@ -7,10 +7,12 @@
 //! free list fall back to per-object span work.
 //!
 //! **Shards.** Each class has one stack per shard, each behind its own lock on its own cache
-//! line; there are as many shards as CPUs (at most [`MAX_SHARDS`]), and each thread is given
-//! one when its cache activates. A thread flushes to and refills from its own shard, so
-//! threads on different shards neither contend for a lock nor trade each other's (cache-hot)
-//! objects; a refill that finds its shard empty takes a batch from another shard before the
+//! line; there are as many shards as CPUs (at most [`MAX_SHARDS`]). A thread flushes to and
+//! refills from the shard of the CPU it runs on at that moment (the thread caches read it in
+//! the vDSO; where they cannot, each thread is given a shard when its cache activates), so
+//! threads running on different CPUs neither contend for a lock nor trade each other's
+//! objects, and a batch flushed on a CPU goes to the next refill there, its objects still in
+//! that CPU's caches; a refill that finds its shard empty takes a batch from another shard before the
 //! central list carves new objects, so objects freed by one thread do reach the others. It
 //! looks first at each shard's batch count, published on the shard's cache line whenever its
 //! lock is released, and locks only a shard that has batches to spare: with many shards, a

@@ -30,7 +30,7 @@ impl ThreadCache {
         self.note_event(class);
         let batch = class.batch() as u32;
         let want = self.limits[i].max_len.clamp(1, batch) as usize;
-        let (head, n) = central_free_list::refill(class, self.shard, want);
+        let (head, n) = central_free_list::refill(class, self.current_shard(), want);
         if n == 0 {
             return ptr::null_mut();
         }
@@ -94,7 +94,7 @@ impl ThreadCache {
             } else {
                 // No room at all (the budget refused the list any): it goes on alone.
                 free_list::set_next(kept, ptr::null_mut());
-                central_free_list::flush(class, self.shard, kept, 1, 0);
+                central_free_list::flush(class, self.current_shard(), kept, 1, 0);
             }
         }
         self.publish(class);
@@ -112,7 +112,7 @@ impl ThreadCache {
             unsafe {
                 let (objects, spread) =
                     free_list::split_front_with_spread(&mut self.hot[i].head, chunk);
-                central_free_list::flush(class, self.shard, objects, chunk, spread);
+                central_free_list::flush(class, self.current_shard(), objects, chunk, spread);
             }
             self.hot[i].room += chunk as i32;
             n -= chunk;
