@@ -357,7 +357,7 @@ fn the_code_a_process_runs_comes_first_in_the_library() {
     // link/text-layout.ld (build.rs): the linkage table, the C runtime's start-up and exit
     // functions and all of tcalloc's code lie in front of the standard library's panic and
     // backtrace code, in at most 128 KiB from the start of the code. The kernel maps a file
-    // into a process a folio (128 KiB here) at a time; laid out by default, the start-up
+    // into a process a folio (up to 128 KiB here) at a time; laid out by default, the start-up
     // function of the standard library and the linkage table (called at exit) lay past that
     // code, and all 348 KiB of the library's code were resident in every process.
     let elf = std::fs::read(library()).expect("read libtcalloc.so");
