@@ -55,9 +55,8 @@ fn initialize() {
             crate::config::OS_PAGE_SIZE
         ));
     }
-    // SAFETY: sysconf has no preconditions.
-    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    transfer_cache::set_shards(cpus.max(1) as usize);
+    // A shard per CPU number (see `ThreadCache::current_shard`), up to the most there are.
+    transfer_cache::set_shards(crate::os::cpu_span().unwrap_or(usize::MAX));
     let settings = Settings::from_env();
     release::configure(&settings);
     front_end::set_total_budget(settings.total_thread_cache_bytes);

@@ -431,6 +431,20 @@ mod vdso {
         }
 
         #[test]
+        fn the_page_size_and_the_cpu_span_agree_with_sysconf() {
+            // SAFETY: sysconf has no preconditions.
+            let (page, configured) = unsafe {
+                (libc::sysconf(libc::_SC_PAGESIZE), libc::sysconf(libc::_SC_NPROCESSORS_CONF))
+            };
+            assert_eq!(super::super::os_page_size(), page as usize);
+            let span = super::super::cpu_span().expect("an affinity mask");
+            assert!((1..=configured as usize).contains(&span), "{span} of {configured} CPUs");
+            if let Some(cpu) = super::super::current_cpu() {
+                assert!(cpu < span, "running on CPU {cpu}, span {span}");
+            }
+        }
+
+        #[test]
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
         fn the_vdso_cpu_is_the_one_the_thread_is_pinned_to() {
             // SAFETY: getauxval has no preconditions.
@@ -578,8 +592,31 @@ fn dso_handle() -> *mut libc::c_void {
     ptr::addr_of!(__dso_handle) as *mut libc::c_void
 }
 
-/// The OS page size, as the kernel reports it.
+/// The OS page size, as the kernel reports it (in the auxiliary vector, where `sysconf` reads
+/// it too: `getauxval` is the part of libc that tcalloc runs anyway).
 pub fn os_page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+    // SAFETY: getauxval has no preconditions.
+    match unsafe { libc::getauxval(libc::AT_PAGESZ) } {
+        // SAFETY: sysconf has no preconditions.
+        0 => unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize },
+        page => page as usize,
+    }
+}
+
+/// One more than the highest-numbered CPU the process may run on: the CPU numbers that
+/// [`current_cpu`] gives lie below it. Read from the calling thread's affinity mask, one
+/// system call; `sysconf(_SC_NPROCESSORS_ONLN)` would read and parse a file of `/sys` with
+/// code that a program which only allocates never runs otherwise, and the kernel maps libc's
+/// code and tables a folio at a time. `None` if the mask cannot be read (a machine of more
+/// than 1024 CPUs).
+pub fn cpu_span() -> Option<usize> {
+    // SAFETY: an all-zero set is a valid empty one; the call writes at most `size` bytes.
+    unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        let size = core::mem::size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(0, size, &mut set) != 0 {
+            return None;
+        }
+        (0..libc::CPU_SETSIZE as usize).rev().find(|&cpu| libc::CPU_ISSET(cpu, &set)).map(|c| c + 1)
+    }
 }

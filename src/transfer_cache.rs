@@ -7,7 +7,7 @@
 //! free list fall back to per-object span work.
 //!
 //! **Shards.** Each class has one stack per shard, each behind its own lock on its own cache
-//! line; there are as many shards as CPUs (at most [`MAX_SHARDS`]). A thread flushes to and
+//! line; there is a shard per CPU number (at most [`MAX_SHARDS`]). A thread flushes to and
 //! refills from the shard of the CPU it runs on at that moment (the thread caches read it in
 //! the vDSO; where they cannot, each thread is given a shard when its cache activates), so
 //! threads running on different CPUs neither contend for a lock nor trade each other's
@@ -124,7 +124,7 @@ static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
 /// A coarse clock for idleness, advanced by the release policy's tick.
 static EPOCH: AtomicU64 = AtomicU64::new(1);
 
-/// Sets the number of shards (at start-up, from the number of CPUs).
+/// Sets the number of shards (at start-up, from the CPU numbers the process may run on).
 pub fn set_shards(n: usize) {
     SHARDS.store(n.clamp(1, MAX_SHARDS), Relaxed);
 }
