@@ -225,30 +225,23 @@ pub fn now_millis() -> u64 {
 ///
 /// glibc's `clock_gettime` only forwards to the vDSO, but its code lies in a part of libc's
 /// text that a program which only allocates never runs otherwise, and the first call faults
-/// in the 64 KiB around it (the kernel maps file pages around a fault): that cost every
-/// process with `libtcalloc.so` preloaded 64 KiB of resident memory, for a clock read.
+/// in the folio around it (64 KiB or more: the kernel maps file pages a folio at a time): that
+/// cost every process with `libtcalloc.so` preloaded as much resident memory, for a clock
+/// read.
 ///
 /// # Safety
 /// - `ts` is valid for a write.
 unsafe fn clock_gettime(clock: libc::clockid_t, ts: *mut libc::timespec) -> libc::c_int {
     type ClockFn = unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> libc::c_int;
-    let mut f = VDSO_CLOCK_GETTIME.load(Relaxed);
-    if f == 0 {
-        // Racing threads find the same address.
-        f = vdso::symbol(b"__vdso_clock_gettime").unwrap_or(1);
-        VDSO_CLOCK_GETTIME.store(f, Relaxed);
-    }
-    if f == 1 {
+    static CLOCK_GETTIME: AtomicUsize = AtomicUsize::new(0);
+    let Some(f) = vdso_function(&CLOCK_GETTIME, b"__vdso_clock_gettime") else {
         // SAFETY: per the caller.
         return unsafe { libc::clock_gettime(clock, ts) };
-    }
+    };
     // SAFETY: the vDSO's `__vdso_clock_gettime` has `clock_gettime`'s C signature; `ts` is
     // valid per the caller.
     unsafe { core::mem::transmute::<usize, ClockFn>(f)(clock, ts) }
 }
-
-/// The vDSO's `clock_gettime`: 0 before the look-up, 1 when the vDSO has none.
-static VDSO_CLOCK_GETTIME: AtomicUsize = AtomicUsize::new(0);
 
 /// The CPU the calling thread runs on, as the vDSO's `getcpu` says (a hint: the thread may
 /// move right after), or `None` where the vDSO has no `getcpu` (only x86-64's has one among
@@ -256,15 +249,8 @@ static VDSO_CLOCK_GETTIME: AtomicUsize = AtomicUsize::new(0);
 /// with `rdpid` or `lsl`, tens of cycles.
 pub fn current_cpu() -> Option<usize> {
     type GetcpuFn = unsafe extern "C" fn(*mut u32, *mut u32, *mut libc::c_void) -> libc::c_long;
-    let mut f = VDSO_GETCPU.load(Relaxed);
-    if f == 0 {
-        // Racing threads find the same address.
-        f = vdso::symbol(b"__vdso_getcpu").unwrap_or(1);
-        VDSO_GETCPU.store(f, Relaxed);
-    }
-    if f == 1 {
-        return None;
-    }
+    static GETCPU: AtomicUsize = AtomicUsize::new(0);
+    let f = vdso_function(&GETCPU, b"__vdso_getcpu")?;
     let mut cpu = 0u32;
     // SAFETY: the vDSO's `__vdso_getcpu` has `getcpu`'s C signature; a null node and cache
     // are allowed; `cpu` is a valid out-parameter.
@@ -274,8 +260,17 @@ pub fn current_cpu() -> Option<usize> {
     (status == 0).then_some(cpu as usize)
 }
 
-/// The vDSO's `getcpu`: 0 before the look-up, 1 when the vDSO has none.
-static VDSO_GETCPU: AtomicUsize = AtomicUsize::new(0);
+/// The address of the vDSO's function `name`, looked up on the first call and kept in `cache`
+/// (0: not looked up yet; 1: the vDSO has no such function).
+fn vdso_function(cache: &AtomicUsize, name: &[u8]) -> Option<usize> {
+    let mut f = cache.load(Relaxed);
+    if f == 0 {
+        // Racing threads find the same address.
+        f = vdso::symbol(name).unwrap_or(1);
+        cache.store(f, Relaxed);
+    }
+    (f != 1).then_some(f)
+}
 
 /// Symbols of the vDSO, the ELF object the kernel maps into every process: read from its
 /// dynamic symbol table, without allocating.
