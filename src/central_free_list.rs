@@ -22,6 +22,9 @@
 //! that class holds at least [`BORROW_MIN_BYTES`] free): after a phase of the program frees most objects of one
 //! size, the holes are reused for the next size instead of growing the heap. A borrowed object
 //! goes back to the span (and list) it came from; statistics count it in its span's class.
+//! Failing that, it takes returned objects of its own class from another shard's spans, on the
+//! same terms: with a shard per CPU, holes left on one CPU are reused on another before the
+//! heap grows.
 //!
 //! Entry points: [`refill`], [`flush`], [`drain_idle`], [`stats`], [`CentralFreeList`].
 //! Layers below: `transfer_cache`, `page_heap`, `page_map`, `size_class`.
@@ -661,10 +664,13 @@ impl CentralFreeList {
         taken
     }
 
-    /// Before carving a new span for `class`, takes up to `n` free objects from the
-    /// partly used spans of a slightly larger class ([`donors`]) that holds at least
-    /// [`BORROW_MIN_BYTES`] of such free space: memory left free by objects of one size is
-    /// reused for another instead of growing the heap. Returns how many it took.
+    /// Before carving a new span for `class`, takes up to `n` free objects from partly used
+    /// spans elsewhere: first those of a slightly larger class of this shard ([`donors`]) that
+    /// holds at least [`BORROW_MIN_BYTES`] of such free space (memory left free by objects of
+    /// one size is reused for another instead of growing the heap), then those of `class` in
+    /// another shard that holds at least a span's worth (with a shard per CPU, a thread that
+    /// moves, or frees on one CPU and allocates on another, would otherwise leave holes in one
+    /// shard while another grows the heap). Returns how many it took.
     fn borrow(
         &mut self,
         class: SizeClass,
@@ -672,10 +678,15 @@ impl CentralFreeList {
         n: usize,
         head: &mut *mut FreeObject,
     ) -> usize {
-        for donor in donors(class) {
-            // Lock order: a donor is always a larger class than the list held.
-            let Some(mut list) = central(donor, shard).try_lock() else { continue };
-            if list.span_free * donor.size() < BORROW_MIN_BYTES {
+        let larger = donors(class).map(|d| (d, shard, BORROW_MIN_BYTES.div_ceil(d.size())));
+        let shards = transfer_cache::shards();
+        let span_worth = class.info().objects as usize;
+        let elsewhere = (1..shards).map(|k| (class, (shard + k) % shards, span_worth));
+        for (donor, from, min_free) in larger.chain(elsewhere) {
+            // Lock order: the list held is never waited for here (only tried), so whatever
+            // class or shard the other list is, no two threads wait for each other.
+            let Some(mut list) = central(donor, from).try_lock() else { continue };
+            if list.span_free < min_free {
                 continue;
             }
             let taken = list.take_returned(donor, n, head);

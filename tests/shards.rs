@@ -19,6 +19,8 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashSet;
 use tcalloc::TcAlloc;
 
+mod cpus;
+
 /// A size class of its own (48 bytes: 64 objects per batch), and six of its batches: at most
 /// the eight batches that another shard's refill leaves to a shard.
 const SIZE: usize = 48;
@@ -29,34 +31,13 @@ fn layout() -> Layout {
     Layout::from_size_align(SIZE, 8).unwrap()
 }
 
-/// Pins the calling thread to `cpu`.
-fn pin(cpu: usize) {
-    // SAFETY: a zeroed set is a valid empty one; the call reads `size` bytes of it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let size = std::mem::size_of::<libc::cpu_set_t>();
-        assert_eq!(libc::sched_setaffinity(0, size, &set), 0, "pin to CPU {cpu}");
-    }
-}
-
-/// The first CPU this process may run on.
-fn a_cpu() -> usize {
-    // SAFETY: as in `pin`.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let size = std::mem::size_of::<libc::cpu_set_t>();
-        assert_eq!(libc::sched_getaffinity(0, size, &mut set), 0);
-        (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, &set)).unwrap()
-    }
-}
-
 #[test]
 #[cfg_attr(feature = "per-cpu", ignore = "frees go to the per-CPU caches")]
 fn a_batch_freed_on_a_cpu_goes_to_the_next_refill_there() {
-    let cpu = a_cpu();
+    let cpu = cpus::allowed()[0];
+    cpus::start_up_unpinned();
     let freed: HashSet<usize> = std::thread::spawn(move || {
-        pin(cpu);
+        cpus::pin(cpu);
         // SAFETY: a valid non-zero layout; each block is freed once, with its layout.
         let blocks: Vec<usize> =
             (0..BLOCKS).map(|_| unsafe { TcAlloc.alloc(layout()) } as usize).collect();
@@ -70,7 +51,7 @@ fn a_batch_freed_on_a_cpu_goes_to_the_next_refill_there() {
     .join()
     .unwrap();
     let taken: Vec<usize> = std::thread::spawn(move || {
-        pin(cpu);
+        cpus::pin(cpu);
         // SAFETY: as above.
         (0..BLOCKS).map(|_| unsafe { TcAlloc.alloc(layout()) } as usize).collect()
     })

@@ -1,0 +1,37 @@
+//! Helpers for the tests that place threads on CPUs (the shards are by CPU).
+
+use std::alloc::{GlobalAlloc, Layout};
+use tcalloc::TcAlloc;
+
+/// Pins the calling thread to `cpu`.
+pub fn pin(cpu: usize) {
+    // SAFETY: a zeroed set is a valid empty one; the call reads `size` bytes of it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(libc::sched_setaffinity(0, size, &set), 0, "pin to CPU {cpu}");
+    }
+}
+
+/// The CPUs the calling thread may run on, in order.
+pub fn allowed() -> Vec<usize> {
+    // SAFETY: as in `pin`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(libc::sched_getaffinity(0, size, &mut set), 0);
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
+/// Runs tcalloc's start-up on the calling thread, which must not be pinned: the start-up counts
+/// the shards by the CPUs the thread that runs it may use, and a thread pinned to one CPU would
+/// leave a single shard, in which every thread meets every other whatever its CPU.
+pub fn start_up_unpinned() {
+    // SAFETY: a valid layout; the block is freed at once, with it.
+    unsafe {
+        let layout = Layout::from_size_align(8, 8).unwrap();
+        TcAlloc.dealloc(TcAlloc.alloc(layout), layout);
+    }
+}
