@@ -440,6 +440,31 @@ mod vdso {
         }
 
         #[test]
+        fn the_cpu_span_is_the_processs_not_a_pinned_threads() {
+            let span = super::super::cpu_span().expect("an affinity mask");
+            let pinned = std::thread::spawn(|| {
+                // SAFETY: plain affinity calls on this new thread with a valid set.
+                unsafe {
+                    let mut allowed: libc::cpu_set_t = core::mem::zeroed();
+                    let size = core::mem::size_of::<libc::cpu_set_t>();
+                    assert_eq!(libc::sched_getaffinity(0, size, &mut allowed), 0);
+                    let lowest = (0..libc::CPU_SETSIZE as usize)
+                        .find(|&c| libc::CPU_ISSET(c, &allowed))
+                        .expect("an allowed CPU");
+                    let mut one: libc::cpu_set_t = core::mem::zeroed();
+                    libc::CPU_SET(lowest, &mut one);
+                    assert_eq!(libc::sched_setaffinity(0, size, &one), 0);
+                }
+                super::super::cpu_span()
+            })
+            .join()
+            .unwrap();
+            // With one allowed CPU both are 1; with two or more, the pinned thread's own mask
+            // would give the lowest CPU plus one.
+            assert_eq!(pinned, Some(span), "a thread pinned to one CPU read another span");
+        }
+
+        #[test]
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
         fn the_vdso_cpu_is_the_one_the_thread_is_pinned_to() {
             // SAFETY: getauxval has no preconditions.
@@ -599,17 +624,21 @@ pub fn os_page_size() -> usize {
 }
 
 /// One more than the highest-numbered CPU the process may run on: the CPU numbers that
-/// [`current_cpu`] gives lie below it. Read from the calling thread's affinity mask, one
-/// system call; `sysconf(_SC_NPROCESSORS_ONLN)` would read and parse a file of `/sys` with
-/// code that a program which only allocates never runs otherwise, and the kernel maps libc's
-/// code and tables a folio at a time. `None` if the mask cannot be read (a machine of more
-/// than 1024 CPUs).
+/// [`current_cpu`] gives lie below it. Read from the affinity mask of the process's main
+/// thread (the thread whose id is the process id), one system call, so that a worker pinned to
+/// one CPU that happens to start tcalloc does not leave it one shard; from the calling thread's
+/// where the main thread's cannot be read. `sysconf(_SC_NPROCESSORS_ONLN)` would read and
+/// parse a file of `/sys` with code that a program which only allocates never runs otherwise,
+/// and the kernel maps libc's code and tables a folio at a time. `None` if no mask can be read
+/// (a machine of more than 1024 CPUs).
 pub fn cpu_span() -> Option<usize> {
-    // SAFETY: an all-zero set is a valid empty one; the call writes at most `size` bytes.
+    // SAFETY: an all-zero set is a valid empty one; the calls write at most `size` bytes.
     unsafe {
         let mut set: libc::cpu_set_t = core::mem::zeroed();
         let size = core::mem::size_of::<libc::cpu_set_t>();
-        if libc::sched_getaffinity(0, size, &mut set) != 0 {
+        if libc::sched_getaffinity(libc::getpid(), size, &mut set) != 0
+            && libc::sched_getaffinity(0, size, &mut set) != 0
+        {
             return None;
         }
         (0..libc::CPU_SETSIZE as usize).rev().find(|&cpu| libc::CPU_ISSET(cpu, &set)).map(|c| c + 1)

@@ -35,7 +35,6 @@ fn layout() -> Layout {
 fn a_shard_takes_the_holes_of_another_shards_spans_before_a_new_span() {
     let allowed = cpus::allowed();
     let (a_cpu, b_cpu) = (allowed[0], *allowed[..2.min(allowed.len())].last().unwrap());
-    cpus::start_up_unpinned();
     let (freed, live): (HashSet<usize>, Vec<usize>) = std::thread::spawn(move || {
         cpus::pin(a_cpu);
         // SAFETY: a valid non-zero layout; each block is freed once, with its layout.

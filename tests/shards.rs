@@ -35,7 +35,6 @@ fn layout() -> Layout {
 #[cfg_attr(feature = "per-cpu", ignore = "frees go to the per-CPU caches")]
 fn a_batch_freed_on_a_cpu_goes_to_the_next_refill_there() {
     let cpu = cpus::allowed()[0];
-    cpus::start_up_unpinned();
     let freed: HashSet<usize> = std::thread::spawn(move || {
         cpus::pin(cpu);
         // SAFETY: a valid non-zero layout; each block is freed once, with its layout.

@@ -1,7 +1,5 @@
-//! Helpers for the tests that place threads on CPUs (the shards are by CPU).
-
-use std::alloc::{GlobalAlloc, Layout};
-use tcalloc::TcAlloc;
+//! Helpers for the tests that place threads on CPUs (the shards are by CPU; tcalloc counts
+//! them by the CPUs the process's main thread may use, whichever thread starts it).
 
 /// Pins the calling thread to `cpu`.
 pub fn pin(cpu: usize) {
@@ -22,16 +20,5 @@ pub fn allowed() -> Vec<usize> {
         let size = std::mem::size_of::<libc::cpu_set_t>();
         assert_eq!(libc::sched_getaffinity(0, size, &mut set), 0);
         (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
-    }
-}
-
-/// Runs tcalloc's start-up on the calling thread, which must not be pinned: the start-up counts
-/// the shards by the CPUs the thread that runs it may use, and a thread pinned to one CPU would
-/// leave a single shard, in which every thread meets every other whatever its CPU.
-pub fn start_up_unpinned() {
-    // SAFETY: a valid layout; the block is freed at once, with it.
-    unsafe {
-        let layout = Layout::from_size_align(8, 8).unwrap();
-        TcAlloc.dealloc(TcAlloc.alloc(layout), layout);
     }
 }
