@@ -46,7 +46,7 @@ fn batches(c: &mut Criterion) {
     g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
     g.throughput(Throughput::Elements(10_000));
     for (name, order) in [("lifo", Order::Lifo), ("fifo", Order::Fifo), ("random", Order::Random)] {
-        each_allocator!(g, name, |a| workloads::batch(a, order, 1));
+        each_allocator!(g, name, |a| workloads::batch(a, order, 10_000, 1));
     }
     g.finish();
 }

@@ -56,6 +56,7 @@ programs! {
     "batch-lifo", Small, "10 000 allocations (16-512 B), freed last-in first-out";
     "batch-fifo", Small, "10 000 allocations (16-512 B), freed first-in first-out";
     "batch-random", Small, "10 000 allocations (16-512 B), freed in random order";
+    "scatter-1m", Small, "1 000 000 allocations (16-512 B), freed in random order (cache-cold frees)";
     "larson-1t", Small, "random replacement in a live set of 2 000 small blocks, 1 thread";
     "larson-2t", Threads, "random replacement in a live set of 2 000 small blocks, 2 threads";
     "std-collections", Small, "HashMap of words, BTreeMap index, sorting strings, nested Vecs";
@@ -88,9 +89,10 @@ pub fn run<A: GlobalAlloc + Sync>(a: &'static A, name: &str, divisor: usize) -> 
         "pairs-256k" => workloads::pairs(a, 256 << 10, n(4_000_000)),
         "pairs-1m" => workloads::pairs(a, 1 << 20, n(2_000_000)),
         "pairs-8m" => workloads::pairs(a, 8 << 20, n(100_000)),
-        "batch-lifo" => workloads::batch(a, Order::Lifo, n(1_500)),
-        "batch-fifo" => workloads::batch(a, Order::Fifo, n(1_500)),
-        "batch-random" => workloads::batch(a, Order::Random, n(1_000)),
+        "batch-lifo" => workloads::batch(a, Order::Lifo, 10_000, n(1_500)),
+        "batch-fifo" => workloads::batch(a, Order::Fifo, 10_000, n(1_500)),
+        "batch-random" => workloads::batch(a, Order::Random, 10_000, n(1_000)),
+        "scatter-1m" => workloads::batch(a, Order::Random, 1_000_000, n(10)),
         "larson-1t" => workloads::larson(a, 1, 2_000, n(10_000_000)),
         "larson-2t" => workloads::larson(a, 2, 2_000, n(10_000_000)),
         "std-collections" => workloads::std_collections(n(8)),

@@ -78,15 +78,14 @@ pub enum Order {
     Random,
 }
 
-/// `rounds` times: 10 000 allocations of mixed small sizes (16..=512 B), then all freed in
+/// `rounds` times: `n` allocations of mixed small sizes (16..=512 B), then all freed in
 /// `order`.
-pub fn batch<A: GlobalAlloc>(a: &A, order: Order, rounds: usize) -> usize {
-    const N: usize = 10_000;
-    let mut blocks: Vec<(*mut u8, Layout)> = Vec::with_capacity(N);
+pub fn batch<A: GlobalAlloc>(a: &A, order: Order, n: usize, rounds: usize) -> usize {
+    let mut blocks: Vec<(*mut u8, Layout)> = Vec::with_capacity(n);
     let mut rng = Rng::new(17);
     let mut sum = 0;
     for _ in 0..rounds {
-        for i in 0..N {
+        for i in 0..n {
             let l = layout(16 + (i * 8) % 497);
             blocks.push((alloc_touch(a, l, i as u8), l));
         }
@@ -381,7 +380,7 @@ mod tests {
     fn workloads_run_and_balance() {
         assert!(pairs(&SYSTEM, 64, 100) > 0);
         for order in [Order::Lifo, Order::Fifo, Order::Random] {
-            assert!(batch(&SYSTEM, order, 1) > 0);
+            assert!(batch(&SYSTEM, order, 10_000, 1) > 0);
         }
         assert!(larson(&SYSTEM, 2, 100, 1_000) > 0);
         assert!(churn(&SYSTEM, 2, 1_000) > 0);
