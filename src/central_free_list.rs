@@ -150,9 +150,16 @@ fn compact_spread(class: SizeClass) -> usize {
 /// Consecutive objects of a list were usually freed together and share a span, so the span
 /// (and lock) of the previous object is tried before the page map.
 ///
+/// A list freed in random order has about one span per object, whose record is out of the
+/// cache: a first pass over the list (its links are in the cache, the caller has just walked
+/// it) starts fetching every record, so that their misses overlap instead of coming one after
+/// another. (scatter-1m spent 16% of its time on those misses.)
+///
 /// # Safety
 /// - `head` is a well-formed list of dead objects from this allocator's small spans.
 unsafe fn release_objects(mut head: *mut FreeObject) {
+    // SAFETY: per the caller.
+    unsafe { prefetch_spans(head) };
     let mut held: Option<((usize, usize), LockGuard<'static, CentralFreeList>)> = None;
     let mut span: *mut Span = ptr::null_mut();
     let mut class = SizeClass::SMALLEST;
@@ -191,6 +198,26 @@ unsafe fn release_objects(mut head: *mut FreeObject) {
             // The span went back to the page heap; look the next object up afresh.
             (low, high) = (0, 0);
         }
+    }
+}
+
+/// Starts fetching the span record of each object of a list whose objects lie in different
+/// spans (consecutive objects of one span are fetched once).
+///
+/// # Safety
+/// - `head` is a well-formed list of objects from this allocator's small spans.
+unsafe fn prefetch_spans(mut head: *mut FreeObject) {
+    let mut last = ptr::null_mut();
+    while !head.is_null() {
+        let span = page_map::lookup(head as usize);
+        if span != last {
+            // The fields `release_object` reads and writes span two cache lines at most.
+            crate::os::prefetch(span.cast());
+            crate::os::prefetch(span.cast::<u8>().wrapping_add(core::mem::size_of::<Span>() - 1));
+            last = span;
+        }
+        // SAFETY: per the caller.
+        head = unsafe { free_list::next(head) };
     }
 }
 

@@ -243,6 +243,19 @@ unsafe fn clock_gettime(clock: libc::clockid_t, ts: *mut libc::timespec) -> libc
     unsafe { core::mem::transmute::<usize, ClockFn>(f)(clock, ts) }
 }
 
+/// Hints the CPU to fetch the cache line at `p` (which may be null or dangling: prefetches
+/// never fault).
+#[inline(always)]
+pub fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(p.cast(), core::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// The CPU the calling thread runs on, as the vDSO's `getcpu` says (a hint: the thread may
 /// move right after), or `None` where the vDSO has no `getcpu` (only x86-64's has one among
 /// the 64-bit targets this builds for). No system call, no libc: on x86-64 the vDSO reads it

@@ -120,7 +120,7 @@ fn pop_or(offset: usize, slow: impl FnOnce(usize) -> *mut u8) -> *mut u8 {
         }
         // The next pop will read `next`'s link; start fetching its cache line now, so that a
         // list of cold objects costs one miss in flight instead of one per allocation.
-        prefetch(next);
+        crate::os::prefetch(next.cast());
         head.cast()
     }
 }
@@ -132,18 +132,6 @@ fn pop_or(offset: usize, slow: impl FnOnce(usize) -> *mut u8) -> *mut u8 {
 extern "C" fn pop_corrupted(head: *mut FreeObject) -> *mut u8 {
     // SAFETY: `head` is a free object of the list being popped (readable).
     free_list::corrupted(head, unsafe { (*head).link_word() })
-}
-
-/// Hints the CPU to fetch the cache line at `p` (which may be null: prefetches never fault).
-#[inline(always)]
-fn prefetch(p: *const FreeObject) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
-    unsafe {
-        core::arch::x86_64::_mm_prefetch(p.cast(), core::arch::x86_64::_MM_HINT_T0)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 /// Pushes `ptr` on the list at byte offset `offset` of the calling thread's cache.
