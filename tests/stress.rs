@@ -260,16 +260,21 @@ fn thousands_of_short_lived_threads() {
     let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     // What one thread's cache holds when it exits, measured on a thread of the same work
     // (stats are exact for the calling thread's own cache): what each thread would leak if
-    // exiting threads did not return their caches.
-    let one_cache = std::thread::spawn(|| {
-        let start = tcalloc::stats().thread_cache_bytes;
-        let kept = short_lived_work(12345, 7);
-        let cached = tcalloc::stats().thread_cache_bytes.saturating_sub(start);
-        drop(kept);
-        cached
-    })
-    .join()
-    .unwrap();
+    // exiting threads did not return their caches. The largest of three: the total also
+    // holds the other threads' published sizes, and the test harness's thread may publish a
+    // smaller one meanwhile (once in a few dozen runs a single measure came out below 32 KiB).
+    let measure = || {
+        std::thread::spawn(|| {
+            let start = tcalloc::stats().thread_cache_bytes;
+            let kept = short_lived_work(12345, 7);
+            let cached = tcalloc::stats().thread_cache_bytes.saturating_sub(start);
+            drop(kept);
+            cached
+        })
+        .join()
+        .unwrap()
+    };
+    let one_cache = (0..3).map(|_| measure()).max().unwrap();
     // With `--features per-cpu` the frees go to the CPU's cache, which the thread does not
     // own: count a thread cache's worth for the leak bound below.
     let one_cache = if cfg!(feature = "per-cpu") { one_cache.max(32 << 10) } else { one_cache };
