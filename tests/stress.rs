@@ -262,7 +262,7 @@ fn thousands_of_short_lived_threads() {
     // (stats are exact for the calling thread's own cache): what each thread would leak if
     // exiting threads did not return their caches. The largest of three: the total also
     // holds the other threads' published sizes, and the test harness's thread may publish a
-    // smaller one meanwhile (once in a few dozen runs a single measure came out below 32 KiB).
+    // smaller one meanwhile (a single measure came out below 32 KiB once in six runs).
     let measure = || {
         std::thread::spawn(|| {
             let start = tcalloc::stats().thread_cache_bytes;
