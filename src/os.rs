@@ -117,6 +117,10 @@ pub unsafe fn unmap(p: *mut u8, len: usize) {
 /// - `[p, p + len)` was mapped by this module and holds no live data.
 pub unsafe fn release(p: *mut u8, len: usize) -> bool {
     crate::diag::debug_invariant!(p as usize % OS_PAGE_SIZE == 0 && len % OS_PAGE_SIZE == 0);
+    #[cfg(test)]
+    if RELEASE_REFUSED.with(|c| c.get()) {
+        return false;
+    }
     // SAFETY: by the caller's contract the range is ours and its contents are dead.
     unsafe { libc::madvise(p.cast(), len, libc::MADV_DONTNEED) == 0 }
 }
@@ -200,6 +204,18 @@ pub fn resident_bytes() -> Option<usize> {
 #[cfg(test)]
 std::thread_local! {
     static FAKE_NOW_MS: core::cell::Cell<Option<u64>> = const { core::cell::Cell::new(None) };
+}
+
+#[cfg(test)]
+std::thread_local! {
+    static RELEASE_REFUSED: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// Unit tests of a kernel that refuses to release memory (`MADV_DONTNEED` on locked pages
+/// fails with `EINVAL`): this thread's [`release`] calls fail while `refused`.
+#[cfg(test)]
+pub fn set_release_refused(refused: bool) {
+    RELEASE_REFUSED.with(|c| c.set(refused));
 }
 
 /// Unit tests of timed policies: this thread's `now_millis` reads `ms` (`None`: the clock).

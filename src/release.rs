@@ -5,10 +5,10 @@
 //! 1. **Reserve** (page heap, at every free): at most `reserve` bytes of free pages stay
 //!    backed; pages freed beyond that are given back at once (`MADV_DONTNEED`), biggest spans
 //!    first. After a program frees a large peak, resident memory falls while it frees, without
-//!    waiting for a timer. The reserve adapts: when released pages are reused within a window
-//!    of the decay time, at most 100 ms (the program frees and reallocates in rounds), it
-//!    grows by what was reused, so such a program does not fault its memory in again and
-//!    again; at the end of each window it shrinks to the pages the program took in it.
+//!    waiting for a timer. The reserve adapts: when released pages are reused within the
+//!    decay time, at most 300 ms (the program frees and reallocates in rounds), it grows by
+//!    what was reused, so such a program does not fault its memory in again and again; at
+//!    each free it shrinks to the pages the program took in the last 300 ms.
 //! 2. **Decay** (on a tick): batches idle in the central transfer caches for about `decay` ms
 //!    return to their spans; free pages idle for `decay` ms, and cached large mappings idle as
 //!    long, go back to the OS. The tick runs from allocator slow paths (thread-cache refills and
