@@ -85,8 +85,9 @@ pub struct PageHeapStats {
 /// - no two free spans of the same kind are adjacent (they would have been coalesced);
 /// - `free_pages`, `returned_pages` are the sums of the pages on the respective lists, and
 ///   `free_pages + returned_pages + in_use_pages == system_pages`;
-/// - after every `deallocate`, `free_pages <= reserve_pages + adaptive_pages` (or no backed
-///   free span is left); `adaptive_pages <= MAX_ADAPTIVE_PAGES`.
+/// - after every `deallocate`, `free_pages <= reserve_pages + adaptive_pages`, unless no backed
+///   free span is left or the kernel refused to release one (locked memory; not checked by
+///   `check_invariants`); `adaptive_pages <= MAX_ADAPTIVE_PAGES`.
 pub struct PageHeap {
     free: [SpanList; MAX_EXACT_PAGES + 1],
     returned: [SpanList; MAX_EXACT_PAGES + 1],
