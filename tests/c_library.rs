@@ -237,6 +237,32 @@ fn cxx_library_opened_with_rtld_local_gets_bad_alloc() {
     assert!(stdout.contains("new of too much: bad_alloc caught"), "{stdout}");
 }
 
+/// Locked pages in the heap (`tests/c/locked_memory.c`): the kernel refuses to release them,
+/// and the program must still finish; it used to hang at its free, the page heap retrying the
+/// refused span forever.
+#[test]
+fn locked_memory_does_not_hang_a_free_or_malloc_trim() {
+    let program = compile("locked_memory");
+    let mut child = Command::new(&program)
+        .env("LD_PRELOAD", library())
+        .env("TCALLOC_FREE_RESERVE_BYTES", "0")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run locked_memory");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().expect("wait for locked_memory").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("locked_memory still runs after 30 s: a release loops on locked pages");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("read locked_memory's output");
+    assert!(out.status.success(), "locked_memory: {:?}", out.status);
+    assert_eq!(text(&out.stdout), "done\n");
+}
+
 #[test]
 fn exported_symbols() {
     let out = Command::new("nm").args(["-D", "--defined-only"]).arg(library()).output();
