@@ -723,7 +723,8 @@ mod tests {
     #[test]
     fn realloc_moves_contents() {
         let _serial = mapping_lock();
-        let p = alloc(LARGE_THRESHOLD + 1, 8, false);
+        // Its own mapping, so that mremap can move it (see `fresh_block`).
+        let p = fresh_block(LARGE_THRESHOLD + 1);
         // SAFETY: live large block, written then grown.
         unsafe {
             for i in 0..LARGE_THRESHOLD {
