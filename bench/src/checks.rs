@@ -473,12 +473,7 @@ impl Runs<'_> {
 
 /// The title and what was run, where and when.
 fn header(command: &str, reps: usize, divisor: usize, seconds: f64, load: &str) -> String {
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown date".into());
+    let date = crate::date_utc();
     let mut out = String::from("# What the heap-misuse checks cost\n\n");
     if divisor > 1 {
         let _ = writeln!(

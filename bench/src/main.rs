@@ -20,7 +20,9 @@
 //! `criterion` runs the criterion benches and writes their tables; `build-time` measures what
 //! tcalloc adds to a user's clean build; `scaling` runs the multi-threaded workloads at 1, 2,
 //! 4, … threads (see `scaling.rs`); `checks` measures what the heap-misuse checks cost
-//! against a build without them (see `checks.rs`). Each writes the results file the README quotes.
+//! against a build without them (see `checks.rs`); `security` runs mimalloc-bench's security
+//! tests, programs that misuse the heap, under each allocator (see `security.rs`). Each writes
+//! the results file the README quotes.
 //!
 //! ```text
 //! cargo run --release -p tcalloc-bench                  # quick: 3 runs each, about two minutes
@@ -35,6 +37,7 @@
 //! cargo run --release -p tcalloc-bench -- build-time
 //! cargo run --release -p tcalloc-bench -- scaling --threads 1,2,4,8,16 [--quick]
 //! cargo run --release -p tcalloc-bench -- checks [--quick] [--reps 5]
+//! cargo run --release -p tcalloc-bench -- security --suite ~/mimalloc-bench
 //! ```
 
 mod build_time;
@@ -46,6 +49,7 @@ mod mimalloc_bench;
 mod preload;
 mod report;
 mod scaling;
+mod security;
 
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -114,6 +118,9 @@ enum Cmd {
     /// (`--cfg tcalloc_unchecked`, built here) and glibc, in instructions per pair, the Rust
     /// workloads and the preload programs (checks.md, checks.csv).
     Checks(checks::ChecksArgs),
+    /// mimalloc-bench's security tests (its built `security/` programs, each misusing the heap
+    /// once) with each allocator preloaded: what each misuse came to (security.md).
+    Security(security::SecurityArgs),
 }
 
 /// Work divisor of `--smoke` runs.
@@ -185,6 +192,7 @@ fn main() {
         Some(Cmd::BuildTime { runs }) => build_time::run(&workspace(), *runs, &out),
         Some(Cmd::Scaling(scaling_args)) => scaling::run(&dir, scaling_args, &out),
         Some(Cmd::Checks(checks_args)) => checks::run(&dir, checks_args, &args, &out),
+        Some(Cmd::Security(security_args)) => security::run(security_args, &out),
         None => {
             build_workers(&dir);
             compare(&dir, &args, &out)
@@ -203,6 +211,16 @@ fn load_average() -> String {
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_string))
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The date and time now, in UTC (`date -u`), as the results files give it.
+fn date_utc() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown date".into())
 }
 
 /// The CPU's model name, from `/proc/cpuinfo`.

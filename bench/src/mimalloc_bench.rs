@@ -365,14 +365,37 @@ struct Run {
 /// after `timeout`. The wall time and peak RSS (from `wait4`), standard output and error.
 // The child is reaped by `wait4` (which also gives its peak RSS), not by `Child::wait`.
 #[allow(clippy::zombie_processes)]
-fn run_process(
+/// How a run that did not exit with status 0 ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// It could not be started, or its standard input not opened.
+    NotStarted(String),
+    TimedOut(Duration),
+    Signal(i32),
+    Exit(i32),
+}
+
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ending::NotStarted(why) => write!(f, "{why}"),
+            Ending::TimedOut(t) => write!(f, "killed after the {} s timeout", t.as_secs_f64()),
+            Ending::Signal(n) => write!(f, "killed by signal {n}"),
+            Ending::Exit(n) => write!(f, "exit status {n}"),
+        }
+    }
+}
+
+/// Runs `program` under `preload` in `cwd`, killed after `timeout`: how it ended, its wall
+/// time in seconds, its peak RSS in KiB, and its standard output and error.
+pub fn run_process(
     program: &Path,
     args: &[String],
     stdin: Option<&Path>,
     preload: &Preload,
     cwd: &Path,
     timeout: Duration,
-) -> (Result<(), String>, f64, u64, String, String) {
+) -> (Result<(), Ending>, f64, u64, String, String) {
     let (out_path, err_path) = (cwd.join("stdout.txt"), cwd.join("stderr.txt"));
     let file = |p: &Path| File::create(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let mut cmd = Command::new(program);
@@ -381,7 +404,8 @@ fn run_process(
         Some(path) => match File::open(path) {
             Ok(f) => Stdio::from(f),
             Err(e) => {
-                return (Err(format!("{}: {e}", path.display())), 0.0, 0, "".into(), "".into())
+                let why = Ending::NotStarted(format!("{}: {e}", path.display()));
+                return (Err(why), 0.0, 0, "".into(), "".into());
             }
         },
         None => Stdio::null(),
@@ -399,7 +423,10 @@ fn run_process(
     let start = Instant::now();
     let child = match cmd.spawn() {
         Ok(child) => child,
-        Err(e) => return (Err(format!("cannot start: {e}")), 0.0, 0, "".into(), "".into()),
+        Err(e) => {
+            let why = Ending::NotStarted(format!("cannot start: {e}"));
+            return (Err(why), 0.0, 0, "".into(), "".into());
+        }
     };
     let pid = child.id() as libc::pid_t;
 
@@ -448,11 +475,11 @@ fn run_process(
     let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(waited, pid, "wait4 failed for {}", program.display());
     let outcome = if timed_out {
-        Err(format!("killed after the {} s timeout", timeout.as_secs_f64()))
+        Err(Ending::TimedOut(timeout))
     } else if libc::WIFSIGNALED(status) {
-        Err(format!("killed by signal {}", libc::WTERMSIG(status)))
+        Err(Ending::Signal(libc::WTERMSIG(status)))
     } else if libc::WEXITSTATUS(status) != 0 {
-        Err(format!("exit status {}", libc::WEXITSTATUS(status)))
+        Err(Ending::Exit(libc::WEXITSTATUS(status)))
     } else {
         Ok(())
     };
@@ -534,6 +561,7 @@ fn run_once(plan: &Plan, p: &Program, preload: &Preload, cwd: &Path) -> Run {
         plan.timeout,
     );
     let time = outcome
+        .map_err(|ending| ending.to_string())
         .and_then(|()| {
             // The loader goes on without the library: the run measured glibc, not `preload`.
             // Its message names the library ("ERROR: ld.so: object '…' from LD_PRELOAD cannot
