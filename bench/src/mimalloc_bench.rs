@@ -361,10 +361,6 @@ struct Run {
     repeats: usize,
 }
 
-/// Runs `program args < stdin` with `preload`, in `cwd`, its output in files there; killed
-/// after `timeout`. The wall time and peak RSS (from `wait4`), standard output and error.
-// The child is reaped by `wait4` (which also gives its peak RSS), not by `Child::wait`.
-#[allow(clippy::zombie_processes)]
 /// How a run that did not exit with status 0 ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ending {
@@ -386,8 +382,11 @@ impl std::fmt::Display for Ending {
     }
 }
 
-/// Runs `program` under `preload` in `cwd`, killed after `timeout`: how it ended, its wall
-/// time in seconds, its peak RSS in KiB, and its standard output and error.
+/// Runs `program args < stdin` with `preload`, in `cwd`, its output in files there; killed
+/// after `timeout`. How it ended, the wall time in seconds and peak RSS in KiB (from `wait4`),
+/// standard output and error.
+// The child is reaped by `wait4` (which also gives its peak RSS), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
 pub fn run_process(
     program: &Path,
     args: &[String],

@@ -50,16 +50,18 @@ pub enum Verdict {
     Stopped,
     /// Killed by another signal (a segmentation fault) before it printed `NOT_CAUGHT`.
     Crashed,
-    /// Exited without printing `NOT_CAUGHT`: the property the test checks held (`malloc(-2)`
-    /// failed, a freed block was not handed out again at once, `malloc(0)` returned null).
+    /// Exited without printing `NOT_CAUGHT`, with status 0 or 1 (the tests that need a block
+    /// of 0 bytes return 1 when `malloc(0)` gives null): the property the test checks held
+    /// (`malloc(-2)` failed, a freed block was not handed out again at once).
     Held,
     /// Printed `NOT_CAUGHT`, then was stopped or crashed: the misuse was found later (tcalloc
-    /// finds a write over a freed block's link at the next `malloc` of its size, which in
-    /// these tests comes only as the program exits).
+    /// finds a write over a freed block's link when it walks the list holding the block: at
+    /// the next `malloc` of its size, or when the thread's cache is handed back at exit).
     Late,
     /// Printed `NOT_CAUGHT` and exited normally, or ran until the timeout.
     Missed,
-    /// The test could not be run, or the library was not loaded: no verdict.
+    /// The test could not be run, the library was not loaded, or it exited with another
+    /// status without printing `NOT_CAUGHT` (a loader error, say): no verdict.
     Failed,
 }
 
@@ -93,7 +95,8 @@ pub fn classify(ending: &Result<(), Ending>, stdout: &str) -> Verdict {
         Err(Ending::Signal(signal)) if *signal == libc::SIGABRT => Verdict::Stopped,
         Err(Ending::Signal(_)) => Verdict::Crashed,
         Ok(()) | Err(Ending::Exit(_)) if printed => Verdict::Missed,
-        Ok(()) | Err(Ending::Exit(_)) => Verdict::Held,
+        Ok(()) | Err(Ending::Exit(1)) => Verdict::Held,
+        Err(Ending::Exit(_)) => Verdict::Failed,
     }
 }
 
@@ -154,8 +157,9 @@ fn measure(dir: &Path, allocators: &[Preload], cwd: &Path, timeout: Duration) ->
             let verdict = if not_loaded { Verdict::Failed } else { classify(&ending, &stdout) };
             if verdict == Verdict::Failed {
                 let why = match &ending {
-                    Err(e) if !not_loaded => e.to_string(),
-                    _ => "the library was not loaded".to_string(),
+                    _ if not_loaded => "the library was not loaded".to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(()) => "no verdict".to_string(),
                 };
                 failures.push(format!("{test} under {}: {why}", a.name));
             }
@@ -178,25 +182,29 @@ fn markdown(results: &Verdicts, allocators: &[Preload], context: &str) -> String
          tcalloc and glibc); **C** crashed: killed by another signal first (a segmentation \
          fault, meant or not); **H** held: exited without printing it, the property the test \
          checks held (`malloc(-2)` failed, a freed block was not handed out again at once); \
-         **L** late: printed it, then was stopped (tcalloc finds a write over a freed block at \
-         the next `malloc` of its size, here only as the program exits); **-** missed; **?** no \
-         verdict. Caught: S, C or H.\n\n",
+         **L** late: printed it, then was stopped or crashed (tcalloc finds a write over a \
+         freed block when it walks the list holding it: at the next `malloc` of its size, or \
+         when the thread's cache is handed back at exit); **-** missed; **?** no verdict (see \
+         the list at the end); **·** not built. Caught: S, C or H.\n\n",
     );
     let n = results.tests.len();
-    out.push_str("| allocator | caught | S stopped | C crashed | H held | L late | - missed |\n");
-    out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    out.push_str(
+        "| allocator | caught | S stopped | C crashed | H held | L late | - missed | ? no verdict |\n",
+    );
+    out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for (a, allocator) in allocators.iter().enumerate() {
         let count = |v: Verdict| results.verdicts.iter().filter(|row| row[a] == v).count();
         let caught = results.verdicts.iter().filter(|row| row[a].caught()).count();
         let _ = writeln!(
             out,
-            "| {} | {caught} of {n} | {} | {} | {} | {} | {} |",
+            "| {} | {caught} of {n} | {} | {} | {} | {} | {} | {} |",
             allocator.name,
             count(Verdict::Stopped),
             count(Verdict::Crashed),
             count(Verdict::Held),
             count(Verdict::Late),
             count(Verdict::Missed),
+            count(Verdict::Failed),
         );
     }
     out.push_str(
@@ -215,7 +223,19 @@ fn markdown(results: &Verdicts, allocators: &[Preload], context: &str) -> String
         let end = (i..n).find(|&j| family(&results.tests[j]).0 != name).unwrap_or(n);
         let _ = write!(out, "| {name} |");
         for a in 0..allocators.len() {
-            let marks: Vec<&str> = (i..end).map(|t| results.verdicts[t][a].mark()).collect();
+            let mark = |t: usize| results.verdicts[t][a].mark();
+            let marks: Vec<&str> = if family(&results.tests[i]).1.is_none() {
+                (i..end).map(mark).collect()
+            } else {
+                // One mark per size, in order, whichever sizes were built.
+                (0..SIZES.len())
+                    .map(|size| {
+                        (i..end)
+                            .find(|&t| family(&results.tests[t]).1 == Some(size))
+                            .map_or("·", mark)
+                    })
+                    .collect()
+            };
             let _ = write!(out, " {} |", marks.join(" "));
         }
         out.push('\n');
@@ -318,6 +338,7 @@ mod tests {
         assert_eq!(classify(&segv, caught), Verdict::Crashed);
         assert_eq!(classify(&Ok(()), caught), Verdict::Held);
         assert_eq!(classify(&Err(Ending::Exit(1)), caught), Verdict::Held);
+        assert_eq!(classify(&Err(Ending::Exit(127)), caught), Verdict::Failed);
         assert_eq!(classify(&abort, missed), Verdict::Late);
         assert_eq!(classify(&segv, missed), Verdict::Late);
         assert_eq!(classify(&Ok(()), missed), Verdict::Missed);
@@ -355,6 +376,7 @@ mod tests {
         script("double_free_medium", "kill -SEGV $$");
         script("write_after_free_small", "echo NOT_CAUGHT; kill -ABRT $$");
         script("impossibly_large_malloc_small", "exit 0");
+        script("read_zero_size_large", "exit 127");
         script("hangs", "exec sleep 30");
         std::fs::write(dir.join("Makefile"), "not a test").unwrap();
         let allocators = [Preload { name: "glibc", library: None }];
@@ -367,14 +389,17 @@ mod tests {
                 "double_free_large",
                 "hangs",
                 "impossibly_large_malloc_small",
+                "read_zero_size_large",
                 "write_after_free_small"
             ]
         );
         let text = markdown(&results, &allocators, "a fake build");
-        assert!(text.contains("| glibc | 3 of 6 | 1 | 1 | 1 | 1 | 2 |"), "{text}");
+        assert!(text.contains("| glibc | 3 of 7 | 1 | 1 | 1 | 1 | 2 | 1 |"), "{text}");
         assert!(text.contains("| double_free | S C - |"), "{text}");
         assert!(text.contains("| hangs | - |"), "{text}");
-        assert!(text.contains("| write_after_free | L |"), "{text}");
+        assert!(text.contains("| read_zero_size | · · ? |"), "{text}");
+        assert!(text.contains("| write_after_free | L · · |"), "{text}");
+        assert!(text.contains("- read_zero_size_large under glibc: exit status 127"), "{text}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
