@@ -22,9 +22,9 @@
 //! that class holds at least [`BORROW_MIN_BYTES`] free): after a phase of the program frees most objects of one
 //! size, the holes are reused for the next size instead of growing the heap. A borrowed object
 //! goes back to the span (and list) it came from; statistics count it in its span's class.
-//! Failing that, it takes returned objects of its own class from another shard's spans, on the
-//! same terms: with a shard per CPU, holes left on one CPU are reused on another before the
-//! heap grows.
+//! Failing that, it takes returned objects of its own class, or of the classes it may borrow
+//! from, from another shard's spans, on the same terms: with a shard per CPU, holes left on one
+//! CPU are reused on another before the heap grows.
 //!
 //! Entry points: [`refill`], [`flush`], [`drain_idle`], [`stats`], [`CentralFreeList`].
 //! Layers below: `transfer_cache`, `page_heap`, `page_map`, `size_class`.
@@ -695,10 +695,12 @@ impl CentralFreeList {
     /// Before carving a new span for `class`, takes up to `n` free objects from partly used
     /// spans elsewhere: first those of a slightly larger class of this shard ([`donors`]) that
     /// holds at least [`BORROW_MIN_BYTES`] of such free space (memory left free by objects of
-    /// one size is reused for another instead of growing the heap), then those of `class` in
-    /// another shard that holds at least a span's worth (with a shard per CPU, a thread that
-    /// moves, or frees on one CPU and allocates on another, would otherwise leave holes in one
-    /// shard while another grows the heap). Returns how many it took.
+    /// one size is reused for another instead of growing the heap), then, shard by shard, those
+    /// of `class` in another shard that holds at least a span's worth and those of its donors
+    /// there, on the same terms as here (with a shard per CPU, a thread that moves, or frees on
+    /// one CPU and allocates on another, would otherwise leave holes in one shard while another
+    /// grows the heap: `tests/fragmentation.rs` grew by 151 MiB instead of reusing its holes
+    /// once, when its thread ran on the other CPU after its frees). Returns how many it took.
     fn borrow(
         &mut self,
         class: SizeClass,
@@ -706,11 +708,16 @@ impl CentralFreeList {
         n: usize,
         head: &mut *mut FreeObject,
     ) -> usize {
-        let larger = donors(class).map(|d| (d, shard, BORROW_MIN_BYTES.div_ceil(d.size())));
+        let larger = move |shard| {
+            donors(class).map(move |d| (d, shard, BORROW_MIN_BYTES.div_ceil(d.size())))
+        };
         let shards = transfer_cache::shards();
         let span_worth = class.info().objects as usize;
-        let elsewhere = (1..shards).map(|k| (class, (shard + k) % shards, span_worth));
-        for (donor, from, min_free) in larger.chain(elsewhere) {
+        let elsewhere = (1..shards).flat_map(|k| {
+            let other = (shard + k) % shards;
+            core::iter::once((class, other, span_worth)).chain(larger(other))
+        });
+        for (donor, from, min_free) in larger(shard).chain(elsewhere) {
             // Lock order: the list held is never waited for here (only tried), so whatever
             // class or shard the other list is, no two threads wait for each other.
             let Some(mut list) = central(donor, from).try_lock() else { continue };
