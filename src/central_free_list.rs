@@ -22,9 +22,10 @@
 //! that class holds at least [`BORROW_MIN_BYTES`] free): after a phase of the program frees most objects of one
 //! size, the holes are reused for the next size instead of growing the heap. A borrowed object
 //! goes back to the span (and list) it came from; statistics count it in its span's class.
-//! Failing that, it takes returned objects of its own class, or of the classes it may borrow
-//! from, from another shard's spans, on the same terms: with a shard per CPU, holes left on one
-//! CPU are reused on another before the heap grows.
+//! Failing that, it takes returned objects from another shard's spans: of its own class where
+//! that shard holds at least a span's worth free, then of the classes it may borrow from, on
+//! the same terms as in its own shard (the other shards' locks are only tried): with a shard
+//! per CPU, holes left on one CPU are reused on another before the heap grows.
 //!
 //! Entry points: [`refill`], [`flush`], [`drain_idle`], [`stats`], [`CentralFreeList`].
 //! Layers below: `transfer_cache`, `page_heap`, `page_map`, `size_class`.
@@ -695,12 +696,13 @@ impl CentralFreeList {
     /// Before carving a new span for `class`, takes up to `n` free objects from partly used
     /// spans elsewhere: first those of a slightly larger class of this shard ([`donors`]) that
     /// holds at least [`BORROW_MIN_BYTES`] of such free space (memory left free by objects of
-    /// one size is reused for another instead of growing the heap), then, shard by shard, those
-    /// of `class` in another shard that holds at least a span's worth and those of its donors
-    /// there, on the same terms as here (with a shard per CPU, a thread that moves, or frees on
-    /// one CPU and allocates on another, would otherwise leave holes in one shard while another
-    /// grows the heap: `tests/fragmentation.rs` grew by 151 MiB instead of reusing its holes
-    /// once, when its thread ran on the other CPU after its frees). Returns how many it took.
+    /// one size is reused for another instead of growing the heap), then those of `class` in
+    /// another shard that holds at least a span's worth, then those of the donors in the other
+    /// shards, on the same terms as here (with a shard per CPU, a thread that moves, or frees
+    /// on one CPU and allocates on another, would otherwise leave holes in one shard while
+    /// another grows the heap: `tests/fragmentation.rs` grew by 151 MiB instead of reusing its
+    /// holes once, when its thread ran on the other CPU after its frees). Classes of one object
+    /// per span are never tried: they have nothing to lend. Returns how many it took.
     fn borrow(
         &mut self,
         class: SizeClass,
@@ -708,16 +710,20 @@ impl CentralFreeList {
         n: usize,
         head: &mut *mut FreeObject,
     ) -> usize {
+        // A one-object span goes back to the page heap when its object does: such a class
+        // never holds a returned object to lend.
+        let lends = |c: SizeClass| c.info().objects > 1;
         let larger = move |shard| {
-            donors(class).map(move |d| (d, shard, BORROW_MIN_BYTES.div_ceil(d.size())))
+            donors(class)
+                .filter(move |&d| lends(d))
+                .map(move |d| (d, shard, BORROW_MIN_BYTES.div_ceil(d.size())))
         };
-        let shards = transfer_cache::shards();
+        let shards = if lends(class) { transfer_cache::shards() } else { 1 };
         let span_worth = class.info().objects as usize;
-        let elsewhere = (1..shards).flat_map(|k| {
-            let other = (shard + k) % shards;
-            core::iter::once((class, other, span_worth)).chain(larger(other))
-        });
-        for (donor, from, min_free) in larger(shard).chain(elsewhere) {
+        let others = move || (1..shards).map(move |k| (shard + k) % shards);
+        let same_class = others().map(|other| (class, other, span_worth));
+        let donors_elsewhere = others().flat_map(larger);
+        for (donor, from, min_free) in larger(shard).chain(same_class).chain(donors_elsewhere) {
             // Lock order: the list held is never waited for here (only tried), so whatever
             // class or shard the other list is, no two threads wait for each other.
             let Some(mut list) = central(donor, from).try_lock() else { continue };
