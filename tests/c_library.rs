@@ -31,8 +31,19 @@ fn compile_with(name: &str, extra: &[String]) -> PathBuf {
     out
 }
 
+/// Compiles `tests/c/<name>.c` into the temporary directory, once per process: tests run in
+/// parallel, and several run the same program (`invalid_free`, `glibc_api_test`); one that
+/// compiled it again while another ran it failed ("Permission denied" from exec, on a file
+/// the compiler was rewriting).
 fn compile(name: &str) -> PathBuf {
-    compile_with(name, &[])
+    static COMPILED: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut compiled = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, program)) = compiled.iter().find(|(n, _)| n == name) {
+        return program.clone();
+    }
+    let program = compile_with(name, &[]);
+    compiled.push((name.to_string(), program.clone()));
+    program
 }
 
 fn run(program: &Path, args: &[&str], preload: bool) -> Output {
