@@ -920,26 +920,9 @@ pub fn run(options: &Options, out: Option<&Path>, default_out: &Path) {
         std::process::exit(2);
     }
     let workspace = crate::workspace();
-    // The programs run in another folder: relative paths must not follow them there.
-    let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let tcalloc = match &options.tcalloc {
-        Some(file) if file.is_file() => absolute(file),
-        Some(file) => {
-            eprintln!("--tcalloc {}: no such file", file.display());
-            std::process::exit(2);
-        }
-        None => preload::build_tcalloc(&workspace),
-    };
-    let allocators = preload::allocators(tcalloc, &absolute(&options.peers));
-    let libraries = allocators
-        .iter()
-        .filter_map(|a| {
-            let path = a.library.as_ref()?;
-            let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-            Some(format!("{} `{}`", a.name, real.file_name()?.to_string_lossy()))
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    let allocators =
+        preload::allocators_for(options.tcalloc.as_deref(), &options.peers, &workspace);
+    let libraries = preload::library_names(&allocators);
     let suite = std::fs::canonicalize(&options.suite).unwrap_or_else(|_| options.suite.clone());
     // Only the suite's own repository: in a plain folder, `git -C` finds any repository
     // above it (this one, where the suite was copied into it).

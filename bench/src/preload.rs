@@ -52,6 +52,36 @@ pub fn build_tcalloc(workspace: &Path) -> PathBuf {
     target.join("release/libtcalloc.so")
 }
 
+/// The allocators for the commands that preload the suite's programs: `tcalloc` the library
+/// the user named (`--tcalloc`; exits if it is missing) or one built here, the peers from
+/// `peers`. Paths are absolute: the programs run in another folder.
+pub fn allocators_for(tcalloc: Option<&Path>, peers: &Path, workspace: &Path) -> Vec<Preload> {
+    let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let tcalloc = match tcalloc {
+        Some(file) if file.is_file() => absolute(file),
+        Some(file) => {
+            eprintln!("--tcalloc {}: no such file", file.display());
+            std::process::exit(2);
+        }
+        None => build_tcalloc(workspace),
+    };
+    allocators(tcalloc, &absolute(peers))
+}
+
+/// The preloaded libraries, by the file each resolves to (it names the version):
+/// "tcalloc `libtcalloc.so`, jemalloc `libjemalloc.so.2`, …".
+pub fn library_names(allocators: &[Preload]) -> String {
+    allocators
+        .iter()
+        .filter_map(|a| {
+            let path = a.library.as_ref()?;
+            let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            Some(format!("{} `{}`", a.name, real.file_name()?.to_string_lossy()))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One real-program workload: a shell command run in `dir`.
 pub struct Job {
     pub name: &'static str,

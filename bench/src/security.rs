@@ -283,16 +283,7 @@ pub fn run(args: &SecurityArgs, out: &Path) {
         std::process::exit(2);
     });
     let workspace = crate::workspace();
-    let tcalloc = match &args.tcalloc {
-        Some(file) if file.is_file() => std::path::absolute(file).unwrap_or(file.clone()),
-        Some(file) => {
-            eprintln!("--tcalloc {}: no such file", file.display());
-            std::process::exit(2);
-        }
-        None => preload::build_tcalloc(&workspace),
-    };
-    let peers = std::path::absolute(&args.peers).unwrap_or(args.peers.clone());
-    let allocators = preload::allocators(tcalloc, &peers);
+    let allocators = preload::allocators_for(args.tcalloc.as_deref(), &args.peers, &workspace);
     let cwd = if workspace.join("Cargo.toml").is_file() {
         workspace.join("target/security")
     } else {
@@ -300,14 +291,6 @@ pub fn run(args: &SecurityArgs, out: &Path) {
     };
     let started = Instant::now();
     let results = measure(&dir, &allocators, &cwd, Duration::from_secs(args.timeout.max(1)));
-    let libraries: Vec<String> = allocators
-        .iter()
-        .filter_map(|a| {
-            let path = a.library.as_ref()?;
-            let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-            Some(format!("{} `{}`", a.name, real.file_name()?.to_string_lossy()))
-        })
-        .collect();
     let date = crate::date_utc();
     let context = format!(
         "`tcalloc-bench security`: the {} test programs of `bench/security` in \
@@ -315,7 +298,7 @@ pub fn run(args: &SecurityArgs, out: &Path) {
          the library preloaded (glibc: none), {date}, {:.0} s. Libraries: {}.",
         results.tests.len(),
         started.elapsed().as_secs_f64(),
-        libraries.join(", ")
+        preload::library_names(&allocators)
     );
     let text = markdown(&results, &allocators, &context);
     println!("{text}");
