@@ -87,6 +87,7 @@ impl Evicted {
         unsafe { core::slice::from_raw_parts(self.items.as_ptr().cast(), self.len) }
     }
 }
+
 /// How long a cached mapping may stay unused, and how long a sign of reuse keeps the cache on
 /// (the default; `TCALLOC_DECAY_MS` changes it).
 pub const DECAY_MS: u64 = 1000;
@@ -210,9 +211,9 @@ impl MappingCache {
     }
 
     /// Keeps `m` if caching is on and it fits in the limit that `live` bytes of live large
-    /// mappings allow (see [`cache_limit`]); otherwise returns it for unmapping. Makes room by
-    /// evicting the oldest entries, and evicts what the limit, lowered by a shrinking `live`,
-    /// no longer allows (all returned through `evicted`).
+    /// mappings allow (see [`cache_limit`]); otherwise hands it back for unmapping. Makes room
+    /// by evicting the oldest entries, and evicts what the limit, lowered by a shrinking `live`,
+    /// no longer allows (all pushed on `evicted`). Returns how many it pushed.
     fn put(&mut self, m: Mapping, now: u64, live: usize, evicted: &mut Evicted) -> usize {
         self.limit = cache_limit(live);
         let before = evicted.len;
