@@ -6,7 +6,7 @@
 //! attempts: with a shard per CPU, two atomic operations per other shard and span (here, on the
 //! 48-byte class), on cache lines other CPUs use. Now a list that found nothing in the other
 //! shards leaves them alone while it carves: one span, then twice as much after each further
-//! fruitless attempt, up to 1 MiB of spans.
+//! fruitless attempt, up to 256 KiB of spans.
 //!
 //! One test in its own binary: the count of lock acquisitions is process-wide, and what other
 //! tests leave behind changes it (after `shard_borrow.rs`'s tests, the same growth refilled
@@ -26,7 +26,7 @@ fn layout(size: usize) -> Layout {
 
 /// One thread grows the 48-byte class by 16 MiB (about 2 000 spans): every refill takes its
 /// class's lock once and every new span tries the one class it may borrow from in its own shard
-/// (64 bytes); the other shards are tried a dozen times or so. Each new span used to try the
+/// (64 bytes); the other shards are tried about 70 times in all. Each new span used to try the
 /// 48- and 64-byte lists of every other shard: two more acquisitions per span and other shard.
 #[test]
 fn a_growing_heap_does_not_try_the_other_shards_at_every_new_span() {
