@@ -9,11 +9,11 @@
 //! fruitless attempt, up to 256 KiB of spans.
 //!
 //! One test in its own binary: the count of lock acquisitions is process-wide, and what other
-//! tests leave behind changes it (after `shard_borrow.rs`'s tests, the same growth refilled
-//! two thirds more often, in smaller batches). tcalloc
-//! is called directly through `GlobalAlloc`, not installed as the global allocator, so nothing
-//! else in the binary allocates from it. On a machine of one CPU there is one shard and nothing
-//! else to try; the bound holds all the same.
+//! tests leave behind changes it (after `shard_borrow.rs`'s tests, the same growth took half as
+//! many acquisitions again, though it tried the other shards as rarely). tcalloc is called
+//! directly through `GlobalAlloc`, not installed as the global allocator, so nothing else in the
+//! binary allocates from it. On a machine of one CPU there is one shard and nothing else to
+//! try; the bound holds all the same.
 
 use std::alloc::{GlobalAlloc, Layout};
 use tcalloc::TcAlloc;
@@ -26,8 +26,10 @@ fn layout(size: usize) -> Layout {
 
 /// One thread grows the 48-byte class by 16 MiB (about 2 000 spans): every refill takes its
 /// class's lock once and every new span tries the one class it may borrow from in its own shard
-/// (64 bytes); the other shards are tried about 70 times in all. Each new span used to try the
-/// 48- and 64-byte lists of every other shard: two more acquisitions per span and other shard.
+/// (64 bytes); the other shards' 48- and 64-byte lists are tried about 70 times in all (the
+/// bound allows one span in 16). Each new span used to try them: two more acquisitions per span
+/// and other shard. The shards are as many as the highest CPU number allowed, plus one (at
+/// most 32).
 #[test]
 fn a_growing_heap_does_not_try_the_other_shards_at_every_new_span() {
     let cpu = *cpus::allowed().last().unwrap();
@@ -56,11 +58,16 @@ fn a_growing_heap_does_not_try_the_other_shards_at_every_new_span() {
     .unwrap();
     tcalloc::check_invariants();
     let refills = blocks as u64 / 64;
+    let other_shards = (*cpus::allowed().last().unwrap() as u64 + 1).min(32) - 1;
     // Shown with `--nocapture`.
-    eprintln!("{acquisitions} acquisitions for {refills} refills and {spans} new spans");
+    eprintln!(
+        "{acquisitions} acquisitions for {refills} refills and {spans} new spans, \
+         {other_shards} other shards"
+    );
+    let spans = spans as u64;
     assert!(
-        acquisitions <= refills + spans as u64 * 3 / 2 + 100,
+        acquisitions <= refills + spans + spans / 16 * 2 * other_shards + 100,
         "{acquisitions} acquisitions of central-list locks for {refills} refills and {spans} \
-         new spans"
+         new spans, with {other_shards} other shards"
     );
 }
