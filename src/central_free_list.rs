@@ -144,7 +144,7 @@ pub unsafe fn flush(
 /// The largest spread of a batch that the transfer cache keeps: a few spans' worth, so that a
 /// batch held there pins about as many bytes as it holds.
 fn compact_spread(class: SizeClass) -> usize {
-    (16 * class.batch() * class.size()).max(16 * class.info().pages as usize * PAGE_SIZE)
+    (16 * class.batch() * class.size()).max(16 * span_bytes(class))
 }
 
 /// Returns every object of a list to its span, under the lock of the list owning each span

@@ -76,8 +76,10 @@ impl Evicted {
     }
 
     /// Adds `m`. Each mapping is evicted once, and there are at most every entry and the one
-    /// being freed: the room never runs out.
+    /// being freed: the room never runs out (checked: an abort naming tcalloc, not a panic, if
+    /// it did).
     fn push(&mut self, m: Mapping) {
+        invariant!(self.len < self.items.len(), "more than {} mappings evicted", self.len);
         self.items[self.len].write(m);
         self.len += 1;
     }
