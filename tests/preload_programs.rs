@@ -380,6 +380,24 @@ fn the_code_a_process_runs_comes_first_in_the_library() {
 }
 
 #[test]
+fn start_up_runs_no_libc_wrapper_that_a_program_leaves_unmapped() {
+    // The kernel maps libc's code into a process a 64 KiB window at a time, so every libc
+    // function tcalloc calls at start-up costs that much resident memory unless the program
+    // runs something near it anyway. `os::cpu_span` reads the CPU mask with `syscall` (which
+    // lies beside `mmap`): glibc's `sched_getaffinity` lies among the regex and `getopt` code,
+    // and calling it cost 64 KiB of libc's code in most programs (mimalloc-bench's espresso,
+    // glibc-simple, glibc-thread, cache-thrash; `/proc/self/pagemap` of libc's mapping), and
+    // the CPU count of `sysconf` (`get_nprocs`) parses a file of `/sys`. None of them may come
+    // back as an import.
+    let elf = std::fs::read(library()).expect("read libtcalloc.so");
+    let (_, symbols) = elf_layout(&elf);
+    assert!(symbols.contains_key("mmap") && symbols.contains_key("syscall"), "{symbols:?}");
+    for name in ["sched_getaffinity", "get_nprocs", "get_nprocs_conf"] {
+        assert!(!symbols.contains_key(name), "libtcalloc.so imports {name}");
+    }
+}
+
+#[test]
 fn sort_a_large_file() {
     if !available("sort") {
         return;
