@@ -664,8 +664,8 @@ pub fn os_page_size() -> usize {
 /// regex and `getopt` code, which a program that only allocates never runs. Called, it cost
 /// the small programs of mimalloc-bench 64 to 128 KiB of peak resident memory (glibc-simple
 /// 1 860 KiB against 1 732 without it, espresso 3 836 against 3 712; medians of 7 interleaved
-/// runs); `syscall` lies beside `mmap`, which tcalloc runs anyway. `sysconf(_SC_NPROCESSORS_ONLN)`
-/// would be worse: it reads and parses a file of `/sys`.
+/// runs); `syscall` lies beside `mmap`, which tcalloc runs anyway.
+/// `sysconf(_SC_NPROCESSORS_ONLN)` would be worse: it reads and parses a file of `/sys`.
 pub fn cpu_span() -> Option<usize> {
     // SAFETY: an all-zero set is a valid empty one; the kernel writes at most `size` bytes of
     // it (and leaves the rest zero).
