@@ -141,6 +141,21 @@ pub unsafe fn flush(
     unsafe { release_objects(head) };
 }
 
+/// Gives back the objects of an exiting thread's list of `class`: straight to their spans,
+/// not to the transfer caches. The thread will not ask for them again, and spans whose
+/// objects are all free then go back to the page heap, where any class can reuse their pages
+/// and the release policy can give them back; kept as batches, they pinned their spans until
+/// another thread happened to want that class. (glibc-simple, whose second thread exits after
+/// each of three phases of one size each, peaked at 1 740 KiB with the batches kept and at
+/// 1 612 KiB with them returned, medians of 5 runs.)
+///
+/// # Safety
+/// - `head` is a well-formed list of dead objects from this allocator's small spans.
+pub unsafe fn flush_exiting(head: *mut FreeObject) {
+    // SAFETY: forwarded from the caller.
+    unsafe { release_objects(head) };
+}
+
 /// The largest spread of a batch that the transfer cache keeps: a few spans' worth, so that a
 /// batch held there pins about as many bytes as it holds.
 fn compact_spread(class: SizeClass) -> usize {

@@ -99,6 +99,15 @@ pub fn check_invariants() {
     stats::check_invariants();
 }
 
+/// Returns the free objects cached by the calling thread to the central lists, as whole
+/// batches where it can, for other threads' refills to take (as jemalloc's
+/// `thread.tcache.flush` and gperftools' `MarkThreadIdle` do): for a thread about to wait a
+/// long while. The cache stays usable; its lists grow again from slow start. A thread's cache
+/// is returned on its own when the thread exits, to the objects' spans.
+pub fn flush_thread_cache() {
+    front_end::flush_current();
+}
+
 /// Gives every free page back to the OS now: flushes the calling thread's cache, drains the
 /// central transfer caches, unmaps cached large mappings and releases every free span of the
 /// page heap. Resident memory falls to what is in use plus other threads' caches.

@@ -1,8 +1,9 @@
 //! The transfer caches' shard is the CPU's, not the thread's: batches that one thread's cache
 //! gives back on a CPU go to the next refill on that CPU, whichever thread makes it.
 //!
-//! Thread A, pinned to a CPU, allocates six batches of 48-byte blocks and frees them, then
-//! exits (its cache flushes them to the transfer cache as whole batches). Thread B, pinned to
+//! Thread A, pinned to a CPU, allocates six batches of 48-byte blocks, frees them and flushes
+//! its cache (`tcalloc::flush_thread_cache`: to the transfer cache, as whole batches), then
+//! exits. Thread B, pinned to
 //! the same CPU, then allocates as many: once its list has grown to a batch (slow start), each
 //! refill must be one of A's batches, handed over whole. With a shard fixed per thread, A and
 //! B (activated one after the other) had different shards on a machine of two CPUs or more,
@@ -45,6 +46,7 @@ fn a_batch_freed_on_a_cpu_goes_to_the_next_refill_there() {
             // SAFETY: as above.
             unsafe { TcAlloc.dealloc(b as *mut u8, layout()) };
         }
+        tcalloc::flush_thread_cache();
         blocks.into_iter().collect()
     })
     .join()

@@ -139,7 +139,8 @@ impl ThreadCache {
         true
     }
 
-    /// Returns everything to the central lists, leaves the registry and marks the cache dead.
+    /// Returns everything to the spans (see `central_free_list::flush_exiting`), leaves the
+    /// registry and marks the cache dead.
     ///
     /// # Safety
     /// - `cache` is the calling thread's cache and no reference into it is live.
@@ -153,9 +154,15 @@ impl ThreadCache {
             (*cache).state = State::Dead;
             for class in SizeClass::all() {
                 let c = &mut *cache;
-                let len = c.len(class);
-                c.release(class, len);
-                c.hot[class.index()].room = 0;
+                let i = class.index();
+                let head = core::mem::replace(&mut c.hot[i].head, ptr::null_mut());
+                if !head.is_null() {
+                    // The list is well formed and holds dead objects of `class` (or of the
+                    // larger classes it borrows from), linked with the process's key while
+                    // the cache is active.
+                    central_free_list::flush_exiting(head);
+                }
+                c.hot[i].room = 0;
                 c.limits[class.index()] = ListLimits::EMPTY;
             }
             (*cache).capacity = 0;
