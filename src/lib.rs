@@ -103,7 +103,8 @@ pub fn check_invariants() {
 /// batches where it can, for other threads' refills to take (as jemalloc's
 /// `thread.tcache.flush` and gperftools' `MarkThreadIdle` do): for a thread about to wait a
 /// long while. The cache stays usable; its lists grow again from slow start. A thread's cache
-/// is returned on its own when the thread exits, to the objects' spans.
+/// is returned on its own when the thread exits, to the objects' spans. (With the `per-cpu`
+/// front end, every CPU's cache is emptied as well.)
 pub fn flush_thread_cache() {
     front_end::flush_current();
 }
