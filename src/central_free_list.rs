@@ -141,8 +141,8 @@ pub unsafe fn flush(
     unsafe { release_objects(head) };
 }
 
-/// Gives back the objects of an exiting thread's list of `class`: straight to their spans,
-/// not to the transfer caches. The thread will not ask for them again, and spans whose
+/// Gives back a list of an exiting thread's cache: straight to the objects' spans, not to
+/// the transfer caches. The thread will not ask for them again, and spans whose
 /// objects are all free then go back to the page heap, where any class can reuse their pages
 /// and the release policy can give them back; kept as batches, they pinned their spans until
 /// another thread happened to want that class. (glibc-simple, whose second thread exits after

@@ -93,7 +93,7 @@ fn an_exiting_threads_cache_goes_back_to_its_spans() {
         return;
     }
     // Every block is free now: a span still held is one that a batch in a transfer cache
-    // pins, at most one span per batch.
+    // pins, at most one span per object in those batches.
     let c = class_64(&after);
     assert_eq!(c.objects_out, 0, "{after}");
     let batches_bytes = after.transfer_cache_bytes;

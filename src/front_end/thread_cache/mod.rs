@@ -34,7 +34,8 @@
 //! the allocator (glibc records the destructor with `calloc`); during that the state is
 //! `Initializing`, and re-entrant calls are served straight from the central lists. When the
 //! thread exits, the destructor returns every cached object to its span (not to the transfer
-//! caches: see `central_free_list::flush_exiting`) and marks the cache `Dead`; any later use (other thread-local destructors) goes to the central lists too.
+//! caches: see `central_free_list::flush_exiting`) and marks the cache `Dead`; any later use
+//! (other thread-local destructors) goes to the central lists too.
 //!
 //! One file per mechanism:
 //! - `mod.rs` (this file): the [`ThreadCache`] struct, its invariants and its list lengths;

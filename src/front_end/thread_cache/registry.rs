@@ -157,13 +157,13 @@ impl ThreadCache {
                 let i = class.index();
                 let head = core::mem::replace(&mut c.hot[i].head, ptr::null_mut());
                 if !head.is_null() {
-                    // The list is well formed and holds dead objects of `class` (or of the
-                    // larger classes it borrows from), linked with the process's key while
-                    // the cache is active.
+                    // SAFETY: an active cache's list is well formed, linked with the process's
+                    // key, and holds dead objects of `class` (or of the larger classes it
+                    // borrows from).
                     central_free_list::flush_exiting(head);
                 }
                 c.hot[i].room = 0;
-                c.limits[class.index()] = ListLimits::EMPTY;
+                c.limits[i] = ListLimits::EMPTY;
             }
             (*cache).capacity = 0;
             TOTAL_CACHED.fetch_sub((*cache).published_bytes.swap(0, Relaxed), Relaxed);
