@@ -42,15 +42,31 @@ use crate::span::{Length, Span, SpanKind, SpanList};
 use crate::sync::{Lock, LockGuard};
 use crate::transfer_cache;
 use core::ptr;
-use crossbeam_utils::CachePadded;
 
 /// The span side of every class, by shard and class (entry 0 unused): each thread carves from
 /// the spans of its own shard, so threads on different shards do not contend for one lock. A
-/// shard's classes lie together, so that a program that uses a few classes writes a few pages
-/// of this table, not one page per class (a class's 32 shards of 128 bytes fill one).
-static CENTRAL: [[CachePadded<Lock<CentralFreeList>>; NUM_CLASSES]; MAX_SHARDS] =
-    [const { [const { CachePadded::new(Lock::new(CentralFreeList::new())) }; NUM_CLASSES] };
-        MAX_SHARDS];
+/// shard's classes lie together on lines of 64 bytes, so that a program that uses a few
+/// classes writes a few pages of this table, not one page per class (a row of 121 classes is
+/// two pages).
+static CENTRAL: [[Line; NUM_CLASSES]; MAX_SHARDS] =
+    [const { [const { Line(Lock::new(CentralFreeList::new())) }; NUM_CLASSES] }; MAX_SHARDS];
+
+/// One class's list in one shard, alone on its cache line: two lists never share a line, so
+/// threads of different shards (or classes) do not write each other's lines. Lines of 64
+/// bytes, not the 128 that `CachePadded` pads to on x86-64 (for the adjacent-line prefetcher):
+/// the neighbours of a list are the other classes of its shard, which the same threads use,
+/// and half the size keeps a row of the table in half the pages.
+#[repr(align(64))]
+struct Line(Lock<CentralFreeList>);
+
+const _: () = assert!(size_of::<Line>() == 64);
+
+impl core::ops::Deref for Line {
+    type Target = Lock<CentralFreeList>;
+    fn deref(&self) -> &Lock<CentralFreeList> {
+        &self.0
+    }
+}
 
 /// The span side of `class` in `shard`.
 #[inline]
@@ -581,9 +597,9 @@ pub struct CentralFreeList {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct BorrowPause {
     /// Bytes of new spans to carve before the next attempt (0: try at once).
-    pause: usize,
+    pause: u32,
     /// The pause set after the last attempt (0 after one that found objects).
-    step: usize,
+    step: u32,
 }
 
 impl BorrowPause {
@@ -598,12 +614,14 @@ impl BorrowPause {
     }
 
     fn found_nothing(&mut self, span_bytes: usize) {
-        self.step = (self.step * 2).clamp(span_bytes, BORROW_PAUSE_MAX_BYTES.max(span_bytes));
+        // A span is at most 255 pages: below 4 GiB.
+        let span = span_bytes as u32;
+        self.step = (self.step * 2).clamp(span, (BORROW_PAUSE_MAX_BYTES as u32).max(span));
         self.pause = self.step;
     }
 
     fn carved(&mut self, span_bytes: usize) {
-        self.pause = self.pause.saturating_sub(span_bytes);
+        self.pause = self.pause.saturating_sub(span_bytes as u32);
     }
 }
 
@@ -951,24 +969,24 @@ mod tests {
         let mut pauses = Vec::new();
         for _ in 0..10 {
             p.found_nothing(page);
-            pauses.push(p.pause / page);
+            pauses.push(p.pause as usize / page);
             let mut spans = 0;
             while !p.may_try() {
                 p.carved(page);
                 spans += 1;
             }
-            assert_eq!(spans, p.step / page, "tried again once the pause is carved");
+            assert_eq!(spans, p.step as usize / page, "tried again once the pause is carved");
         }
         assert_eq!(pauses, [1, 2, 4, 8, 16, 32, 32, 32, 32, 32]);
         assert_eq!(32 * page, BORROW_PAUSE_MAX_BYTES);
         p.found();
         assert_eq!(p, BorrowPause::NONE);
         p.found_nothing(page);
-        assert_eq!(p.pause, page, "after a success the pause starts over");
+        assert_eq!(p.pause as usize, page, "after a success the pause starts over");
         let mut big = BorrowPause::NONE;
         big.found_nothing(2 * BORROW_PAUSE_MAX_BYTES);
         big.found_nothing(2 * BORROW_PAUSE_MAX_BYTES);
-        assert_eq!(big.pause, 2 * BORROW_PAUSE_MAX_BYTES);
+        assert_eq!(big.pause as usize, 2 * BORROW_PAUSE_MAX_BYTES);
         big.carved(2 * BORROW_PAUSE_MAX_BYTES);
         assert!(big.may_try());
     }
