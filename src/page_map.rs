@@ -17,21 +17,25 @@
 //!
 //! **The arena index.** The page heap takes its memory from one reserved region, the arena
 //! ([`ARENA_BYTES`](crate::config::ARENA_BYTES), see `page_heap`), as long as it can. For the
-//! pages of the arena two flat arrays serve C `free`'s fast path ([`arena_object`]): per page,
-//! the address of its span's first byte (a word) and 16 times the span's class (two bytes),
-//! both 0 where the page has no tag. Class 0's row of the object test passes no address, so
-//! such a page needs no test of its own. Validating a small object is then a subtraction, a
-//! compare and two independent loads from dense arrays (a few cache lines cover the pages of
-//! a heap of many megabytes), then the class's row of the object test, which stays in the
-//! cache; nothing of the span record is read, and no branch is taken for a missing leaf. The
-//! tags serve everything else (and chunks outside the arena). [`set_tags`] and [`clear_tags`]
-//! keep both in step.
+//! pages of the arena two flat arrays serve C `free`'s fast path ([`arena_object`]): per OS
+//! page (two per page), the address of its span's first byte (a word) and 16 times the span's
+//! class (two bytes), both 0 where the OS page has no tag. A span's objects are carved and
+//! tagged for `free` an OS page at a time ([`set_arena_tags`]), so that a class that uses a
+//! few objects of a page does not write its second half. Class 0's row of the object test
+//! passes no address, so such an OS page needs no test of its own. Validating a small object
+//! is then a subtraction, a compare and two independent loads from dense arrays (a few cache
+//! lines cover the pages of a heap of many megabytes), then the class's row of the object
+//! test, which stays in the cache; nothing of the span record is read, and no branch is taken
+//! for a missing leaf. The tags serve everything else (and chunks outside the arena).
+//! [`set_tags`] and [`clear_tags`] keep both in step for whole pages; an OS page whose objects
+//! are all carved before its page's are is in the index alone.
 //!
 //! Entry points: [`get`], [`lookup`], [`tag`], [`ensure`], [`set`], [`set_range`], [`clear`],
-//! [`set_tags`], [`clear_tags`], [`set_arena`], [`arena_object`]. Layers below: `size_class`
+//! [`set_tags`], [`set_arena_tags`], [`clear_tags`], [`set_arena`], [`in_arena`],
+//! [`arena_object`]. Layers below: `size_class`
 //! (the object test), `os` (for leaves), `metadata` (accounting).
 
-use crate::config::{ADDRESS_BITS, ARENA_BYTES, PAGE_SHIFT};
+use crate::config::{ADDRESS_BITS, ARENA_BYTES, OS_PAGE_SIZE, PAGE_SHIFT};
 use crate::metadata;
 use crate::os;
 use crate::size_class;
@@ -235,18 +239,47 @@ pub unsafe fn set_tags(span: *mut Span, pages: core::ops::Range<usize>, class_in
         let leaf = ROOT[i].load(Ordering::Acquire);
         // SAFETY: the caller ensured the leaf; `j < LEAF_LEN`.
         unsafe { (*leaf).tags.get_unchecked(j).store(make_tag(class_index, k), Ordering::Relaxed) };
-        if let Some(k) = arena_page(page) {
-            // A page is cleared before its span goes back to the page heap: a page run or a
-            // large block carved from it later must not pass for the old span's objects.
-            crate::diag::debug_invariant!(
-                [0, start.address()].contains(&ARENA_INDEX.starts[k].load(Ordering::Relaxed)),
-                "arena page {k} still holds another span's start"
-            );
-            ARENA_INDEX.starts[k].store(start.address(), Ordering::Relaxed);
-            ARENA_INDEX.classes[k]
-                .store((class_index << TAG_CLASS_SHIFT) as u16, Ordering::Relaxed);
+        if let Some(first) = arena_slot(page.address()) {
+            for slot in first..first + SLOTS_PER_PAGE {
+                set_slot(slot, start.address(), class_index);
+            }
         }
     }
+}
+
+/// Sets the arena index's entries of the OS pages `os_pages` of `span` (indices of
+/// [`OS_PAGE_SIZE`] from its first byte) to its start and class `class_index`, and leaves its
+/// tags alone: the arena's pages are validated an OS page at a time (see [`arena_object`]).
+/// Nothing for a span outside the arena.
+///
+/// # Safety
+/// - `span` is a live record of a span of small objects of `class_index`; the OS pages lie
+///   inside it.
+pub unsafe fn set_arena_tags(
+    span: *mut Span,
+    os_pages: core::ops::Range<usize>,
+    class_index: usize,
+) {
+    crate::diag::debug_invariant!(class_index != 0 && class_index < 256);
+    // SAFETY: per the caller.
+    let start = unsafe { (*span).start_address() };
+    if let Some(first) = arena_slot(start) {
+        for slot in os_pages {
+            set_slot(first + slot, start, class_index);
+        }
+    }
+}
+
+/// Sets entry `slot` of the arena index.
+fn set_slot(slot: usize, start: usize, class_index: usize) {
+    // A page is cleared before its span goes back to the page heap: a page run or a large
+    // block carved from it later must not pass for the old span's objects.
+    crate::diag::debug_invariant!(
+        [0, start].contains(&ARENA_INDEX.starts[slot].load(Ordering::Relaxed)),
+        "arena OS page {slot} still holds another span's start"
+    );
+    ARENA_INDEX.starts[slot].store(start, Ordering::Relaxed);
+    ARENA_INDEX.classes[slot].store((class_index << TAG_CLASS_SHIFT) as u16, Ordering::Relaxed);
 }
 
 /// Clears the tags of `[start, start + pages)` (and their entries in the arena index).
@@ -260,15 +293,25 @@ pub unsafe fn clear_tags(start: PageId, pages: Length) {
         let leaf = ROOT[i].load(Ordering::Acquire);
         // SAFETY: the caller ensured the leaf; `j < LEAF_LEN`.
         unsafe { (*leaf).tags.get_unchecked(j).store(0, Ordering::Relaxed) };
-        if let Some(k) = arena_page(page) {
-            ARENA_INDEX.classes[k].store(0, Ordering::Relaxed);
-            ARENA_INDEX.starts[k].store(0, Ordering::Relaxed);
+        if let Some(first) = arena_slot(page.address()) {
+            for slot in first..first + SLOTS_PER_PAGE {
+                ARENA_INDEX.classes[slot].store(0, Ordering::Relaxed);
+                ARENA_INDEX.starts[slot].store(0, Ordering::Relaxed);
+            }
         }
     }
 }
 
-/// Pages in the arena, and entries in its index.
-const ARENA_PAGES: usize = ARENA_BYTES >> PAGE_SHIFT;
+/// The arena index has an entry per OS page ([`OS_PAGE_SIZE`]), two per page: a span's page
+/// is carved and validated an OS page at a time (`central_free_list::complete_page`), so that
+/// a class whose few objects lie in the first half of a page does not write the second half.
+const SLOT_SHIFT: u32 = OS_PAGE_SIZE.trailing_zeros();
+
+/// Entries in the arena index per page.
+pub const SLOTS_PER_PAGE: usize = 1 << (PAGE_SHIFT - SLOT_SHIFT as usize);
+
+/// OS pages in the arena, and entries in its index.
+const ARENA_SLOTS: usize = ARENA_BYTES >> SLOT_SHIFT;
 
 /// The arena's first address, negated (wrapping), so that [`arena_object`] can add the address
 /// to the register the compiler loads it into (it does not fold an atomic load into
@@ -281,18 +324,18 @@ fn arena_start() -> usize {
     ARENA_BASE_NEG.load(Ordering::Relaxed).wrapping_neg()
 }
 
-/// The arena index (see the module docs): for page `k` of the arena, the first address of its
-/// span and 16 times the span's class, both 0 for a page that is not tagged. One static, so
+/// The arena index (see the module docs): for OS page `k` of the arena, the first address of
+/// its span and 16 times the span's class, both 0 for an OS page that is not tagged. One static, so
 /// that `free` reaches both arrays from one base address.
 #[repr(C)]
 struct ArenaIndex {
-    starts: [AtomicUsize; ARENA_PAGES],
-    classes: [AtomicU16; ARENA_PAGES],
+    starts: [AtomicUsize; ARENA_SLOTS],
+    classes: [AtomicU16; ARENA_SLOTS],
 }
 
 static ARENA_INDEX: ArenaIndex = ArenaIndex {
-    starts: [const { AtomicUsize::new(0) }; ARENA_PAGES],
-    classes: [const { AtomicU16::new(0) }; ARENA_PAGES],
+    starts: [const { AtomicUsize::new(0) }; ARENA_SLOTS],
+    classes: [const { AtomicU16::new(0) }; ARENA_SLOTS],
 };
 
 const _: () = assert!(256 << TAG_CLASS_SHIFT <= u16::MAX as usize);
@@ -311,18 +354,18 @@ pub fn arena_base() -> usize {
     arena_start()
 }
 
-/// Whether `page` lies in the arena.
-fn in_arena(page: PageId) -> bool {
+/// Whether `address` lies in the arena.
+pub fn in_arena(address: usize) -> bool {
     let base = arena_start();
-    base != 0 && page.address().wrapping_sub(base) < ARENA_BYTES
+    base != 0 && address.wrapping_sub(base) < ARENA_BYTES
 }
 
-/// The arena index's entry for `page`, if it lies in the arena.
-fn arena_page(page: PageId) -> Option<usize> {
-    if !in_arena(page) {
+/// The arena index's entry for the OS page of `address`, if it lies in the arena.
+fn arena_slot(address: usize) -> Option<usize> {
+    if !in_arena(address) {
         return None;
     }
-    Some((page.address() - arena_start()) >> PAGE_SHIFT)
+    Some((address - arena_start()) >> SLOT_SHIFT)
 }
 
 /// C `free`'s validation of `address` in the arena: 16 times its class if it is the start of
@@ -332,10 +375,10 @@ fn arena_page(page: PageId) -> Option<usize> {
 /// recorded, whose class 0 passes no address.
 #[inline(always)]
 pub fn arena_object(address: usize) -> Option<usize> {
-    let k = address.wrapping_add(ARENA_BASE_NEG.load(Ordering::Relaxed)) >> PAGE_SHIFT;
+    let k = address.wrapping_add(ARENA_BASE_NEG.load(Ordering::Relaxed)) >> SLOT_SHIFT;
     // The index's last entry is never read: against a bound that is not a power of two, the
-    // test is one compare of `k`, which the page number needs anyway.
-    if k >= ARENA_PAGES - 1 {
+    // test is one compare of `k`, which the OS page number needs anyway.
+    if k >= ARENA_SLOTS - 1 {
         return None;
     }
     // The entries are read with plain loads, which the compiler folds into the arithmetic (it
@@ -347,8 +390,8 @@ pub fn arena_object(address: usize) -> Option<usize> {
     //   span is reused, which C leaves undefined): the mix takes or rejects the pointer, as a
     //   stale tag would (a start of 0 with a class passes an address only by chance, about
     //   one in 2^43);
-    // - for an object on a page that is tagged after the object was handed out (its span
-    //   carves the rest of the page: `central_free_list::complete_page`, or another batch):
+    // - for an object on an OS page that is tagged after the object was handed out (its span
+    //   carves the rest of it: `central_free_list::complete_page`, or another batch):
     //   the entries go from 0 to the span's own start and class, and a span's pages were
     //   cleared before the span was last given back (under the page heap's lock), so every
     //   mix has class 0 (rejected: the slow path, which takes the list's lock) or the right
@@ -356,15 +399,15 @@ pub fn arena_object(address: usize) -> Option<usize> {
     //   path;
     // - for the one block of a span that grows in place (`regrow_span`; the start stays, the
     //   class changes), which its owner is reallocating, not freeing.
-    // SAFETY: `k < ARENA_PAGES`; the pointers are to fields of a static.
+    // SAFETY: `k < ARENA_SLOTS`; the pointers are to fields of a static.
     let (start, scaled_class) = unsafe {
         (
             *ARENA_INDEX.starts.get_unchecked(k).as_ptr(),
             *ARENA_INDEX.classes.get_unchecked(k).as_ptr() as usize,
         )
     };
-    // SAFETY: `scaled_class` is 16 times a class below `NUM_CLASSES`, or 0, as `set_tags` and
-    // `clear_tags` store it. (The offset from a span's start to an address on one of its pages
+    // SAFETY: `scaled_class` is 16 times a class below `NUM_CLASSES`, or 0, as `set_tags`,
+    // `set_arena_tags` and `clear_tags` store it. (The offset from a span's start to an address on one of its pages
     // is below 256 pages, `OBJECT_CHECK_RANGE`, where the test is exact.)
     if unsafe { size_class::row_passes(scaled_class, address.wrapping_sub(start)) } {
         Some(scaled_class)

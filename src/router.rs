@@ -208,11 +208,15 @@ fn small_object(ptr: *mut u8) -> Option<SizeClass> {
 }
 
 /// 16 times the class of `ptr` if it is the start of an object in a span of small objects,
-/// else 0: one page-map load (the page's tag) and arithmetic, no read of any span record. The
-/// scaled class is what the tables `free` reads next are indexed with.
+/// else 0: in the arena, two loads from its index; elsewhere one page-map load (the page's
+/// tag); then arithmetic, no read of any span record. The scaled class is what the tables
+/// `free` reads next are indexed with.
 #[inline(always)]
 fn small_object_scaled(ptr: *mut u8) -> usize {
     let address = ptr as usize;
+    if let Some(scaled) = page_map::arena_object(address) {
+        return scaled;
+    }
     let tag = page_map::tag(address) as usize;
     // The class index times 16 (`page_map::Tag`), 0 for no class.
     let scaled_class = tag & (PAGE_SIZE - 1);
@@ -227,6 +231,12 @@ fn small_object_scaled(ptr: *mut u8) -> usize {
     } else {
         0
     }
+}
+
+/// 16 times `class`: its row in the tables `free` reads (as a page's tag holds it).
+#[inline(always)]
+fn scaled_of(class: SizeClass) -> usize {
+    class.index() << page_map::TAG_CLASS_SHIFT
 }
 
 /// Classifies `ptr`, which may be any value.
@@ -249,9 +259,9 @@ pub fn resolve(ptr: *mut u8) -> Block {
     // field read here is atomic.
     let s = unsafe { &*span };
     match s.kind() {
-        // An object on a page of its span not carved whole yet: tagged once completed.
-        SpanKind::Small if central_free_list::complete_page(ptr) => {
-            small_object(ptr).map_or(Block::Invalid, Block::Small)
+        // An object on a page of its span not carved whole yet: validated by the span.
+        SpanKind::Small => {
+            central_free_list::complete_page(ptr).map_or(Block::Invalid, Block::Small)
         }
         SpanKind::PageRun if s.start_address() == address => Block::PageRun,
         SpanKind::Large if s.block() == address => Block::Large,
@@ -299,8 +309,7 @@ fn was_freed(ptr: *mut u8) -> bool {
 #[inline]
 unsafe fn check_sized_free(ptr: *mut u8, size: usize, align: usize) {
     let Some(class) = class_for(size, align) else { return };
-    let found = small_object(ptr)
-        .or_else(|| central_free_list::complete_page(ptr).then(|| small_object(ptr)).flatten());
+    let found = small_object(ptr).or_else(|| central_free_list::complete_page(ptr));
     let Some(found) = found else { bad_pointer("dealloc", ptr) };
     check_layout(class, found, ptr, size, align);
 }
@@ -338,10 +347,9 @@ fn layout_mismatch(found: SizeClass, ptr: *mut u8, size: usize, align: usize) ->
 #[inline(always)]
 unsafe fn hardened_small_object(ptr: *mut u8, size: usize, align: usize) -> Option<usize> {
     let class = class_for(size, align)?;
-    let mut scaled =
-        page_map::arena_object(ptr as usize).unwrap_or_else(|| small_object_scaled(ptr));
-    if scaled == 0 && central_free_list::complete_page(ptr) {
-        scaled = small_object_scaled(ptr);
+    let mut scaled = small_object_scaled(ptr);
+    if scaled == 0 {
+        scaled = central_free_list::complete_page(ptr).map_or(0, scaled_of);
     }
     if scaled == 0 {
         bad_pointer("dealloc", ptr);
@@ -523,12 +531,9 @@ unsafe extern "C" fn free_other(ptr: *mut u8, caller: &'static str) {
         // SAFETY: validated, dead per the caller (or caught as free).
         return unsafe { front_end::dealloc_checked(ptr, scaled_class, caller) };
     }
-    if central_free_list::complete_page(ptr) {
-        let scaled_class = small_object_scaled(ptr);
-        if scaled_class != 0 {
-            // SAFETY: validated, dead per the caller (or caught as free).
-            return unsafe { front_end::dealloc_checked(ptr, scaled_class, caller) };
-        }
+    if let Some(class) = central_free_list::complete_page(ptr) {
+        // SAFETY: validated, dead per the caller (or caught as free).
+        return unsafe { front_end::dealloc_checked(ptr, scaled_of(class), caller) };
     }
     // SAFETY: per the caller.
     unsafe { free_span_block(ptr, caller) }

@@ -19,6 +19,10 @@
  *   twice        frees a block of each of a few sizes (and one of every small size) and
  *                frees the first of them again.
  *   stats        mallocs and frees a few blocks, then prints malloc_stats() (on stderr).
+ *   half-page    mallocs and frees the first block of a class that nothing allocated before
+ *                (1152-byte objects, seven to a page of 8 KiB), then prints the class, the
+ *                block's offset in its page and whether each of the page's two OS pages is
+ *                resident (mincore).
  *
  * With PROBE_FILL_MB=n in the environment, n MiB of 64-byte blocks are allocated (and kept)
  * first: enough to use up a small arena, so that the probe's own blocks come from chunks
@@ -35,6 +39,7 @@
 #include <unistd.h>
 #include <fcntl.h>
 #include <errno.h>
+#include <sys/mman.h>
 
 static void *opaque(void *p) {
     __asm__ volatile("" : "+r"(p) : : "memory");
@@ -241,6 +246,21 @@ static int stats(void) {
     return 0;
 }
 
+static int half_page(void) {
+    char *p = opaque(malloc(1100));
+    size_t class = malloc_usable_size(p);
+    free(opaque(p));
+    unsigned char resident[2];
+    char *first = (char *)((uintptr_t)p & ~(uintptr_t)8191);
+    if (mincore(first, 8192, resident) != 0) {
+        perror("mincore");
+        return 2;
+    }
+    printf("class %zu offset %lu resident %d %d\n", class, (unsigned long)(p - first),
+           resident[0] & 1, resident[1] & 1);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
     const char *fill = getenv("PROBE_FILL_MB");
@@ -260,6 +280,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "written")) return written();
     if (!strcmp(mode, "twice")) return twice();
     if (!strcmp(mode, "stats")) return stats();
+    if (!strcmp(mode, "half-page")) return half_page();
     fprintf(stderr, "unknown mode %s\n", mode);
     return 2;
 }
