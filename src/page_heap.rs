@@ -754,6 +754,13 @@ mod arena {
     /// The smallest arena worth reserving: 16 chunks.
     const MIN_ARENA_BYTES: usize = 16 * HEAP_GROWTH_BYTES;
 
+    /// The arena's first chunk is never taken: it stays reserved and inaccessible, a guard
+    /// below the heap. The kernel places the mappings made after the reservation (the page
+    /// map's leaves, metadata) right below it, so without the guard a write 1 MiB below one
+    /// of the first blocks (mimalloc-bench's `one_mbyte_underflow`) went silently into the
+    /// page map; with it, it faults.
+    const GUARD_BYTES: usize = HEAP_GROWTH_BYTES;
+
     impl Arena {
         pub const fn new(enabled: bool) -> Arena {
             Arena { enabled, tried: false, base: 0, next: 0, end: 0 }
@@ -796,7 +803,7 @@ mod arena {
                     let base = base.as_ptr() as usize;
                     page_map::set_arena(base);
                     self.base = base;
-                    self.next = base;
+                    self.next = base + GUARD_BYTES;
                     self.end = base + len;
                     return;
                 }
@@ -807,7 +814,8 @@ mod arena {
         /// Bytes of address space reserved for the arena (0 without one), and bytes of it
         /// the heap took.
         pub fn bytes(&self) -> (usize, usize) {
-            (self.end - self.base, self.next - self.base)
+            let taken = if self.base == 0 { 0 } else { self.next - self.base - GUARD_BYTES };
+            (self.end - self.base, taken)
         }
 
         /// Gives back the chunk that [`take`](Self::take) returned last, which was never

@@ -19,6 +19,9 @@
  *   twice        frees a block of each of a few sizes (and one of every small size) and
  *                frees the first of them again.
  *   stats        mallocs and frees a few blocks, then prints malloc_stats() (on stderr).
+ *   below        mallocs one small block and prints what lies right below the mapping that
+ *                holds it (/proc/self/maps): "below ---p <KiB>" for an inaccessible mapping
+ *                adjacent to it, "below rw-p <KiB>" for another one, "below none" for a gap.
  *   half-page    mallocs and frees the first block of a class that nothing allocated before
  *                (1152-byte objects, seven to a page of 8 KiB), then prints the class, the
  *                block's offset in its page and whether each of the page's two OS pages is
@@ -246,6 +249,33 @@ static int stats(void) {
     return 0;
 }
 
+static int below(void) {
+    uintptr_t p = (uintptr_t)opaque(malloc(8));
+    FILE *maps = fopen("/proc/self/maps", "r");
+    if (!maps) return 2;
+    char line[512];
+    unsigned long start, end, holder = 0, prev_start = 0, prev_end = 0;
+    char perms[8], prev_perms[8] = "";
+    while (fgets(line, sizeof line, maps)) {
+        if (sscanf(line, "%lx-%lx %7s", &start, &end, perms) != 3) continue;
+        if (start <= p && p < end) {
+            holder = start;
+            break;
+        }
+        prev_start = start;
+        prev_end = end;
+        strcpy(prev_perms, perms);
+    }
+    fclose(maps);
+    if (!holder) return 2;
+    if (prev_end != holder) {
+        printf("below none\n");
+    } else {
+        printf("below %s %lu\n", prev_perms, (prev_end - prev_start) >> 10);
+    }
+    return 0;
+}
+
 static int half_page(void) {
     char *p = opaque(malloc(1100));
     size_t class = malloc_usable_size(p);
@@ -281,6 +311,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "twice")) return twice();
     if (!strcmp(mode, "stats")) return stats();
     if (!strcmp(mode, "half-page")) return half_page();
+    if (!strcmp(mode, "below")) return below();
     fprintf(stderr, "unknown mode %s\n", mode);
     return 2;
 }
