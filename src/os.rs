@@ -68,6 +68,39 @@ pub fn reserve(len: usize, align: usize) -> Option<NonNull<u8>> {
     trim_to(len, align, NonNull::new(p.cast())?)
 }
 
+/// Maps `len` bytes readable only: zero pages, with no memory and (as the mapping is not
+/// writable) no overcommit charge behind them, until [`make_writable`] opens parts of it.
+pub fn map_readable(len: usize) -> Option<NonNull<u8>> {
+    crate::diag::debug_invariant!(len != 0 && len % OS_PAGE_SIZE == 0, "os::map_readable({len})");
+    // SAFETY: as in `map`.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        None
+    } else {
+        NonNull::new(p.cast())
+    }
+}
+
+/// Opens `[p, p + len)` of a [`map_readable`] mapping for writing too (what it held stays);
+/// false when the kernel refuses (under strict overcommit, the charge for it).
+///
+/// # Safety
+/// - `[p, p + len)` is page-aligned and lies in a mapping that [`map_readable`] returned.
+pub unsafe fn make_writable(p: *mut u8, len: usize) -> bool {
+    crate::diag::debug_invariant!(p as usize % OS_PAGE_SIZE == 0 && len % OS_PAGE_SIZE == 0);
+    // SAFETY: per the caller, the range is ours; its contents stay.
+    unsafe { libc::mprotect(p.cast(), len, libc::PROT_READ | libc::PROT_WRITE) == 0 }
+}
+
 /// Opens `[p, p + len)` of a [`reserve`]d range for reading and writing (zeroed memory, as
 /// from [`map`]); false when the kernel refuses. The range keeps the reservation's
 /// `MAP_NORESERVE`, so unlike [`map`]'s memory it is charged to the overcommit account only

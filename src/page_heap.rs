@@ -780,6 +780,10 @@ mod arena {
                 return None;
             }
             let chunk = self.next as *mut u8;
+            // The chunk's entries in the arena index are opened first: its spans write them.
+            if !page_map::open_arena_index(self.next, bytes) {
+                return None;
+            }
             // SAFETY: the range lies in the reservation, after every chunk taken so far.
             if !unsafe { os::commit(chunk, bytes) } {
                 return None;
@@ -799,9 +803,14 @@ mod arena {
                 len /= 2;
             }
             while len >= MIN_ARENA_BYTES {
-                if let Some(base) = os::reserve(len, HEAP_GROWTH_BYTES) {
-                    let base = base.as_ptr() as usize;
-                    page_map::set_arena(base);
+                if let Some(reserved) = os::reserve(len, HEAP_GROWTH_BYTES) {
+                    let base = reserved.as_ptr() as usize;
+                    if !page_map::set_arena(base, len) {
+                        // No index: no arena either.
+                        // SAFETY: the reservation just made, which nothing uses.
+                        unsafe { os::unmap(reserved.as_ptr(), len) };
+                        return;
+                    }
                     self.base = base;
                     self.next = base + GUARD_BYTES;
                     self.end = base + len;

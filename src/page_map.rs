@@ -17,9 +17,10 @@
 //!
 //! **The arena index.** The page heap takes its memory from one reserved region, the arena
 //! ([`ARENA_BYTES`](crate::config::ARENA_BYTES), see `page_heap`), as long as it can. For the
-//! pages of the arena two flat arrays serve C `free`'s fast path ([`arena_object`]): per OS
-//! page (two per page), the address of its span's first byte (a word) and 16 times the span's
-//! class (two bytes), both 0 where the OS page has no tag. A span's objects are carved and
+//! pages of the arena two flat arrays, one mapping made with the arena ([`set_arena`]), serve
+//! C `free`'s fast path ([`arena_object`]): per OS page (two per page), the address of its
+//! span's first byte (a word) and 16 times the span's class (two bytes), both 0 where the OS
+//! page has no tag. A span's objects are carved and
 //! tagged for `free` an OS page at a time ([`set_arena_tags`]), so that a class that uses a
 //! few objects of a page does not write its second half. Class 0's row of the object test
 //! passes no address, so such an OS page needs no test of its own. Validating a small object
@@ -31,8 +32,8 @@
 //! are all carved before its page's are is in the index alone.
 //!
 //! Entry points: [`get`], [`lookup`], [`tag`], [`ensure`], [`set`], [`set_range`], [`clear`],
-//! [`set_tags`], [`set_arena_tags`], [`clear_tags`], [`set_arena`], [`in_arena`],
-//! [`arena_object`]. Layers below: `size_class`
+//! [`set_tags`], [`set_arena_tags`], [`clear_tags`], [`set_arena`], [`open_arena_index`],
+//! [`in_arena`], [`arena_object`]. Layers below: `size_class`
 //! (the object test), `os` (for leaves), `metadata` (accounting).
 
 use crate::config::{ADDRESS_BITS, ARENA_BYTES, OS_PAGE_SIZE, PAGE_SHIFT};
@@ -275,11 +276,15 @@ fn set_slot(slot: usize, start: usize, class_index: usize) {
     // A page is cleared before its span goes back to the page heap: a page run or a large
     // block carved from it later must not pass for the old span's objects.
     crate::diag::debug_invariant!(
-        [0, start].contains(&ARENA_INDEX.starts[slot].load(Ordering::Relaxed)),
+        // SAFETY: an entry of the arena (`arena_slot`), in a chunk the heap took: open.
+        [0, start].contains(&unsafe { start_entry(slot) }.load(Ordering::Relaxed)),
         "arena OS page {slot} still holds another span's start"
     );
-    ARENA_INDEX.starts[slot].store(start, Ordering::Relaxed);
-    ARENA_INDEX.classes[slot].store((class_index << TAG_CLASS_SHIFT) as u16, Ordering::Relaxed);
+    // SAFETY: as above.
+    unsafe {
+        start_entry(slot).store(start, Ordering::Relaxed);
+        class_entry(slot).store((class_index << TAG_CLASS_SHIFT) as u16, Ordering::Relaxed);
+    }
 }
 
 /// Clears the tags of `[start, start + pages)` (and their entries in the arena index).
@@ -295,8 +300,11 @@ pub unsafe fn clear_tags(start: PageId, pages: Length) {
         unsafe { (*leaf).tags.get_unchecked(j).store(0, Ordering::Relaxed) };
         if let Some(first) = arena_slot(page.address()) {
             for slot in first..first + SLOTS_PER_PAGE {
-                ARENA_INDEX.classes[slot].store(0, Ordering::Relaxed);
-                ARENA_INDEX.starts[slot].store(0, Ordering::Relaxed);
+                // SAFETY: an entry of the arena, in a chunk the heap took: open.
+                unsafe {
+                    class_entry(slot).store(0, Ordering::Relaxed);
+                    start_entry(slot).store(0, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -315,37 +323,91 @@ const ARENA_SLOTS: usize = ARENA_BYTES >> SLOT_SHIFT;
 
 /// The arena's first address, negated (wrapping), so that [`arena_object`] can add the address
 /// to the register the compiler loads it into (it does not fold an atomic load into
-/// arithmetic); 0 until [`set_arena`] (every address then maps to an index entry that is never
-/// set, or beyond the index).
+/// arithmetic); 0 until [`set_arena`].
 static ARENA_BASE_NEG: AtomicUsize = AtomicUsize::new(0);
+
+/// The arena's length in bytes (0 until [`set_arena`]).
+static ARENA_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// The entries of the arena index [`arena_object`] may read: one fewer than the arena's OS
+/// pages (0 until [`set_arena`], so that every address is rejected before the index exists).
+static INDEX_LIMIT: AtomicUsize = AtomicUsize::new(0);
+
+/// The arena index (see the module docs), mapped by [`set_arena`]: for OS page `k` of the
+/// arena, the first address of its span (a word at `k * 8`) and 16 times the span's class
+/// (two bytes at [`CLASSES_OFFSET`]` + k * 2`), both 0 for an OS page that is not tagged. One
+/// mapping, so that `free` reaches both arrays from one base address, and the classes at a
+/// fixed offset, which the compiler folds into the load. It is mapped readable only (zero
+/// pages, no memory and no overcommit charge behind them), and the entries of each chunk of
+/// the arena are opened for writing when the heap takes the chunk ([`open_arena_index`]):
+/// only those are ever written.
+static INDEX: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
+
+/// Where the classes start in the arena index: after the starts of the largest arena.
+const CLASSES_OFFSET: usize = ARENA_SLOTS * size_of::<usize>();
+
+/// The arena index's bytes.
+const INDEX_BYTES: usize = CLASSES_OFFSET + ARENA_SLOTS * size_of::<u16>();
+
+const _: () = assert!(256 << TAG_CLASS_SHIFT <= u16::MAX as usize);
 
 /// The arena's first address (0 before [`set_arena`]).
 fn arena_start() -> usize {
     ARENA_BASE_NEG.load(Ordering::Relaxed).wrapping_neg()
 }
 
-/// The arena index (see the module docs): for OS page `k` of the arena, the first address of
-/// its span and 16 times the span's class, both 0 for an OS page that is not tagged. One static, so
-/// that `free` reaches both arrays from one base address.
-#[repr(C)]
-struct ArenaIndex {
-    starts: [AtomicUsize; ARENA_SLOTS],
-    classes: [AtomicU16; ARENA_SLOTS],
+/// The start entry of OS page `slot` of the arena.
+///
+/// # Safety
+/// - [`set_arena`] succeeded and `slot` lies in the arena.
+unsafe fn start_entry(slot: usize) -> &'static AtomicUsize {
+    // SAFETY: per the caller, the index is mapped and the entry inside it, and never unmapped.
+    unsafe { &*INDEX.load(Ordering::Relaxed).cast::<AtomicUsize>().add(slot) }
 }
 
-static ARENA_INDEX: ArenaIndex = ArenaIndex {
-    starts: [const { AtomicUsize::new(0) }; ARENA_SLOTS],
-    classes: [const { AtomicU16::new(0) }; ARENA_SLOTS],
-};
+/// The class entry of OS page `slot` of the arena.
+///
+/// # Safety
+/// - as for [`start_entry`].
+unsafe fn class_entry(slot: usize) -> &'static AtomicU16 {
+    // SAFETY: as above.
+    unsafe { &*INDEX.load(Ordering::Relaxed).add(CLASSES_OFFSET).cast::<AtomicU16>().add(slot) }
+}
 
-const _: () = assert!(256 << TAG_CLASS_SHIFT <= u16::MAX as usize);
-
-/// Records `base` (aligned to a page) as the start of the arena, once, before any of its pages
-/// is tagged.
-pub fn set_arena(base: usize) {
+/// Records `[base, base + len)` (aligned to a page, at most [`ARENA_BYTES`]) as the arena,
+/// once, before any of its pages is tagged, and maps its index. False when the index cannot
+/// be mapped: the caller then goes without an arena.
+pub fn set_arena(base: usize, len: usize) -> bool {
     crate::diag::debug_invariant!(base % (1 << PAGE_SHIFT) == 0 && base != 0);
+    crate::diag::debug_invariant!(len <= ARENA_BYTES && len % (1 << PAGE_SHIFT) == 0);
     crate::diag::debug_invariant!(arena_start() == 0, "arena set twice");
+    let Some(index) = os::map_readable(INDEX_BYTES) else { return false };
+    INDEX.store(index.as_ptr(), Ordering::Relaxed);
+    ARENA_LEN.store(len, Ordering::Relaxed);
     ARENA_BASE_NEG.store(base.wrapping_neg(), Ordering::Relaxed);
+    // Last: `arena_object` reads the index only below the limit (its loads depend on this one
+    // through the bound test, and the index's zero pages are readable from the start).
+    INDEX_LIMIT.store((len >> SLOT_SHIFT) - 1, Ordering::Release);
+    true
+}
+
+/// Opens the arena index's entries of `[chunk, chunk + len)`, a chunk of the arena that the
+/// heap takes, for writing; false when the kernel refuses (the heap then does not take it).
+pub fn open_arena_index(chunk: usize, len: usize) -> bool {
+    let Some(first) = arena_slot(chunk) else { return false };
+    let slots = len >> SLOT_SHIFT;
+    let index = INDEX.load(Ordering::Relaxed) as usize;
+    let open = |from: usize, to: usize| {
+        let from = from & !(OS_PAGE_SIZE - 1);
+        let to = to.next_multiple_of(OS_PAGE_SIZE);
+        // SAFETY: a page-aligned range inside the index's mapping, which only this module
+        // writes, and only through entries opened here.
+        unsafe { os::make_writable(from as *mut u8, to - from) }
+    };
+    let starts = index + first * size_of::<usize>();
+    let classes = index + CLASSES_OFFSET + first * size_of::<u16>();
+    open(starts, starts + slots * size_of::<usize>())
+        && open(classes, classes + slots * size_of::<u16>())
 }
 
 /// The arena's first address (0 before the page heap reserved it), for tests.
@@ -357,7 +419,7 @@ pub fn arena_base() -> usize {
 /// Whether `address` lies in the arena.
 pub fn in_arena(address: usize) -> bool {
     let base = arena_start();
-    base != 0 && address.wrapping_sub(base) < ARENA_BYTES
+    base != 0 && address.wrapping_sub(base) < ARENA_LEN.load(Ordering::Relaxed)
 }
 
 /// The arena index's entry for the OS page of `address`, if it lies in the arena.
@@ -377,8 +439,12 @@ fn arena_slot(address: usize) -> Option<usize> {
 pub fn arena_object(address: usize) -> Option<usize> {
     let k = address.wrapping_add(ARENA_BASE_NEG.load(Ordering::Relaxed)) >> SLOT_SHIFT;
     // The index's last entry is never read: against a bound that is not a power of two, the
-    // test is one compare of `k`, which the OS page number needs anyway.
-    if k >= ARENA_SLOTS - 1 {
+    // test is one compare of `k` (with the limit in memory), which the OS page number needs
+    // anyway. The limit is 0 until the index is mapped, and set once after it (a plain load,
+    // which the compiler folds into the compare, as the entries' below; it changes only from
+    // 0, once, and either value gives a safe answer).
+    // SAFETY: a word-aligned static, read whole.
+    if k >= unsafe { *INDEX_LIMIT.as_ptr() } {
         return None;
     }
     // The entries are read with plain loads, which the compiler folds into the arithmetic (it
@@ -399,12 +465,11 @@ pub fn arena_object(address: usize) -> Option<usize> {
     //   path;
     // - for the one block of a span that grows in place (`regrow_span`; the start stays, the
     //   class changes), which its owner is reallocating, not freeing.
-    // SAFETY: `k < ARENA_SLOTS`; the pointers are to fields of a static.
+    let index = INDEX.load(Ordering::Relaxed);
+    // SAFETY: `k` is below the limit, so the index is mapped (`set_arena` stored the pointer
+    // before the limit) and both entries lie in it.
     let (start, scaled_class) = unsafe {
-        (
-            *ARENA_INDEX.starts.get_unchecked(k).as_ptr(),
-            *ARENA_INDEX.classes.get_unchecked(k).as_ptr() as usize,
-        )
+        (*index.cast::<usize>().add(k), *index.add(CLASSES_OFFSET).cast::<u16>().add(k) as usize)
     };
     // SAFETY: `scaled_class` is 16 times a class below `NUM_CLASSES`, or 0, as `set_tags`,
     // `set_arena_tags` and `clear_tags` store it. (The offset from a span's start to an address on one of its pages

@@ -448,6 +448,20 @@ fn the_paths_every_program_runs_lie_in_front_of_the_rest_of_tcalloc() {
 }
 
 #[test]
+fn the_library_keeps_no_big_zeroed_tables_of_its_own() {
+    // The arena index (a word and two bytes per OS page of a 32 GiB arena: 80 MiB) is mapped
+    // readable only when the arena is reserved, and each chunk's entries are opened for
+    // writing when the heap takes the chunk. As a static it was 40 MiB (80 MiB with entries
+    // per OS page) of the library's zero-initialised data, which the loader maps writable in
+    // every process: charged in full under strict overcommit (`vm.overcommit_memory = 2`) and
+    // counted against `RLIMIT_AS` whether or not the process ever allocates.
+    let elf = std::fs::read(library()).expect("read libtcalloc.so");
+    let (sections, _) = elf_layout(&elf);
+    let bss = sections.iter().find(|s| s.name == ".bss").expect("a .bss section");
+    assert!(bss.size < 4 << 20, ".bss is {} KiB", bss.size >> 10);
+}
+
+#[test]
 fn start_up_runs_no_libc_wrapper_that_a_program_leaves_unmapped() {
     // The kernel maps libc's code into a process a 64 KiB window at a time, so every libc
     // function tcalloc calls at start-up costs that much resident memory unless the program
