@@ -16,14 +16,20 @@ use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 /// as it does for glibc's `malloc`.
 pub fn map(len: usize) -> Option<NonNull<u8>> {
     crate::diag::debug_invariant!(len != 0 && len % OS_PAGE_SIZE == 0, "os::map({len})");
+    map_anonymous(len, libc::PROT_READ | libc::PROT_WRITE, 0)
+}
+
+/// A private anonymous mapping of `len` bytes with protection `prot` and the extra `flags`, at
+/// an address of the kernel's choosing.
+fn map_anonymous(len: usize, prot: libc::c_int, flags: libc::c_int) -> Option<NonNull<u8>> {
     // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
     // existing memory.
     let p = unsafe {
         libc::mmap(
             ptr::null_mut(),
             len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags,
             -1,
             0,
         )
@@ -51,43 +57,14 @@ pub fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
 pub fn reserve(len: usize, align: usize) -> Option<NonNull<u8>> {
     crate::diag::debug_invariant!(align.is_power_of_two() && align >= OS_PAGE_SIZE);
     let total = len.checked_add(align)?;
-    // SAFETY: as in `map`; the mapping is inaccessible.
-    let p = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            total,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return None;
-    }
-    trim_to(len, align, NonNull::new(p.cast())?)
+    trim_to(len, align, map_anonymous(total, libc::PROT_NONE, libc::MAP_NORESERVE)?)
 }
 
 /// Maps `len` bytes readable only: zero pages, with no memory and (as the mapping is not
 /// writable) no overcommit charge behind them, until [`make_writable`] opens parts of it.
 pub fn map_readable(len: usize) -> Option<NonNull<u8>> {
     crate::diag::debug_invariant!(len != 0 && len % OS_PAGE_SIZE == 0, "os::map_readable({len})");
-    // SAFETY: as in `map`.
-    let p = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        None
-    } else {
-        NonNull::new(p.cast())
-    }
+    map_anonymous(len, libc::PROT_READ, libc::MAP_NORESERVE)
 }
 
 /// Opens `[p, p + len)` of a [`map_readable`] mapping for writing too (what it held stays);
