@@ -20,21 +20,21 @@
 //! pages of the arena two flat arrays, one mapping made with the arena ([`set_arena`]), serve
 //! C `free`'s fast path ([`arena_object`]): per OS page (two per page), the address of its
 //! span's first byte (a word) and 16 times the span's class (two bytes), both 0 where the OS
-//! page has no tag. A span's objects are carved and
-//! tagged for `free` an OS page at a time ([`set_arena_tags`]), so that a class that uses a
-//! few objects of a page does not write its second half. Class 0's row of the object test
-//! passes no address, so such an OS page needs no test of its own. Validating a small object
-//! is then a subtraction, a compare and two independent loads from dense arrays (a few cache
-//! lines cover the pages of a heap of many megabytes), then the class's row of the object
-//! test, which stays in the cache; nothing of the span record is read, and no branch is taken
-//! for a missing leaf. The tags serve everything else (and chunks outside the arena).
-//! [`set_tags`] and [`clear_tags`] keep both in step for whole pages; an OS page whose objects
-//! are all carved before its page's are is in the index alone.
+//! page has no tag. A span's objects are carved and tagged for `free` an OS page at a time
+//! ([`set_arena_tags`]), so that a class that uses a few objects of a page does not write its
+//! second half. Class 0's row of the object test passes no address, so such an OS page needs
+//! no test of its own. Validating a small object is then a subtraction, a compare and two
+//! independent loads from dense arrays (a few cache lines cover the pages of a heap of many
+//! megabytes), then the class's row of the object test, which stays in the cache; nothing of
+//! the span record is read, and no branch is taken for a missing leaf. The tags serve
+//! everything else (and chunks outside the arena). [`set_tags`] and [`clear_tags`] keep both
+//! in step for whole pages; an OS page whose objects are all carved before its page's are is
+//! in the index alone.
 //!
 //! Entry points: [`get`], [`lookup`], [`tag`], [`ensure`], [`set`], [`set_range`], [`clear`],
 //! [`set_tags`], [`set_arena_tags`], [`clear_tags`], [`set_arena`], [`open_arena_index`],
-//! [`in_arena`], [`arena_object`]. Layers below: `size_class`
-//! (the object test), `os` (for leaves), `metadata` (accounting).
+//! [`in_arena`], [`arena_object`]. Layers below: `size_class` (the object test), `os` (for
+//! leaves and the index), `metadata` (accounting).
 
 use crate::config::{ADDRESS_BITS, ARENA_BYTES, OS_PAGE_SIZE, PAGE_SHIFT};
 use crate::metadata;
@@ -385,8 +385,11 @@ pub fn set_arena(base: usize, len: usize) -> bool {
     INDEX.store(index.as_ptr(), Ordering::Relaxed);
     ARENA_LEN.store(len, Ordering::Relaxed);
     ARENA_BASE_NEG.store(base.wrapping_neg(), Ordering::Relaxed);
-    // Last: `arena_object` reads the index only below the limit (its loads depend on this one
-    // through the bound test, and the index's zero pages are readable from the start).
+    // Last: `arena_object` reads the index only below the limit, and the index's zero pages
+    // are readable from the start. Its loads of the limit and the index's address are in no
+    // order (x86-64 keeps them in program order; a weaker CPU may not): a reader that sees the
+    // new limit with a null index is freeing a pointer into the arena while it is being
+    // reserved, which no block of the heap can be yet.
     INDEX_LIMIT.store((len >> SLOT_SHIFT) - 1, Ordering::Release);
     true
 }

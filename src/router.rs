@@ -241,11 +241,12 @@ fn scaled_of(class: SizeClass) -> usize {
 
 /// Classifies `ptr`, which may be any value.
 ///
-/// Small objects are recognised from the page's tag alone. Page runs and large blocks are
-/// recognised from the span record the page map names, whose fields are atomics: the record
-/// may be stale or reused by another thread meanwhile (only for a pointer that is not a live
-/// block, since a live block's record does not change), and then the answer is `Invalid` or,
-/// for a pointer that is not the start of a live block anyway, undefined but memory-safe.
+/// Small objects are recognised from the arena index or the page's tag alone (an object on an
+/// OS page not carved whole yet, by its span). Page runs and large blocks are recognised from
+/// the span record the page map names, whose fields are atomics: the record may be stale or
+/// reused by another thread meanwhile (only for a pointer that is not a live block, since a
+/// live block's record does not change), and then the answer is `Invalid` or, for a pointer
+/// that is not the start of a live block anyway, undefined but memory-safe.
 pub fn resolve(ptr: *mut u8) -> Block {
     if let Some(class) = small_object(ptr) {
         return Block::Small(class);
