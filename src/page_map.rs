@@ -321,27 +321,37 @@ pub const SLOTS_PER_PAGE: usize = 1 << (PAGE_SHIFT - SLOT_SHIFT as usize);
 /// OS pages in the arena, and entries in its index.
 const ARENA_SLOTS: usize = ARENA_BYTES >> SLOT_SHIFT;
 
-/// The arena's first address, negated (wrapping), so that [`arena_object`] can add the address
-/// to the register the compiler loads it into (it does not fold an atomic load into
-/// arithmetic); 0 until [`set_arena`].
-static ARENA_BASE_NEG: AtomicUsize = AtomicUsize::new(0);
+/// What `free`'s fast path reads of the arena besides the index itself, on one cache line (so
+/// that every `free` reaches one line of statics, not three).
+#[repr(C, align(64))]
+struct Arena {
+    /// The arena's first address, negated (wrapping), so that [`arena_object`] can add the
+    /// address to the register the compiler loads it into (it does not fold an atomic load
+    /// into arithmetic); 0 until [`set_arena`].
+    base_neg: AtomicUsize,
+    /// The entries of the arena index [`arena_object`] may read: one fewer than the arena's
+    /// OS pages (0 until [`set_arena`], so that every address is rejected before the index
+    /// exists).
+    limit: AtomicUsize,
+    /// The arena index (see the module docs), mapped by [`set_arena`]: for OS page `k` of the
+    /// arena, the first address of its span (a word at `k * 8`) and 16 times the span's class
+    /// (two bytes at [`CLASSES_OFFSET`]` + k * 2`), both 0 for an OS page that is not tagged.
+    /// One mapping, so that `free` reaches both arrays from one base address, and the classes
+    /// at a fixed offset, which the compiler folds into the load. It is mapped readable only
+    /// (zero pages, no memory and no overcommit charge behind them), and the entries of each
+    /// chunk of the arena are opened for writing when the heap takes the chunk
+    /// ([`open_arena_index`]): only those are ever written.
+    index: AtomicPtr<u8>,
+    /// The arena's length in bytes (0 until [`set_arena`]).
+    len: AtomicUsize,
+}
 
-/// The arena's length in bytes (0 until [`set_arena`]).
-static ARENA_LEN: AtomicUsize = AtomicUsize::new(0);
-
-/// The entries of the arena index [`arena_object`] may read: one fewer than the arena's OS
-/// pages (0 until [`set_arena`], so that every address is rejected before the index exists).
-static INDEX_LIMIT: AtomicUsize = AtomicUsize::new(0);
-
-/// The arena index (see the module docs), mapped by [`set_arena`]: for OS page `k` of the
-/// arena, the first address of its span (a word at `k * 8`) and 16 times the span's class
-/// (two bytes at [`CLASSES_OFFSET`]` + k * 2`), both 0 for an OS page that is not tagged. One
-/// mapping, so that `free` reaches both arrays from one base address, and the classes at a
-/// fixed offset, which the compiler folds into the load. It is mapped readable only (zero
-/// pages, no memory and no overcommit charge behind them), and the entries of each chunk of
-/// the arena are opened for writing when the heap takes the chunk ([`open_arena_index`]):
-/// only those are ever written.
-static INDEX: AtomicPtr<u8> = AtomicPtr::new(ptr::null_mut());
+static ARENA: Arena = Arena {
+    base_neg: AtomicUsize::new(0),
+    limit: AtomicUsize::new(0),
+    index: AtomicPtr::new(ptr::null_mut()),
+    len: AtomicUsize::new(0),
+};
 
 /// Where the classes start in the arena index: after the starts of the largest arena.
 const CLASSES_OFFSET: usize = ARENA_SLOTS * size_of::<usize>();
@@ -353,7 +363,7 @@ const _: () = assert!(256 << TAG_CLASS_SHIFT <= u16::MAX as usize);
 
 /// The arena's first address (0 before [`set_arena`]).
 fn arena_start() -> usize {
-    ARENA_BASE_NEG.load(Ordering::Relaxed).wrapping_neg()
+    ARENA.base_neg.load(Ordering::Relaxed).wrapping_neg()
 }
 
 /// The start entry of OS page `slot` of the arena.
@@ -362,7 +372,7 @@ fn arena_start() -> usize {
 /// - [`set_arena`] succeeded and `slot` lies in the arena.
 unsafe fn start_entry(slot: usize) -> &'static AtomicUsize {
     // SAFETY: per the caller, the index is mapped and the entry inside it, and never unmapped.
-    unsafe { &*INDEX.load(Ordering::Relaxed).cast::<AtomicUsize>().add(slot) }
+    unsafe { &*ARENA.index.load(Ordering::Relaxed).cast::<AtomicUsize>().add(slot) }
 }
 
 /// The class entry of OS page `slot` of the arena.
@@ -371,7 +381,9 @@ unsafe fn start_entry(slot: usize) -> &'static AtomicUsize {
 /// - as for [`start_entry`].
 unsafe fn class_entry(slot: usize) -> &'static AtomicU16 {
     // SAFETY: as above.
-    unsafe { &*INDEX.load(Ordering::Relaxed).add(CLASSES_OFFSET).cast::<AtomicU16>().add(slot) }
+    unsafe {
+        &*ARENA.index.load(Ordering::Relaxed).add(CLASSES_OFFSET).cast::<AtomicU16>().add(slot)
+    }
 }
 
 /// Records `[base, base + len)` (aligned to a page, at most [`ARENA_BYTES`]) as the arena,
@@ -382,15 +394,15 @@ pub fn set_arena(base: usize, len: usize) -> bool {
     crate::diag::debug_invariant!(len <= ARENA_BYTES && len % (1 << PAGE_SHIFT) == 0);
     crate::diag::debug_invariant!(arena_start() == 0, "arena set twice");
     let Some(index) = os::map_readable(INDEX_BYTES) else { return false };
-    INDEX.store(index.as_ptr(), Ordering::Relaxed);
-    ARENA_LEN.store(len, Ordering::Relaxed);
-    ARENA_BASE_NEG.store(base.wrapping_neg(), Ordering::Relaxed);
+    ARENA.index.store(index.as_ptr(), Ordering::Relaxed);
+    ARENA.len.store(len, Ordering::Relaxed);
+    ARENA.base_neg.store(base.wrapping_neg(), Ordering::Relaxed);
     // Last: `arena_object` reads the index only below the limit, and the index's zero pages
     // are readable from the start. Its loads of the limit and the index's address are in no
     // order (x86-64 keeps them in program order; a weaker CPU may not): a reader that sees the
     // new limit with a null index is freeing a pointer into the arena while it is being
     // reserved, which no block of the heap can be yet.
-    INDEX_LIMIT.store((len >> SLOT_SHIFT) - 1, Ordering::Release);
+    ARENA.limit.store((len >> SLOT_SHIFT) - 1, Ordering::Release);
     true
 }
 
@@ -399,7 +411,7 @@ pub fn set_arena(base: usize, len: usize) -> bool {
 pub fn open_arena_index(chunk: usize, len: usize) -> bool {
     let Some(first) = arena_slot(chunk) else { return false };
     let slots = len >> SLOT_SHIFT;
-    let index = INDEX.load(Ordering::Relaxed) as usize;
+    let index = ARENA.index.load(Ordering::Relaxed) as usize;
     let open = |from: usize, to: usize| {
         let from = from & !(OS_PAGE_SIZE - 1);
         let to = to.next_multiple_of(OS_PAGE_SIZE);
@@ -422,7 +434,7 @@ pub fn arena_base() -> usize {
 /// Whether `address` lies in the arena.
 pub fn in_arena(address: usize) -> bool {
     let base = arena_start();
-    base != 0 && address.wrapping_sub(base) < ARENA_LEN.load(Ordering::Relaxed)
+    base != 0 && address.wrapping_sub(base) < ARENA.len.load(Ordering::Relaxed)
 }
 
 /// The arena index's entry for the OS page of `address`, if it lies in the arena.
@@ -440,14 +452,14 @@ fn arena_slot(address: usize) -> Option<usize> {
 /// recorded, whose class 0 passes no address.
 #[inline(always)]
 pub fn arena_object(address: usize) -> Option<usize> {
-    let k = address.wrapping_add(ARENA_BASE_NEG.load(Ordering::Relaxed)) >> SLOT_SHIFT;
+    let k = address.wrapping_add(ARENA.base_neg.load(Ordering::Relaxed)) >> SLOT_SHIFT;
     // The index's last entry is never read: against a bound that is not a power of two, the
     // test is one compare of `k` (with the limit in memory), which the OS page number needs
     // anyway. The limit is 0 until the index is mapped, and set once after it (a plain load,
     // which the compiler folds into the compare, as the entries' below; it changes only from
     // 0, once, and either value gives a safe answer).
     // SAFETY: a word-aligned static, read whole.
-    if k >= unsafe { *INDEX_LIMIT.as_ptr() } {
+    if k >= unsafe { *ARENA.limit.as_ptr() } {
         return None;
     }
     // The entries are read with plain loads, which the compiler folds into the arithmetic (it
@@ -468,7 +480,7 @@ pub fn arena_object(address: usize) -> Option<usize> {
     //   path;
     // - for the one block of a span that grows in place (`regrow_span`; the start stays, the
     //   class changes), which its owner is reallocating, not freeing.
-    let index = INDEX.load(Ordering::Relaxed);
+    let index = ARENA.index.load(Ordering::Relaxed);
     // SAFETY: `k` is below the limit, so the index is mapped (`set_arena` stored the pointer
     // before the limit) and both entries lie in it.
     let (start, scaled_class) = unsafe {
