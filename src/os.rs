@@ -61,33 +61,24 @@ pub fn reserve(len: usize, align: usize) -> Option<NonNull<u8>> {
 }
 
 /// Maps `len` bytes readable only: zero pages, with no memory and (as the mapping is not
-/// writable) no overcommit charge behind them, until [`make_writable`] opens parts of it.
+/// writable) no overcommit charge behind them, until [`commit`] opens parts of it.
 pub fn map_readable(len: usize) -> Option<NonNull<u8>> {
     crate::diag::debug_invariant!(len != 0 && len % OS_PAGE_SIZE == 0, "os::map_readable({len})");
     map_anonymous(len, libc::PROT_READ, libc::MAP_NORESERVE)
 }
 
-/// Opens `[p, p + len)` of a [`map_readable`] mapping for writing too (what it held stays);
-/// false when the kernel refuses (under strict overcommit, the charge for it).
+/// Opens `[p, p + len)` of a [`reserve`]d or [`map_readable`] range for reading and writing
+/// (what it holds stays: zeroed memory, as from [`map`], where nothing wrote); false when the
+/// kernel refuses. The range keeps the mapping's `MAP_NORESERVE`, so unlike [`map`]'s memory
+/// it is charged to the overcommit account only under strict overcommit
+/// (`vm.overcommit_memory = 2`, which ignores the flag).
 ///
 /// # Safety
-/// - `[p, p + len)` is page-aligned and lies in a mapping that [`map_readable`] returned.
-pub unsafe fn make_writable(p: *mut u8, len: usize) -> bool {
-    crate::diag::debug_invariant!(p as usize % OS_PAGE_SIZE == 0 && len % OS_PAGE_SIZE == 0);
-    // SAFETY: per the caller, the range is ours; its contents stay.
-    unsafe { libc::mprotect(p.cast(), len, libc::PROT_READ | libc::PROT_WRITE) == 0 }
-}
-
-/// Opens `[p, p + len)` of a [`reserve`]d range for reading and writing (zeroed memory, as
-/// from [`map`]); false when the kernel refuses. The range keeps the reservation's
-/// `MAP_NORESERVE`, so unlike [`map`]'s memory it is charged to the overcommit account only
-/// under strict overcommit (`vm.overcommit_memory = 2`, which ignores the flag).
-///
-/// # Safety
-/// - `[p, p + len)` lies in a range that [`reserve`] returned and was not committed before.
+/// - `[p, p + len)` is page-aligned and lies in a range that [`reserve`] or [`map_readable`]
+///   returned, which nothing else maps or accesses through another protection.
 pub unsafe fn commit(p: *mut u8, len: usize) -> bool {
     crate::diag::debug_invariant!(p as usize % OS_PAGE_SIZE == 0 && len % OS_PAGE_SIZE == 0);
-    // SAFETY: by the caller's contract the range is reserved by us and holds nothing.
+    // SAFETY: by the caller's contract the range is ours; opening it keeps its contents.
     unsafe { libc::mprotect(p.cast(), len, libc::PROT_READ | libc::PROT_WRITE) == 0 }
 }
 

@@ -417,7 +417,7 @@ pub fn open_arena_index(chunk: usize, len: usize) -> bool {
         let to = to.next_multiple_of(OS_PAGE_SIZE);
         // SAFETY: a page-aligned range inside the index's mapping, which only this module
         // writes, and only through entries opened here.
-        unsafe { os::make_writable(from as *mut u8, to - from) }
+        unsafe { os::commit(from as *mut u8, to - from) }
     };
     let starts = index + first * size_of::<usize>();
     let classes = index + CLASSES_OFFSET + first * size_of::<u16>();
@@ -487,8 +487,9 @@ pub fn arena_object(address: usize) -> Option<usize> {
         (*index.cast::<usize>().add(k), *index.add(CLASSES_OFFSET).cast::<u16>().add(k) as usize)
     };
     // SAFETY: `scaled_class` is 16 times a class below `NUM_CLASSES`, or 0, as `set_tags`,
-    // `set_arena_tags` and `clear_tags` store it. (The offset from a span's start to an address on one of its pages
-    // is below 256 pages, `OBJECT_CHECK_RANGE`, where the test is exact.)
+    // `set_arena_tags` and `clear_tags` store it. (The offset from a span's start to an
+    // address on one of its pages is below 256 pages, `OBJECT_CHECK_RANGE`, where the test is
+    // exact.)
     if unsafe { size_class::row_passes(scaled_class, address.wrapping_sub(start)) } {
         Some(scaled_class)
     } else {
