@@ -172,6 +172,12 @@ pub unsafe fn flush_exiting(head: *mut FreeObject) {
     unsafe { release_objects(head) };
 }
 
+/// Whether objects of `class` whose addresses spread over `spread` bytes are scattered:
+/// farther apart than a batch that [`flush`] hands to the transfer cache as it is.
+pub fn is_scattered(class: SizeClass, spread: usize) -> bool {
+    spread > compact_spread(class)
+}
+
 /// The largest spread of a batch that the transfer cache keeps: a few spans' worth, so that a
 /// batch held there pins about as many bytes as it holds.
 fn compact_spread(class: SizeClass) -> usize {

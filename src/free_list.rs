@@ -294,6 +294,84 @@ pub unsafe fn split_front_with_spread(
     (first, high - low)
 }
 
+/// One list of [`split_fronts_with_spread`]: where its head is kept and how many objects to
+/// detach; the call fills in the rest.
+#[derive(Clone, Copy)]
+pub struct FrontSplit {
+    /// The list's head.
+    pub head: *mut *mut FreeObject,
+    /// How many objects to detach from its front (at least 1).
+    pub count: usize,
+    /// After the call: the detached list.
+    pub first: *mut FreeObject,
+    /// After the call: the detached objects' spread, as [`split_front_with_spread`] gives it.
+    pub spread: usize,
+    last: *mut FreeObject,
+    low: usize,
+    high: usize,
+}
+
+impl FrontSplit {
+    /// The split of the first `count` objects of the list whose head is `*head`.
+    pub const fn new(head: *mut *mut FreeObject, count: usize) -> FrontSplit {
+        let null = ptr::null_mut();
+        FrontSplit { head, count, first: null, spread: 0, last: null, low: 0, high: 0 }
+    }
+}
+
+/// [`split_front_with_spread`] of several lists at once, walked side by side: one step of each
+/// list, then the next step of each. Each step reads a link that no earlier step of the same
+/// walk gives the address of, so a lone walk of a list whose objects are out of the cache (a
+/// program that frees in random order) waits for one miss after another; side by side, the
+/// lists' misses are in flight together.
+///
+/// # Safety
+/// - Every `splits[j].head` is the head of a distinct well-formed list with at least
+///   `splits[j].count >= 1` objects.
+pub unsafe fn split_fronts_with_spread(splits: &mut [FrontSplit]) {
+    let mut steps = 0;
+    for s in splits.iter_mut() {
+        crate::diag::debug_invariant!(s.count >= 1);
+        // SAFETY: per the caller, `s.head` points at a list head.
+        s.last = unsafe { *s.head };
+        (s.low, s.high) = (s.last as usize, s.last as usize);
+        steps = steps.max(s.count);
+    }
+    for step in 1..steps {
+        for s in splits.iter_mut() {
+            if step < s.count {
+                // SAFETY: the list holds at least `count > step` objects, so its first
+                // `count - 1` have successors.
+                s.last = unsafe { next(s.last) };
+                s.low = s.low.min(s.last as usize);
+                s.high = s.high.max(s.last as usize);
+            }
+        }
+    }
+    for s in splits.iter_mut() {
+        // SAFETY: `s.last` is the `count`-th object of the list at `s.head`.
+        unsafe {
+            s.first = *s.head;
+            *s.head = next(s.last);
+            set_next(s.last, ptr::null_mut());
+        }
+        s.spread = s.high - s.low;
+    }
+}
+
+/// Puts the objects that [`split_fronts_with_spread`] detached with `split` back in front of
+/// the list they came from.
+///
+/// # Safety
+/// - `split` is the result of that call, and nothing has changed its list or its objects since.
+pub unsafe fn unsplit(split: &FrontSplit) {
+    // SAFETY: per the caller, `first..=last` is a list and `head` its old list's head.
+    unsafe {
+        set_next(split.last, *split.head);
+        *split.head = split.first;
+    }
+}
+
 /// Number of objects on a list (walks it; for checks and tests).
 ///
 /// # Safety
@@ -326,6 +404,7 @@ pub unsafe fn last(mut head: *mut FreeObject) -> *mut FreeObject {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::mem::size_of;
 
     #[test]
     fn push_pop_split_count() {
@@ -352,6 +431,37 @@ mod tests {
             let (a, b) = (&objects[0] as *const _ as usize, &objects[4] as *const _ as usize);
             assert_eq!(spread, b - a, "objects 0..5 were on the list");
             assert!(pop(&mut head).is_null());
+        }
+    }
+
+    #[test]
+    fn lists_split_side_by_side_and_back() {
+        init_secret();
+        let mut objects: Vec<FreeObject> = (0..12).map(|_| FreeObject { link: 0 }).collect();
+        let base = objects.as_ptr() as usize;
+        let at = |i: usize| base + i * size_of::<FreeObject>();
+        let (mut a, mut b, mut c) = (ptr::null_mut(), ptr::null_mut(), ptr::null_mut());
+        for (i, o) in objects.iter_mut().enumerate() {
+            // SAFETY: each object is a distinct live Vec element, on no list yet.
+            unsafe { push([&mut a, &mut b, &mut c][i % 3], o) };
+        }
+        // a: objects 9, 6, 3, 0; b: 10, 7, 4, 1; c: 11, 8, 5, 2 (most recently pushed first).
+        let mut splits =
+            [FrontSplit::new(&mut a, 3), FrontSplit::new(&mut b, 1), FrontSplit::new(&mut c, 4)];
+        // SAFETY: three distinct lists of four objects each.
+        unsafe {
+            split_fronts_with_spread(&mut splits);
+            assert_eq!((count(splits[0].first), count(a)), (3, 1));
+            assert_eq!(splits[0].first as usize, at(9));
+            assert_eq!(a as usize, at(0), "what is left of a starts after the split");
+            assert_eq!(splits[0].spread, at(9) - at(3));
+            assert_eq!((count(splits[1].first), count(b)), (1, 3));
+            assert_eq!(splits[1].spread, 0, "one object spreads over nothing");
+            assert_eq!((count(splits[2].first), c), (4, ptr::null_mut()));
+            assert_eq!(splits[2].spread, at(11) - at(2));
+            unsplit(&splits[0]);
+            assert_eq!((count(a), a as usize), (4, at(9)), "back as it was");
+            assert_eq!(last(a) as usize, at(0));
         }
     }
 

@@ -160,6 +160,9 @@ pub struct ThreadCache {
     active: u128,
     /// Where `make_room` starts shrinking next.
     room_cursor: u32,
+    /// Whether the last batch that overflowed a list was scattered: lists nearly full then
+    /// give batches back beside the next overflow ([`ThreadCache::release_with_nearly_full`]).
+    scattered_frees: bool,
     /// Registry links.
     next: *mut ThreadCache,
     prev: *mut ThreadCache,
@@ -181,6 +184,7 @@ impl ThreadCache {
             trim_seen: 0,
             active: 0,
             room_cursor: 0,
+            scattered_frees: false,
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
             published_bytes: AtomicUsize::new(0),
@@ -217,6 +221,7 @@ impl ThreadCache {
             && self.trim_seen == 0
             && self.active == 0
             && self.room_cursor == 0
+            && !self.scattered_frees
             && self.next.is_null()
             && self.prev.is_null()
             // SAFETY: a plain read of an atomic nobody else can see yet.
