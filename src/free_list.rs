@@ -294,13 +294,15 @@ pub unsafe fn split_front_with_spread(
     (first, high - low)
 }
 
-/// One list of [`split_fronts_with_spread`]: where its head is kept and how many objects to
-/// detach; the call fills in the rest.
+/// One list of [`split_fronts_with_spread`]: where its head is kept, how many objects to
+/// detach and whether its first object stays; the call fills in the rest.
 #[derive(Clone, Copy)]
 pub struct FrontSplit {
     /// The list's head.
     pub head: *mut *mut FreeObject,
-    /// How many objects to detach from its front (at least 1).
+    /// Whether the list's first object stays on it (the split then starts at the second).
+    pub keep_first: bool,
+    /// How many objects to detach (at least 1).
     pub count: usize,
     /// After the call: the detached list.
     pub first: *mut FreeObject,
@@ -315,7 +317,21 @@ impl FrontSplit {
     /// The split of the first `count` objects of the list whose head is `*head`.
     pub const fn new(head: *mut *mut FreeObject, count: usize) -> FrontSplit {
         let null = ptr::null_mut();
-        FrontSplit { head, count, first: null, spread: 0, last: null, low: 0, high: 0 }
+        FrontSplit {
+            head,
+            keep_first: false,
+            count,
+            first: null,
+            spread: 0,
+            last: null,
+            low: 0,
+            high: 0,
+        }
+    }
+
+    /// The split of the `count` objects after the first of the list whose head is `*head`.
+    pub const fn after_first(head: *mut *mut FreeObject, count: usize) -> FrontSplit {
+        FrontSplit { keep_first: true, ..FrontSplit::new(head, count) }
     }
 }
 
@@ -327,21 +343,28 @@ impl FrontSplit {
 ///
 /// # Safety
 /// - Every `splits[j].head` is the head of a distinct well-formed list with at least
-///   `splits[j].count >= 1` objects.
+///   `splits[j].count >= 1` objects, one more if `keep_first`.
 pub unsafe fn split_fronts_with_spread(splits: &mut [FrontSplit]) {
     let mut steps = 0;
     for s in splits.iter_mut() {
         crate::diag::debug_invariant!(s.count >= 1);
-        // SAFETY: per the caller, `s.head` points at a list head.
-        s.last = unsafe { *s.head };
-        (s.low, s.high) = (s.last as usize, s.last as usize);
+        // SAFETY: per the caller, `s.head` points at the head of a list long enough.
+        s.first = unsafe {
+            if s.keep_first {
+                next(*s.head)
+            } else {
+                *s.head
+            }
+        };
+        s.last = s.first;
+        (s.low, s.high) = (s.first as usize, s.first as usize);
         steps = steps.max(s.count);
     }
     for step in 1..steps {
         for s in splits.iter_mut() {
             if step < s.count {
-                // SAFETY: the list holds at least `count > step` objects, so its first
-                // `count - 1` have successors.
+                // SAFETY: the list holds at least `count > step` objects from `first` on, so
+                // the first `count - 1` of them have successors.
                 s.last = unsafe { next(s.last) };
                 s.low = s.low.min(s.last as usize);
                 s.high = s.high.max(s.last as usize);
@@ -349,26 +372,36 @@ pub unsafe fn split_fronts_with_spread(splits: &mut [FrontSplit]) {
         }
     }
     for s in splits.iter_mut() {
-        // SAFETY: `s.last` is the `count`-th object of the list at `s.head`.
+        // SAFETY: `s.last` is the `count`-th object from `first`; `*s.head` is the list's
+        // first object when it stays.
         unsafe {
-            s.first = *s.head;
-            *s.head = next(s.last);
+            let rest = next(s.last);
             set_next(s.last, ptr::null_mut());
+            if s.keep_first {
+                set_next(*s.head, rest);
+            } else {
+                *s.head = rest;
+            }
         }
         s.spread = s.high - s.low;
     }
 }
 
-/// Puts the objects that [`split_fronts_with_spread`] detached with `split` back in front of
-/// the list they came from.
+/// Puts the objects that [`split_fronts_with_spread`] detached with `split` back where they
+/// were on the list they came from.
 ///
 /// # Safety
 /// - `split` is the result of that call, and nothing has changed its list or its objects since.
 pub unsafe fn unsplit(split: &FrontSplit) {
     // SAFETY: per the caller, `first..=last` is a list and `head` its old list's head.
     unsafe {
-        set_next(split.last, *split.head);
-        *split.head = split.first;
+        if split.keep_first {
+            set_next(split.last, next(*split.head));
+            set_next(*split.head, split.first);
+        } else {
+            set_next(split.last, *split.head);
+            *split.head = split.first;
+        }
     }
 }
 
@@ -462,6 +495,15 @@ mod tests {
             unsplit(&splits[0]);
             assert_eq!((count(a), a as usize), (4, at(9)), "back as it was");
             assert_eq!(last(a) as usize, at(0));
+            // The two objects after b's first (b holds 7, 4, 1).
+            let mut keep = [FrontSplit::after_first(&mut b, 2)];
+            split_fronts_with_spread(&mut keep);
+            assert_eq!((b as usize, count(b)), (at(7), 1));
+            assert_eq!((keep[0].first as usize, count(keep[0].first)), (at(4), 2));
+            assert_eq!(keep[0].spread, at(4) - at(1));
+            unsplit(&keep[0]);
+            assert_eq!((b as usize, count(b)), (at(7), 3));
+            assert_eq!((next(b) as usize, last(b) as usize), (at(4), at(1)));
         }
     }
 

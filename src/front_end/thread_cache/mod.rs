@@ -160,9 +160,10 @@ pub struct ThreadCache {
     active: u128,
     /// Where `make_room` starts shrinking next.
     room_cursor: u32,
-    /// Whether the last batch that overflowed a list was scattered: lists nearly full then
-    /// give batches back beside the next overflow ([`ThreadCache::release_with_nearly_full`]).
-    scattered_frees: bool,
+    /// Overflows in a row whose batches were scattered, with no refill between them: from
+    /// [`SCATTERED_STREAK`](limits::SCATTERED_STREAK) on, lists nearly full give batches back
+    /// beside the next overflow ([`ThreadCache::release_with_nearly_full`]).
+    scattered_streak: u32,
     /// Registry links.
     next: *mut ThreadCache,
     prev: *mut ThreadCache,
@@ -184,7 +185,7 @@ impl ThreadCache {
             trim_seen: 0,
             active: 0,
             room_cursor: 0,
-            scattered_frees: false,
+            scattered_streak: 0,
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
             published_bytes: AtomicUsize::new(0),
@@ -221,7 +222,7 @@ impl ThreadCache {
             && self.trim_seen == 0
             && self.active == 0
             && self.room_cursor == 0
-            && !self.scattered_frees
+            && self.scattered_streak == 0
             && self.next.is_null()
             && self.prev.is_null()
             // SAFETY: a plain read of an atomic nobody else can see yet.

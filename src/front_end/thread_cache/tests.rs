@@ -1,6 +1,6 @@
 //! Unit tests of the thread caches.
 
-use super::limits::NEARLY_FULL;
+use super::limits::{NEARLY_FULL, SCATTERED_STREAK};
 use super::tls::cache;
 use super::*;
 use crate::config::MAX_LIST_LENGTH;
@@ -157,7 +157,7 @@ fn free_until(
 
 fn scattered_frees() -> bool {
     // SAFETY: our own cache on our own thread.
-    unsafe { (*cache()).scattered_frees }
+    unsafe { (*cache()).scattered_streak >= SCATTERED_STREAK }
 }
 
 /// `n` blocks of `class` that lie close together: the `n` nearest one another of `16 * n`
@@ -190,17 +190,23 @@ fn nearly_full_lists_give_batches_back_beside_a_scattered_overflow() {
         }
         const NEAR: core::ops::RangeInclusive<i32> = 1..=NEARLY_FULL;
         free_until(d, &mut blocks_d, 1, NEAR);
-        free_until(b, &mut blocks_b, 1, NEAR);
+        let streak = SCATTERED_STREAK as usize;
+        free_until(b, &mut blocks_b, streak, NEAR);
         assert!(scattered_frees(), "b's batches are scattered");
         assert_eq!(free_until(a, &mut blocks_a, 0, 0..=0), 0);
         check_current();
         let (len_b, len_d) = (len(b), len(d));
-        // The overflow of `a` gives back a batch of `a` and, beside it, what `b` holds: its
-        // list is nearly full, and its objects are scattered. `d`'s nearly full list stays:
-        // its objects lie close together.
+        // SAFETY: our own cache on our own thread.
+        let last_b = unsafe { (*cache()).hot[b.index()].head };
+        // The overflow of `a` gives back a batch of `a` and, beside it, what `b` holds but its
+        // last freed block: its list is nearly full, and its objects are scattered. `d`'s
+        // nearly full list stays: its objects lie close together.
         assert_eq!(free_until(a, &mut blocks_a, 1, 0..=i32::MAX), 1);
         check_current();
-        assert_eq!(len(b), 0, "b gave its {len_b} objects back beside a");
+        assert_eq!(len(b), 1, "b gave all but one of its {len_b} objects back beside a");
+        // SAFETY: as above.
+        let kept_b = unsafe { (*cache()).hot[b.index()].head };
+        assert_eq!(kept_b, last_b, "the one b kept is the last freed");
         assert_eq!(len(d), len_d, "d's objects lie close together");
         assert!(scattered_frees());
         // After an overflow of objects close together, the next overflow walks its list
@@ -213,6 +219,19 @@ fn nearly_full_lists_give_batches_back_beside_a_scattered_overflow() {
         assert_eq!(free_until(d, &mut blocks_d, 1, 0..=i32::MAX), 1);
         check_current();
         assert_eq!(len(b), len_b, "b's list stays beside an overflow of d");
+        // A refill ends a phase of scattered frees (a thread that allocates as much as it
+        // frees keeps its lists).
+        free_until(b, &mut blocks_b, streak, NEAR);
+        assert!(scattered_frees());
+        let e = class_of(2048);
+        let x = alloc(e);
+        assert!(!scattered_frees(), "a refill ends the phase");
+        assert_eq!(free_until(a, &mut blocks_a, 0, 0..=0), 0);
+        let len_b = len(b);
+        assert_eq!(free_until(a, &mut blocks_a, 1, 0..=i32::MAX), 1);
+        assert_eq!(len(b), len_b, "b's list stays beside an overflow after a refill");
+        // SAFETY: a block of `e` from `alloc`, unused.
+        unsafe { dealloc(x, e) };
         let rest = [(a, blocks_a), (b, blocks_b), (d, blocks_d), (d, rest_d)];
         for (class, blocks) in rest {
             for p in blocks {
