@@ -276,22 +276,10 @@ pub unsafe fn split_front_with_spread(
     head: &mut *mut FreeObject,
     n: usize,
 ) -> (*mut FreeObject, usize) {
-    crate::diag::debug_invariant!(n >= 1);
-    let first = *head;
-    let mut last = first;
-    let (mut low, mut high) = (first as usize, first as usize);
-    for _ in 1..n {
-        // SAFETY: the list holds at least `n` objects, so the first `n - 1` have successors.
-        last = unsafe { next(last) };
-        low = low.min(last as usize);
-        high = high.max(last as usize);
-    }
-    // SAFETY: `last` is the `n`-th object of the list.
-    unsafe {
-        *head = next(last);
-        set_next(last, ptr::null_mut());
-    }
-    (first, high - low)
+    let mut split = [FrontSplit::new(head, n)];
+    // SAFETY: per the caller.
+    unsafe { split_fronts_with_spread(&mut split) };
+    (split[0].first, split[0].spread)
 }
 
 /// One list of [`split_fronts_with_spread`]: where its head is kept, how many objects to
