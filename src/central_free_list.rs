@@ -144,7 +144,7 @@ pub unsafe fn flush(
     spread: usize,
 ) {
     if count == class.batch() {
-        let kept = if spread <= compact_spread(class) {
+        let kept = if !is_scattered(class, spread) {
             transfer_cache::push(class, shard, head)
         } else {
             transfer_cache::push_scattered(class, shard, head)
