@@ -8,6 +8,7 @@
 //! | `TCALLOC_DECAY_MS` | `1000` | free pages and cached large mappings idle this long go back to the OS |
 //! | `TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES` | 64 MiB | cap on all thread caches together (a thread gets an equal share, between 512 KiB and 4 MiB, or up to 16 MiB while it is the only thread with a cache) |
 //! | `TCALLOC_MAX_TRANSFER_CACHE_BYTES` | 16 MiB | cap on the batches of free objects waiting between thread caches, all size classes together (`0`: none wait there) |
+//! | `TCALLOC_HUGE_PAGE_HEAP_BYTES` | 64 MiB | heap size from which the page heap asks for transparent huge pages (`MADV_HUGEPAGE`) and rebuilds those its releases split when it reuses their pages (`MADV_COLLAPSE`); a value above any heap (`1024g`) keeps it on small pages |
 //! | `TCALLOC_ARENA_BYTES` | 32 GiB | address space the page heap reserves for its arena (at most 32 GiB; below 64 MiB, `0` included, none) |
 //!
 //! Byte values accept a `k`, `m` or `g` suffix (powers of 1024). A malformed value is ignored
@@ -24,6 +25,7 @@ pub struct Settings {
     pub free_reserve_bytes: usize,
     pub decay_ms: u64,
     pub total_thread_cache_bytes: usize,
+    pub huge_page_heap_bytes: usize,
     /// `None`: the default, [`TRANSFER_CACHE_BYTES`](crate::config::TRANSFER_CACHE_BYTES).
     pub transfer_cache_bytes: Option<usize>,
 }
@@ -35,6 +37,7 @@ impl Settings {
         free_reserve_bytes: 16 << 20,
         decay_ms: 1000,
         total_thread_cache_bytes: crate::config::TOTAL_THREAD_CACHE_BYTES,
+        huge_page_heap_bytes: crate::config::HUGE_PAGE_HEAP_BYTES,
         transfer_cache_bytes: None,
     };
 
@@ -70,9 +73,10 @@ impl Settings {
                 None => warn("TCALLOC_RELEASE_RATE", v),
             }
         }
-        let bytes_vars: [(&CStr, &mut usize); 2] = [
+        let bytes_vars: [(&CStr, &mut usize); 3] = [
             (c"TCALLOC_FREE_RESERVE_BYTES", &mut s.free_reserve_bytes),
             (c"TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES", &mut s.total_thread_cache_bytes),
+            (c"TCALLOC_HUGE_PAGE_HEAP_BYTES", &mut s.huge_page_heap_bytes),
         ];
         for (name, slot) in bytes_vars {
             if let Some(v) = lookup(name) {
@@ -191,7 +195,9 @@ mod tests {
             ("TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES", "1G"),
             ("TCALLOC_DECAY_MS", "250"),
             ("TCALLOC_MAX_TRANSFER_CACHE_BYTES", "512k"),
+            ("TCALLOC_HUGE_PAGE_HEAP_BYTES", "1024g"),
         ]);
+        assert_eq!(s.huge_page_heap_bytes, 1 << 40);
         assert!(s.show_stats);
         assert_eq!(s.transfer_cache_bytes, Some(512 << 10));
         assert_eq!(s.release_rate, 2.5);

@@ -126,6 +126,37 @@ pub unsafe fn release(p: *mut u8, len: usize) -> bool {
     unsafe { libc::madvise(p.cast(), len, libc::MADV_DONTNEED) == 0 }
 }
 
+/// Asks the kernel to back `[p, p + len)` with transparent huge pages where it can
+/// (`MADV_HUGEPAGE`: under THP `enabled=madvise`, the default on Debian, only such ranges get
+/// them). Returns `false` if the kernel refused (no THP support): the range works as before.
+///
+/// # Safety
+/// - `[p, p + len)` was mapped by this module.
+pub unsafe fn advise_huge_pages(p: *mut u8, len: usize) -> bool {
+    crate::diag::debug_invariant!(p as usize % OS_PAGE_SIZE == 0 && len % OS_PAGE_SIZE == 0);
+    // SAFETY: by the caller's contract the range is ours; the advice changes no contents.
+    unsafe { libc::madvise(p.cast(), len, libc::MADV_HUGEPAGE) == 0 }
+}
+
+/// `MADV_COLLAPSE` (Linux 6.1): the Linux value, which not every libc names.
+const MADV_COLLAPSE: libc::c_int = 25;
+
+/// Makes `[p, p + len)` (whole huge pages) huge pages now, whether its small pages were
+/// split off an earlier huge page or never touched: what its pages hold stays, and pages never
+/// touched read as zeros. The range becomes resident. Returns `false` if the kernel refused
+/// (before Linux 6.1, no THP, or no free huge page): the range is left as it was.
+///
+/// # Safety
+/// - `[p, p + len)` was mapped by this module.
+pub unsafe fn collapse_huge_pages(p: *mut u8, len: usize) -> bool {
+    crate::diag::debug_invariant!(
+        p as usize % crate::config::HUGE_PAGE_BYTES == 0
+            && len % crate::config::HUGE_PAGE_BYTES == 0
+    );
+    // SAFETY: by the caller's contract the range is ours; the kernel keeps its contents.
+    unsafe { libc::madvise(p.cast(), len, MADV_COLLAPSE) == 0 }
+}
+
 /// Resizes the mapping `[p, p + old_len)` to `new_len` bytes without moving it; false when the
 /// address space after it is taken.
 ///

@@ -73,7 +73,10 @@ pub fn configure(settings: &Settings) {
     let reserve = settings.effective_reserve_bytes();
     let pages = if reserve == usize::MAX { usize::MAX } else { reserve / crate::config::PAGE_SIZE };
     let decay = settings.effective_decay_ms().unwrap_or(u64::MAX);
-    PAGE_HEAP.lock().set_policy(Length(pages), decay);
+    let mut heap = PAGE_HEAP.lock();
+    heap.set_policy(Length(pages), decay);
+    heap.set_huge_threshold(Length(settings.huge_page_heap_bytes / crate::config::PAGE_SIZE));
+    drop(heap);
     DECAY_MS.store(settings.effective_decay_ms().unwrap_or(u64::MAX), Relaxed);
     large::set_decay_ms(settings.effective_decay_ms().unwrap_or(u64::MAX));
 }
