@@ -31,7 +31,7 @@
 //! release.rs           when free memory goes back to the OS (reserve, decay, on demand)
 //! central_free_list.rs per class and shard: spans of objects; refill/flush entry points
 //! transfer_cache.rs    per class and shard: stacks of whole batches (O(1) hand-over)
-//! page_heap.rs         spans of pages: split, coalesce, adaptive reserve, release
+//! page_heap.rs         spans of pages: split, coalesce, adaptive reserve, release, huge pages
 //! large.rs             blocks above 1 MiB: their own mapping, an adaptive mapping cache
 //! page_map.rs          address -> span radix tree, read without locks
 //! size_class/          the generated class table and O(1) lookups

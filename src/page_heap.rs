@@ -34,9 +34,9 @@
 //! again (`MADV_COLLAPSE`, which keeps what live pages in them hold) and counts their returned
 //! pages as backed free pages, and carves take backed free pages before returned ones, so
 //! that the rest of a rebuilt huge page is what the next carves use. A program that frees and
-//! reallocates a big heap in rounds runs its rounds on huge pages (scatter-1m: 300 MB,
-//! 1.64-1.72 s before, 1.28-1.34 s after on its own timer), and resident memory stays where it
-//! was (`tcalloc-bench memory`).
+//! reallocates a big heap in rounds runs its rounds on huge pages (scatter-1m: 300 MB, 2.00 s
+//! before, 1.60 s after on its own timer, medians of 7 interleaved runs), and resident memory
+//! stays where it was (`tcalloc-bench memory`).
 //!
 //! Entry points: [`PAGE_HEAP`] and the methods of [`PageHeap`]. Layers below: `page_map`,
 //! `metadata`, `os`.
