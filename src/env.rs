@@ -8,7 +8,7 @@
 //! | `TCALLOC_DECAY_MS` | `1000` | free pages and cached large mappings idle this long go back to the OS |
 //! | `TCALLOC_MAX_TOTAL_THREAD_CACHE_BYTES` | 64 MiB | cap on all thread caches together (a thread gets an equal share, between 512 KiB and 4 MiB, or up to 16 MiB while it is the only thread with a cache) |
 //! | `TCALLOC_MAX_TRANSFER_CACHE_BYTES` | 16 MiB | cap on the batches of free objects waiting between thread caches, all size classes together (`0`: none wait there) |
-//! | `TCALLOC_HUGE_PAGE_HEAP_BYTES` | 64 MiB | heap size from which the page heap asks for transparent huge pages (`MADV_HUGEPAGE`) and rebuilds those its releases split when it reuses their pages (`MADV_COLLAPSE`); a value above any heap (`1024g`) keeps it on small pages |
+//! | `TCALLOC_HUGE_PAGE_HEAP_BYTES` | 64 MiB | heap size from which the page heap builds a transparent huge page (`MADV_COLLAPSE`) wherever it carves from pages given back or never touched; a value above any heap (`1024g`) keeps it on small pages |
 //! | `TCALLOC_ARENA_BYTES` | 32 GiB | address space the page heap reserves for its arena (at most 32 GiB; below 64 MiB, `0` included, none) |
 //!
 //! Byte values accept a `k`, `m` or `g` suffix (powers of 1024). A malformed value is ignored

@@ -126,25 +126,15 @@ pub unsafe fn release(p: *mut u8, len: usize) -> bool {
     unsafe { libc::madvise(p.cast(), len, libc::MADV_DONTNEED) == 0 }
 }
 
-/// Asks the kernel to back `[p, p + len)` with transparent huge pages where it can
-/// (`MADV_HUGEPAGE`: under THP `enabled=madvise`, the default on Debian, only such ranges get
-/// them). Returns `false` if the kernel refused (no THP support): the range works as before.
-///
-/// # Safety
-/// - `[p, p + len)` was mapped by this module.
-pub unsafe fn advise_huge_pages(p: *mut u8, len: usize) -> bool {
-    crate::diag::debug_invariant!(p as usize % OS_PAGE_SIZE == 0 && len % OS_PAGE_SIZE == 0);
-    // SAFETY: by the caller's contract the range is ours; the advice changes no contents.
-    unsafe { libc::madvise(p.cast(), len, libc::MADV_HUGEPAGE) == 0 }
-}
-
 /// `MADV_COLLAPSE` (Linux 6.1): the Linux value, which not every libc names.
 const MADV_COLLAPSE: libc::c_int = 25;
 
-/// Makes `[p, p + len)` (whole huge pages) huge pages now, whether its small pages were
-/// split off an earlier huge page or never touched: what its pages hold stays, and pages never
-/// touched read as zeros. The range becomes resident. Returns `false` if the kernel refused
-/// (before Linux 6.1, no THP, or no free huge page): the range is left as it was.
+/// Makes `[p, p + len)` (whole huge pages) transparent huge pages now, built from the small
+/// pages mapped there (split off an earlier huge page, or faulted in one by one): what its
+/// pages hold stays, and pages not mapped read as zeros. The range becomes resident. Needs a
+/// page table there (a page of each huge page mapped). Returns `false` if the kernel refused
+/// (before Linux 6.1, THP off, no page table, or no free huge page): the range is left as it
+/// was.
 ///
 /// # Safety
 /// - `[p, p + len)` was mapped by this module.

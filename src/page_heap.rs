@@ -27,16 +27,17 @@
 //! released at its next frees after that. The decay itself is driven by `release`.
 //!
 //! Huge pages: once the heap holds [`HUGE_PAGE_HEAP_BYTES`] (`TCALLOC_HUGE_PAGE_HEAP_BYTES`),
-//! its chunks are advised to use transparent huge pages (2 MiB: one TLB entry where small
-//! pages take 512). A release of part of a huge page splits it into small pages for good, and
-//! the release policy above releases a freed peak in pieces as its spans empty; so in such a
-//! heap a carve from returned pages first makes the huge pages it lies in resident whole
-//! again (`MADV_COLLAPSE`, which keeps what live pages in them hold) and counts their returned
-//! pages as backed free pages, and carves take backed free pages before returned ones, so
-//! that the rest of a rebuilt huge page is what the next carves use. A program that frees and
-//! reallocates a big heap in rounds runs its rounds on huge pages (scatter-1m: 300 MB, 2.00 s
-//! before, 1.60 s after on its own timer, medians of 7 interleaved runs), and resident memory
-//! stays where it was (`tcalloc-bench memory`).
+//! a carve from returned pages (given back, or never touched) first makes the huge page it
+//! lies in (2 MiB: one TLB entry where small pages take 512) resident as a transparent huge
+//! page (`MADV_COLLAPSE`, which keeps what live pages in it hold) and counts its returned pages
+//! as backed free pages, and carves take backed free pages before returned ones, so that the
+//! rest of that huge page is what the next carves use. The release policy above gives back a
+//! freed peak in pieces as its spans empty, which splits its huge pages for good; they are
+//! built again when the heap carves there. A program that frees and reallocates a big heap in
+//! rounds runs its rounds on huge pages (scatter-1m: 300 MB, 2.11 s before, 1.53 s after on its
+//! own timer, medians of 7 interleaved runs), and resident memory stays where it was
+//! (`tcalloc-bench memory`). See [`PageHeap::rebuild_huge_pages`] for why the heap does not
+//! advise its chunks with `MADV_HUGEPAGE` instead.
 //!
 //! Entry points: [`PAGE_HEAP`] and the methods of [`PageHeap`]. Layers below: `page_map`,
 //! `metadata`, `os`.
@@ -65,6 +66,10 @@ const MAX_ADAPTIVE_PAGES: usize = (1 << 30) / PAGE_SIZE;
 /// and went idle, against 36 MiB with 300 ms). What it frees sooner stays backed until its
 /// next free or decay tick: there is no background thread.
 pub const ADAPTIVE_HOLD_MS: u64 = 300;
+
+/// Huge pages the kernel may refuse to build in a row before a heap stops asking
+/// (`PageHeap::collapse`).
+const MAX_COLLAPSE_FAILURES: u32 = 64;
 
 /// The hold time is counted in this many windows: the demand that bounds the adaptive reserve
 /// is the sum of their pages taken.
@@ -130,11 +135,13 @@ pub struct PageHeap {
     window_ms: u64,
     /// The heap size (in pages) from which it runs on huge pages (`huge`).
     huge_threshold_pages: usize,
-    /// Set once the heap reached `huge_threshold_pages`: its chunks (those of the arena taken
-    /// before, and every chunk after) are advised to use transparent huge pages, backed free
-    /// pages are carved before returned ones (`find_backed_first`), and a carve from returned
-    /// pages makes their huge pages resident whole again (`rebuild_huge_pages`).
+    /// Set once the heap reached `huge_threshold_pages`: a carve from returned pages makes
+    /// the huge pages it lies in resident as such (`rebuild_huge_pages`), and backed free
+    /// pages are carved before returned ones (`find_backed_first`).
     huge: bool,
+    /// Huge pages the kernel refused to build in a row; from [`MAX_COLLAPSE_FAILURES`] on,
+    /// the heap stops asking (a kernel before 6.1, THP turned off, or no free huge pages).
+    collapse_failures: u32,
     /// Where the process's heap takes its chunks first.
     arena: arena::Arena,
     /// Deallocations so far, to run `check_invariants` now and then in debug builds.
@@ -176,6 +183,7 @@ impl PageHeap {
             window_ms: ADAPTIVE_HOLD_MS.div_ceil(DEMAND_WINDOWS as u64),
             huge_threshold_pages: HUGE_PAGE_HEAP_BYTES / PAGE_SIZE,
             huge: false,
+            collapse_failures: 0,
             arena: arena::Arena::new(false),
             #[cfg(debug_assertions)]
             debug_ops: 0,
@@ -255,18 +263,24 @@ impl PageHeap {
     }
 
     /// In a heap on huge pages, before `pages` pages are carved from the front of `span`:
-    /// if `span` is returned (released to the OS), makes the huge pages those pages lie in
-    /// resident as huge pages, whole (`os::collapse_huge_pages`: the pages of live spans in
-    /// them keep what they hold), and counts their returned pages as backed free pages (and as
-    /// reused, for the adaptive reserve). Returns the free span to carve from then, which
-    /// holds those pages; `span` when the kernel made no huge page (one never touched, or
-    /// released whole, comes back as such at its first fault anyway).
+    /// if `span` is returned (given back to the OS, or never touched), makes the huge page
+    /// those pages lie in resident as a huge page (`os::collapse_huge_pages`: the pages of
+    /// live spans in it keep what they hold) and counts its returned pages as backed free
+    /// pages (and as reused, for the adaptive reserve: kept backed, the next round finds the
+    /// huge page whole). Returns the free span to carve from then, which holds those pages
+    /// (`span` itself, or a free span it became part of), or `span` when the kernel would not
+    /// build the huge page.
     ///
-    /// Releasing part of a huge page splits it into small pages for good (the kernel does not
-    /// build it again at the next fault), and a heap that frees a peak releases it in pieces
-    /// as its spans empty: scatter-1m, which frees 300 MB and allocates it again every round,
-    /// ran its later rounds on small pages (1.9-2.1 s, against 1.2-1.35 s with nothing
-    /// released), missing the TLB at nearly every block.
+    /// Giving back part of a huge page splits it into small pages for good (the kernel does
+    /// not build it again at the next fault), and the release policy gives back a freed peak
+    /// in pieces as its spans empty: scatter-1m, which frees 300 MB and allocates it again
+    /// every round, ran its later rounds on small pages (1.9-2.1 s, against 1.2-1.35 s with
+    /// nothing given back), missing the TLB at nearly every block. The heap builds its huge
+    /// pages this way, when it carves, rather than advising its chunks with `MADV_HUGEPAGE`:
+    /// in an advised range the kernel's khugepaged also builds huge pages in the background
+    /// wherever one small page of them is live, filling what the heap gave back with zeros
+    /// that it counts as given back, so a long-running program's resident memory would creep
+    /// up to its heap's.
     ///
     /// # Safety
     /// - `span` is on one of this heap's free lists and has at least `pages` pages.
@@ -276,34 +290,31 @@ impl PageHeap {
         // alike), inside the heap's chunks (huge pages lie in one chunk each).
         unsafe {
             let (kind, start) = ((*span).kind(), (*span).start());
-            if kind != SpanKind::Returned {
+            if kind != SpanKind::Returned || self.collapse_failures >= MAX_COLLAPSE_FAILURES {
                 return span;
             }
             let lo = PageId(start.0 / HUGE_PAGE_PAGES * HUGE_PAGE_PAGES);
-            let hi = PageId((start.0 + pages.0).next_multiple_of(HUGE_PAGE_PAGES));
-            let bytes = Length(hi.0 - lo.0).bytes();
-            if !os::collapse_huge_pages(lo.address() as *mut u8, bytes) {
+            let hi = PageId(lo.0 + HUGE_PAGE_PAGES);
+            // A carve across two huge pages (at most 1 MiB: a few in a hundred, for the
+            // smallest spans) is left on small pages, so that one build covers it.
+            if start.0 + pages.0 > hi.0 || !self.collapse(lo, start) {
                 return span;
             }
-            let mut first = span;
-            while (*first).start() > lo {
-                first = page_map::get(PageId((*first).start().0 - 1));
-            }
-            // The returned spans in [lo, hi) become free spans (their parts outside it stay
-            // returned); none is deleted, so that `cur` stays valid.
-            let mut cur = first;
+            // The huge page's returned spans become free spans (their parts outside it stay
+            // returned); none is deleted, so that `span` stays valid.
+            let mut cur = Self::span_at(span, lo);
             loop {
-                let end = (*cur).end();
+                let next = (*cur).end();
                 if (*cur).kind() == SpanKind::Returned {
                     self.back_returned(cur, lo, hi);
                 }
-                if end >= hi {
+                if next >= hi {
                     break;
                 }
-                cur = page_map::get(end);
+                cur = page_map::get(next);
             }
-            // Then free neighbours coalesce, from the one before `first` to the one after hi.
-            let mut cur = first;
+            // Then free neighbours coalesce, from the one before `lo` to the one after `hi`.
+            let mut cur = Self::span_at(span, lo);
             if (*cur).kind() == SpanKind::Free && (*cur).start().0 > 0 {
                 let left = page_map::get(PageId((*cur).start().0 - 1));
                 if !left.is_null()
@@ -338,40 +349,83 @@ impl PageHeap {
         }
     }
 
-    /// Turns the part of `span` (returned, on its list) inside `[lo, hi)` into a backed free
-    /// span, linked, not coalesced; its parts outside stay returned spans of their own
-    /// (without records for them, the whole span becomes free).
+    /// The span that holds page `page`, found from `from`, a span of this heap within the same
+    /// chunk, through its neighbours.
     ///
     /// # Safety
-    /// - `span` is on a `Returned` free list; its pages in `[lo, hi)` are resident; the
-    ///   page-map leaves of its pages exist.
+    /// - `from` is a valid record of this heap; `page` and the pages between lie in spans of
+    ///   it.
+    unsafe fn span_at(from: *mut Span, page: PageId) -> *mut Span {
+        let mut cur = from;
+        // SAFETY: per the caller; each step reads the page map at the last page of the span
+        // before or the first page of the span after, recorded for every span.
+        unsafe {
+            while (*cur).start() > page {
+                cur = page_map::get(PageId((*cur).start().0 - 1));
+            }
+            while (*cur).end() <= page {
+                cur = page_map::get((*cur).end());
+            }
+        }
+        cur
+    }
+
+    /// Builds the huge page at `first` (its first page) from what is mapped there, whole;
+    /// false when the kernel would not. A huge page none of whose pages was ever written
+    /// since it was mapped or given back (the zero page mapped counts as none) cannot be built
+    /// until one is: `free`, a returned page in it, gets a zero written, which it held.
+    ///
+    /// # Safety
+    /// - `free` is a page of a returned span of this heap, inside the huge page.
+    unsafe fn collapse(&mut self, first: PageId, free: PageId) -> bool {
+        let p = first.address() as *mut u8;
+        let bytes = Length(HUGE_PAGE_PAGES).bytes();
+        // SAFETY: the huge page lies in one of this heap's chunks, mapped readable and
+        // writable; `free` is a returned page per the caller (no one else's, reading as
+        // zeros); the build keeps what the pages hold.
+        let built = unsafe {
+            os::collapse_huge_pages(p, bytes) || {
+                ptr::write_volatile(free.address() as *mut u8, 0);
+                os::collapse_huge_pages(p, bytes)
+            }
+        };
+        self.collapse_failures = if built { 0 } else { self.collapse_failures + 1 };
+        built
+    }
+
+    /// Turns the part of `span` (returned, on its list) inside `[lo, hi)`, which is resident
+    /// now, into a backed free span, linked, not coalesced, and counts its pages as reused
+    /// (`note_taken`; the carve that follows counts its own pages again as demand, which only
+    /// loosens the demand bound by as many). Its parts outside stay returned spans of their
+    /// own; without records for them, the span stays returned, resident or not.
+    ///
+    /// # Safety
+    /// - `span` is on a `Returned` free list and overlaps `[lo, hi)`, whose pages are
+    ///   resident; the page-map leaves of its pages exist.
     unsafe fn back_returned(&mut self, span: *mut Span, lo: PageId, hi: PageId) {
         // SAFETY: per the caller; new records cover pages of `span`.
         unsafe {
-            self.unlink(span);
             let (start, end, freed_at) = ((*span).start(), (*span).end(), (*span).freed_at);
             let (from, to) = (start.max(lo), end.min(hi));
             let head = if start < from { metadata::new_span() } else { ptr::null_mut() };
             let tail = if to < end { metadata::new_span() } else { ptr::null_mut() };
-            let split = (start == from || !head.is_null()) && (to == end || !tail.is_null());
-            let (from, to) = if split {
-                for (record, a, b) in [(head, start, from), (tail, to, end)] {
-                    if !record.is_null() {
-                        Span::init(record, a, Length(b.0 - a.0), SpanKind::Returned);
-                        (*record).freed_at = freed_at;
-                        self.record_free(record);
-                        self.link(record);
-                    }
-                }
-                (from, to)
-            } else {
+            if (start < from && head.is_null()) || (to < end && tail.is_null()) {
                 for record in [head, tail] {
                     if !record.is_null() {
                         metadata::delete_span(record);
                     }
                 }
-                (start, end)
-            };
+                return;
+            }
+            self.unlink(span);
+            for (record, a, b) in [(head, start, from), (tail, to, end)] {
+                if !record.is_null() {
+                    Span::init(record, a, Length(b.0 - a.0), SpanKind::Returned);
+                    (*record).freed_at = freed_at;
+                    self.record_free(record);
+                    self.link(record);
+                }
+            }
             self.note_taken(SpanKind::Returned, freed_at, Length(to.0 - from.0));
             (*span).set_start(from);
             (*span).set_pages(Length(to.0 - from.0));
@@ -797,21 +851,8 @@ impl PageHeap {
             return false;
         };
         self.system_pages += chunk.0;
-        if self.huge {
-            // SAFETY: the chunk was just mapped or taken from the arena for this heap.
-            unsafe { os::advise_huge_pages(start.address() as *mut u8, bytes) };
-        } else if self.system_pages >= self.huge_threshold_pages {
+        if self.system_pages >= self.huge_threshold_pages {
             self.huge = true;
-            // The arena's chunks taken so far, this one included; a chunk mapped elsewhere
-            // before keeps its small pages.
-            if let Some((taken, len)) = self.arena.taken() {
-                // SAFETY: the part of the arena this heap has taken.
-                unsafe { os::advise_huge_pages(taken as *mut u8, len) };
-            }
-            if from_arena.is_none() {
-                // SAFETY: as above.
-                unsafe { os::advise_huge_pages(start.address() as *mut u8, bytes) };
-            }
         }
         // SAFETY: fresh record for fresh, untouched (hence `Returned`) memory whose leaves exist.
         unsafe {
@@ -1062,12 +1103,6 @@ mod arena {
             (self.end - self.base, taken)
         }
 
-        /// The part of the arena taken so far, as (start, bytes); `None` if none.
-        pub fn taken(&self) -> Option<(usize, usize)> {
-            let start = self.base + GUARD_BYTES;
-            (self.base != 0 && self.next > start).then(|| (start, self.next - start))
-        }
-
         /// Gives back the chunk that [`take`](Self::take) returned last, which was never
         /// used; it stays open and is taken again next.
         ///
@@ -1185,20 +1220,47 @@ mod tests {
         panic!("no mapping holds {address:#x}");
     }
 
-    /// A heap past its huge-page threshold advises its chunks to use huge pages; when it
-    /// carves pages that it released from a huge page split by the release, it makes that huge
-    /// page resident whole again (the live pages in it keep what they hold) and counts its
-    /// released pages as backed free pages.
+    /// A heap past its huge-page threshold builds the huge page of a carve from returned
+    /// pages: of a fresh chunk, at its first carve; of one split by a release, when it carves
+    /// there again (the live pages in it keep what they hold). The rest of the huge page counts
+    /// as backed free pages. (The only test that builds huge pages: another heap's built huge
+    /// pages could share the mapping whose `AnonHugePages` it reads.)
     #[test]
-    fn a_heap_on_huge_pages_rebuilds_the_huge_pages_its_releases_split() {
+    fn a_heap_on_huge_pages_builds_the_huge_pages_it_carves_from() {
         const HUGE: usize = crate::config::HUGE_PAGE_PAGES;
-        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-            .is_ok_and(|mode| !mode.contains("[never]"));
+        // Under `always`, any small-page mapping may hold huge pages too; under `never` none
+        // is built.
+        let madvise = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .is_ok_and(|mode| mode.contains("[madvise]"));
+        let huge_kib = |address: usize| {
+            let field = smaps_field(address, "AnonHugePages:");
+            field.trim_end_matches("kB").trim().parse::<usize>().unwrap()
+        };
+
+        // A fresh chunk: its first carve builds the first huge page.
         let heap = heap();
         let mut h = heap.lock();
         h.set_huge_threshold(Length(0));
-        // One chunk of 1024 pages of 8 KiB (4 MiB aligned, so its first page starts a huge
-        // page), backed and free.
+        h.set_policy(Length(usize::MAX), u64::MAX);
+        let first = h.allocate(Length(1), SpanKind::PageRun);
+        // SAFETY: ours.
+        let base = unsafe { (*first).start() };
+        assert_eq!(base.0 % HUGE, 0);
+        if madvise {
+            assert_eq!(huge_kib(base.address()), 2048, "the fresh chunk's first huge page");
+            let s = h.stats();
+            assert_eq!(s.free_bytes, 255 * PAGE_SIZE, "the rest of it is backed and free");
+        }
+        h.check_invariants();
+        // SAFETY: ours, unused.
+        unsafe { h.deallocate(first) };
+
+        // One span of 1024 pages on small pages (a carve across huge pages builds none),
+        // backed and free; then live = [0, 10), x = [10, 100), y = [100, 1024) of it, and x and
+        // y are freed and given back: x splits the first huge page.
+        let heap = self::heap();
+        let mut h = heap.lock();
+        h.set_huge_threshold(Length(0));
         h.set_policy(Length(usize::MAX), u64::MAX);
         let whole = h.allocate(Length(1024), SpanKind::PageRun);
         // SAFETY: ours; touching makes the pages resident; then it is freed whole (and kept).
@@ -1209,25 +1271,14 @@ mod tests {
             base
         };
         assert_eq!(base.0 % HUGE, 0);
-        let flags = smaps_field(base.address(), "VmFlags:");
-        assert_eq!(flags.split(' ').any(|f| f == "hg"), thp, "VmFlags of the chunk: {flags}");
-        let huge_kib = || {
-            let field = smaps_field(base.address(), "AnonHugePages:");
-            field.trim_end_matches("kB").trim().parse::<usize>().unwrap()
-        };
-        if thp {
-            assert_eq!(huge_kib(), 8192, "the chunk was faulted in as huge pages");
+        if madvise {
+            assert_eq!(huge_kib(base.address()), 0, "a span across huge pages stays on small ones");
         }
-
-        // live = [0, 10), x = [10, 100), y = [100, 1024); x and y are freed and released:
-        // x splits the first huge page.
         let [live, x, y] = [10, 90, 924].map(|n| h.allocate(Length(n), SpanKind::PageRun));
-        // SAFETY: the spans are ours.
+        // SAFETY: the spans are ours; x and y are unused when freed.
         unsafe {
-            assert_eq!(
-                [(*live).start(), (*x).start(), (*y).start()],
-                [0, 10, 100].map(|p| base.add(Length(p)))
-            );
+            let starts = [(*live).start(), (*x).start(), (*y).start()];
+            assert_eq!(starts, [0, 10, 100].map(|p| base.add(Length(p))));
             ((*live).start_address() as *mut u8).write_bytes(7, 10 * PAGE_SIZE);
             h.set_policy(Length(0), u64::MAX);
             h.deallocate(x);
@@ -1235,30 +1286,32 @@ mod tests {
         }
         h.check_invariants();
         assert_eq!((h.stats().free_bytes, h.stats().returned_bytes), (0, 1014 * PAGE_SIZE));
-        if thp {
-            assert_eq!(huge_kib(), 0, "the release split the first huge page");
-        }
 
-        // A carve from the released pages: the first huge page is whole and resident again.
+        // A carve from the given-back pages: the first huge page is built whole.
         let z = h.allocate(Length(1), SpanKind::PageRun);
         // SAFETY: ours; the live span's pages are ours too.
         unsafe {
             assert_eq!((*z).start(), base.add(Length(10)));
             *((*z).start_address() as *mut u8) = 2;
-            let live =
-                core::slice::from_raw_parts((*live).start_address() as *const u8, 10 * PAGE_SIZE);
+            let live = (*live).start_address() as *const u8;
+            let live = core::slice::from_raw_parts(live, 10 * PAGE_SIZE);
             assert!(live.iter().all(|&b| b == 7), "the live pages keep what they hold");
         }
         h.check_invariants();
-        let s = h.stats();
-        assert_eq!(
-            (s.free_bytes, s.returned_bytes),
-            (245 * PAGE_SIZE, 768 * PAGE_SIZE),
-            "the rest of the first huge page is backed and free, the other three released"
-        );
-        if thp {
-            assert_eq!(huge_kib(), 2048, "the first huge page is whole again");
+        if madvise {
+            let s = h.stats();
+            assert_eq!(
+                (s.free_bytes, s.returned_bytes),
+                (245 * PAGE_SIZE, 768 * PAGE_SIZE),
+                "the rest of the first huge page is backed and free, the other three given back"
+            );
+            assert_eq!(huge_kib(base.address()), 2048, "the first huge page is whole again");
         }
+        // The next carve takes the backed rest, and builds nothing.
+        let w = h.allocate(Length(1), SpanKind::PageRun);
+        // SAFETY: ours.
+        assert_eq!(unsafe { (*w).start() }, base.add(Length(11)));
+        h.check_invariants();
     }
 
     /// A heap on huge pages carves from backed free pages before returned ones, even where a
