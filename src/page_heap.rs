@@ -300,50 +300,23 @@ impl PageHeap {
             if start.0 + pages.0 > hi.0 || !self.collapse(lo, start) {
                 return span;
             }
-            // The huge page's returned spans become free spans (their parts outside it stay
-            // returned); none is deleted, so that `span` stays valid.
+            // The huge page's returned spans become free spans, coalesced with their free
+            // neighbours (their parts outside it stay returned), left to right; the one that
+            // holds `start` is carved from.
+            let mut target = span;
             let mut cur = Self::span_at(span, lo);
             loop {
-                let next = (*cur).end();
                 if (*cur).kind() == SpanKind::Returned {
                     self.back_returned(cur, lo, hi);
                 }
-                if next >= hi {
-                    break;
-                }
-                cur = page_map::get(next);
-            }
-            // Then free neighbours coalesce, from the one before `lo` to the one after `hi`.
-            let mut cur = Self::span_at(span, lo);
-            if (*cur).kind() == SpanKind::Free && (*cur).start().0 > 0 {
-                let left = page_map::get(PageId((*cur).start().0 - 1));
-                if !left.is_null()
-                    && (*left).kind() == SpanKind::Free
-                    && (*left).end() == (*cur).start()
-                {
-                    self.absorb(left, cur);
-                    cur = left;
-                }
-            }
-            let mut target = span;
-            loop {
                 let end = (*cur).end();
-                let right = page_map::get(end);
-                if (*cur).kind() == SpanKind::Free
-                    && !right.is_null()
-                    && (*right).kind() == SpanKind::Free
-                    && (*right).start() == end
-                {
-                    self.absorb(cur, right);
-                    continue;
-                }
                 if (*cur).start() <= start && start < end {
                     target = cur;
                 }
                 if end >= hi {
                     break;
                 }
-                cur = right;
+                cur = page_map::get(end);
             }
             target
         }
@@ -394,7 +367,8 @@ impl PageHeap {
     }
 
     /// Turns the part of `span` (returned, on its list) inside `[lo, hi)`, which is resident
-    /// now, into a backed free span, linked, not coalesced, and counts its pages as reused
+    /// now, into a backed free span, coalesced with its free neighbours (into `span`'s
+    /// record) and linked, and counts its pages as reused
     /// (`note_taken`; the carve that follows counts its own pages again as demand, which only
     /// loosens the demand bound by as many). Its parts outside stay returned spans of their
     /// own; without records for them, the span stays returned, resident or not.
@@ -431,39 +405,7 @@ impl PageHeap {
             (*span).set_pages(Length(to.0 - from.0));
             (*span).set_kind(SpanKind::Free);
             (*span).freed_at = os::now_millis();
-            self.record_free(span);
-            self.link(span);
-        }
-    }
-
-    /// Merges `right`, the free span right after the free span `left` (both on their lists),
-    /// into `left`.
-    ///
-    /// # Safety
-    /// - both are on `Free` lists and `left` ends where `right` starts.
-    unsafe fn absorb(&mut self, left: *mut Span, right: *mut Span) {
-        // SAFETY: per the caller.
-        unsafe {
-            self.unlink(left);
-            self.take_right(left, right);
-            self.record_free(left);
-            self.link(left);
-        }
-    }
-
-    /// Takes `right`, a free span on its list that starts where `span` ends, off its list and
-    /// into `span` (which the caller records and links).
-    ///
-    /// # Safety
-    /// - `span` is a valid free record on no list; `right` is on a free list of the same kind
-    ///   and starts at `span`'s end.
-    unsafe fn take_right(&mut self, span: *mut Span, right: *mut Span) {
-        // SAFETY: per the caller.
-        unsafe {
-            self.unlink(right);
-            (*span).set_pages(Length((*span).pages().0 + (*right).pages().0));
-            (*span).freed_at = (*span).freed_at.max((*right).freed_at);
-            metadata::delete_span(right);
+            self.merge_and_link(span);
         }
     }
 
@@ -818,7 +760,10 @@ impl PageHeap {
             let end = (*span).end();
             let right = page_map::get(end);
             if !right.is_null() && (*right).kind() == kind && (*right).start() == end {
-                self.take_right(span, right);
+                self.unlink(right);
+                (*span).set_pages(Length((*span).pages().0 + (*right).pages().0));
+                (*span).freed_at = (*span).freed_at.max((*right).freed_at);
+                metadata::delete_span(right);
             }
             self.record_free(span);
             self.link(span);
@@ -1220,13 +1165,18 @@ mod tests {
         panic!("no mapping holds {address:#x}");
     }
 
+    /// The tests that build huge pages, one at a time: another heap's huge pages may share
+    /// the mapping whose `AnonHugePages` a test reads (the kernel merges neighbouring
+    /// mappings), so the counts are compared before and after, with no build in between.
+    static HUGE_PAGE_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     /// A heap past its huge-page threshold builds the huge page of a carve from returned
     /// pages: of a fresh chunk, at its first carve; of one split by a release, when it carves
     /// there again (the live pages in it keep what they hold). The rest of the huge page counts
-    /// as backed free pages. (The only test that builds huge pages: another heap's built huge
-    /// pages could share the mapping whose `AnonHugePages` it reads.)
+    /// as backed free pages.
     #[test]
     fn a_heap_on_huge_pages_builds_the_huge_pages_it_carves_from() {
+        let _one_at_a_time = HUGE_PAGE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         const HUGE: usize = crate::config::HUGE_PAGE_PAGES;
         // Whether this kernel builds a huge page now (Linux 6.1 with THP, and a free huge
         // page): if not, the heap carves as before, which the rest checks.
@@ -1257,7 +1207,8 @@ mod tests {
         let base = unsafe { (*first).start() };
         assert_eq!(base.0 % HUGE, 0);
         if builds {
-            assert_eq!(huge_kib(base.address()), 2048, "the fresh chunk's first huge page");
+            // (At least: the chunk's mapping may have merged with an earlier heap's.)
+            assert!(huge_kib(base.address()) >= 2048, "the fresh chunk's first huge page");
             let s = h.stats();
             assert_eq!(s.free_bytes, 255 * PAGE_SIZE, "the rest of it is backed and free");
         }
@@ -1367,6 +1318,89 @@ mod tests {
         h.check_invariants();
         // SAFETY: ours.
         unsafe { h.deallocate(b) };
+    }
+
+    /// A heap on huge pages under random operations (carves of every kind, growth in place,
+    /// frees, release policies, releases): its invariants hold, every page of a live span is
+    /// recorded as that span's and keeps what was written there, while it builds huge pages
+    /// and gives pages back.
+    #[test]
+    fn a_heap_on_huge_pages_survives_random_operations() {
+        let _one_at_a_time = HUGE_PAGE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        for seed in 1..=3u64 {
+            let heap = heap();
+            let mut h = heap.lock();
+            h.set_huge_threshold(Length(0));
+            let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut next = move |n: u64| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % n) as usize
+            };
+            // Live spans and the byte written on each of their pages.
+            let mut live: Vec<(*mut Span, u8)> = Vec::new();
+            let fill = |s: *mut Span, from: usize, byte: u8| {
+                // SAFETY: `s` is live and ours; one byte per page of it from page `from`.
+                unsafe {
+                    for k in from..(*s).pages().0 {
+                        *((*s).start().add(Length(k)).address() as *mut u8) = byte;
+                    }
+                }
+            };
+            for step in 0..3000u32 {
+                let byte = (step % 251 + 1) as u8;
+                match next(100) {
+                    0..=39 => {
+                        let n = Length(1 + next(200));
+                        let s = match next(3) {
+                            0 => h.allocate(n, SpanKind::PageRun),
+                            1 => h.allocate_aligned(n, Length(1 << next(9)), SpanKind::PageRun),
+                            _ => h.allocate_with_room(n, Length(n.0 + next(100)), SpanKind::Small),
+                        };
+                        assert!(!s.is_null());
+                        fill(s, 0, byte);
+                        live.push((s, byte));
+                    }
+                    40..=49 if !live.is_empty() => {
+                        let (s, b) = live[next(live.len() as u64)];
+                        // SAFETY: a live span of ours.
+                        let old = unsafe { (*s).pages().0 };
+                        // SAFETY: as above.
+                        if unsafe { h.extend(s, Length(old + 1 + next(50))) } {
+                            fill(s, old, b);
+                        }
+                    }
+                    50..=89 if !live.is_empty() => {
+                        let (s, _) = live.swap_remove(next(live.len() as u64));
+                        // SAFETY: ours, and nothing of it is used again.
+                        unsafe { h.deallocate(s) };
+                    }
+                    90..=94 => h.set_policy(Length(next(300)), u64::MAX),
+                    _ => {
+                        h.release(Length(next(2000)));
+                    }
+                }
+                if step % 16 == 0 {
+                    h.check_invariants();
+                    for &(s, b) in &live {
+                        // SAFETY: live spans of ours.
+                        unsafe {
+                            for k in 0..(*s).pages().0 {
+                                let page = (*s).start().add(Length(k));
+                                assert_eq!(page_map::get(page), s, "seed {seed}, step {step}");
+                                assert_eq!(*(page.address() as *const u8), b, "seed {seed}");
+                            }
+                        }
+                    }
+                }
+            }
+            for (s, _) in live {
+                // SAFETY: ours.
+                unsafe { h.deallocate(s) };
+            }
+            h.check_invariants();
+        }
     }
 
     #[test]
