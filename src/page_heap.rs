@@ -1074,6 +1074,14 @@ mod tests {
         Lock::new(PageHeap::new())
     }
 
+    /// A heap on huge pages from its first page, keeping every free page backed (a new heap's
+    /// policy) until a test sets another.
+    fn huge_heap() -> Lock<PageHeap> {
+        let heap = heap();
+        heap.lock().set_huge_threshold(Length(0));
+        heap
+    }
+
     #[test]
     fn split_and_coalesce() {
         let heap = heap();
@@ -1198,10 +1206,8 @@ mod tests {
         };
 
         // A fresh chunk: its first carve builds the first huge page.
-        let heap = heap();
+        let heap = huge_heap();
         let mut h = heap.lock();
-        h.set_huge_threshold(Length(0));
-        h.set_policy(Length(usize::MAX), u64::MAX);
         let first = h.allocate(Length(1), SpanKind::PageRun);
         // SAFETY: ours.
         let base = unsafe { (*first).start() };
@@ -1219,10 +1225,8 @@ mod tests {
         // One span of 1024 pages on small pages (a carve across huge pages builds none),
         // backed and free; then live = [0, 10), x = [10, 100), y = [100, 1024) of it, and x and
         // y are freed and given back: x splits the first huge page.
-        let heap = self::heap();
+        let heap = huge_heap();
         let mut h = heap.lock();
-        h.set_huge_threshold(Length(0));
-        h.set_policy(Length(usize::MAX), u64::MAX);
         let whole = h.allocate(Length(1024), SpanKind::PageRun);
         // SAFETY: ours.
         let base = unsafe { (*whole).start() };
@@ -1285,10 +1289,8 @@ mod tests {
     /// resident.
     #[test]
     fn a_heap_on_huge_pages_takes_backed_pages_first() {
-        let heap = heap();
+        let heap = huge_heap();
         let mut h = heap.lock();
-        h.set_huge_threshold(Length(0));
-        h.set_policy(Length(usize::MAX), u64::MAX);
         // One chunk of 1024 pages, backed and free, then a = [0, 5), b = [5, 300) and
         // c = [300, 1024) of it.
         let whole = h.allocate(Length(1024), SpanKind::PageRun);
@@ -1328,9 +1330,8 @@ mod tests {
     fn a_heap_on_huge_pages_survives_random_operations() {
         let _one_at_a_time = HUGE_PAGE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         for seed in 1..=3u64 {
-            let heap = heap();
+            let heap = huge_heap();
             let mut h = heap.lock();
-            h.set_huge_threshold(Length(0));
             let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let mut next = move |n: u64| {
                 state ^= state << 13;
